@@ -1,0 +1,1 @@
+"""What the scheduler and the workers share. Nothing here imports torch."""

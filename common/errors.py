@@ -1,0 +1,39 @@
+"""Errors that carry enough context for a user to fix their input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StylebatchError(Exception):
+    """Base for errors shown to users as a message, without a traceback."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, located by its path inside the document."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class ManifestError(StylebatchError):
+    """Every problem found in one manifest, reported together."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s)"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class InputError(StylebatchError):
+    """An input (image, weights, object) that cannot be read or used; names the input."""
+
+
+class StorageError(StylebatchError):
+    """Object storage refused or failed an operation; names the bucket or key."""

@@ -1,0 +1,206 @@
+"""A manifest expanded into renders: every content x style x size, each with an id derived from
+its canonical inputs and parameters, so the same render is recognised within and across jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import InputError, ManifestError, Problem
+from common.imageio import EXTENSIONS
+from common.manifest import Glob, Manifest, Prefix, load_document, parse_manifest
+from common.settings import Settings
+from common.storage import list_inputs
+from common.uris import Location, canonical_uri, check_relative_key, is_s3, parse_location
+
+# Bump when the engine's output for the same inputs and parameters changes.
+ENGINE_GENERATION = 1
+RESERVED_KEYS = ("summary.json", "contact_sheet.png")
+RANDOM_WEIGHTS = re.compile(r"^random(:\d{1,10})?$")
+
+
+@dataclass(frozen=True)
+class Render:
+    id: str
+    content: str
+    content_name: str
+    style: str
+    style_images: tuple[tuple[str, float], ...]
+    size: int
+    params: dict[str, Any] = field(hash=False)
+    key: str
+    weights: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Render:
+        data = dict(data)
+        data["style_images"] = tuple((u, float(w)) for u, w in data["style_images"])
+        return cls(**data)
+
+
+@dataclass
+class JobPlan:
+    job_id: str
+    name: str
+    source: str
+    manifest: Manifest
+    location: Location
+    renders: list[Render]
+    weights: str
+    duplicates: int = 0
+
+    @property
+    def format(self) -> str:
+        return self.manifest.output.format
+
+
+def render_id(content: str, style_images: tuple[tuple[str, float], ...], size: int,
+              params: dict[str, Any], weights: str) -> str:  # fmt: skip
+    total = sum(w for _, w in style_images)
+    canonical = {
+        "generation": ENGINE_GENERATION,
+        "content": content,
+        "style": sorted([uri, round(w / total, 9)] for uri, w in style_images),
+        "size": size,
+        "params": params,
+        "weights": weights,
+    }
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def canonical_weights(spec: str, base_dir: Path) -> str:
+    """'imagenet', 'random[:seed]', an s3:// URI, or an absolute local path."""
+    spec = spec.strip()
+    if spec in ("imagenet",) or RANDOM_WEIGHTS.match(spec):
+        return "random:0" if spec == "random" else spec
+    return canonical_uri(spec, base_dir)
+
+
+def content_name(uri: str) -> str:
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return re.sub(r"[^A-Za-z0-9._\-]", "_", stem).strip("._") or "image"
+
+
+def plan_job(path: Path, settings: Settings, weights: str | None = None) -> JobPlan:
+    """Load, validate and expand a manifest file. Raises ManifestError with every problem."""
+    source = str(path)
+    manifest = parse_manifest(load_document(path), source)
+    return expand(manifest, source, path.resolve().parent, settings, weights)
+
+
+def expand(manifest: Manifest, source: str, base_dir: Path, settings: Settings,
+           weights: str | None = None) -> JobPlan:  # fmt: skip
+    problems: list[Problem] = []
+
+    def attempt(where: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (ValueError, InputError) as exc:
+            problems.append(Problem(where, str(exc)))
+            return None
+
+    location = attempt("output.location", parse_location, manifest.output.location, base_dir)
+    weights_spec = attempt(
+        "weights", canonical_weights, weights or manifest.weights or settings.weights, base_dir
+    )
+    contents = _contents(manifest, base_dir, settings, attempt, problems)
+    styles = []
+    for i, style in enumerate(manifest.styles):
+        images = []
+        for j, (uri, weight) in enumerate(style.weighted()):
+            where = f"styles[{i}].image" if style.image else f"styles[{i}].images[{j}].uri"
+            canon = attempt(where, canonical_uri, uri, base_dir)
+            if canon and not is_s3(canon) and not Path(canon).is_file():
+                problems.append(Problem(where, f"file not found: {canon}"))
+            images.append((canon, weight))
+        styles.append((style, tuple(images), manifest.params.merged(style.params)))
+
+    total = len(contents) * sum(len(params.sizes) for _, _, params in styles)
+    if total > settings.max_renders:
+        limit = settings.max_renders
+        problems.append(Problem("", f"expands to {total} renders; the limit is {limit} "
+                                    "(STYLEBATCH_MAX_RENDERS)"))  # fmt: skip
+    if problems:
+        raise ManifestError(source, problems)
+
+    renders, by_key, seen = [], {}, set()
+    ext = EXTENSIONS[manifest.output.format]
+    for content in contents:
+        cname = content_name(content)
+        for style, images, params in styles:
+            resolved = params.resolved()
+            for size in params.sizes:
+                rid = render_id(content, images, size, resolved, weights_spec)
+                if rid in seen:
+                    continue
+                seen.add(rid)
+                key = manifest.output.key.format(
+                    job=manifest.name, content=cname, style=style.name, size=size,
+                    preset=params.preset, id=rid[:12], ext=ext,
+                )  # fmt: skip
+                try:
+                    check_relative_key(key)
+                    if key in RESERVED_KEYS:
+                        raise ValueError(f"output key {key!r} is reserved for the job's own files")
+                except ValueError as exc:
+                    problems.append(Problem("output.key", str(exc)))
+                    raise ManifestError(source, problems) from None
+                if key in by_key:
+                    problems.append(Problem("output.key", (
+                        f"two different renders map to {key!r} ({by_key[key]} and {content} "
+                        f"x {style.name} @ {size}); add {{content}}, {{style}}, {{size}} or {{id}}"
+                    )))  # fmt: skip
+                    raise ManifestError(source, problems)
+                by_key[key] = f"{content} x {style.name} @ {size}"
+                renders.append(Render(rid, content, cname, style.name, images, size,
+                                      resolved, key, weights_spec))  # fmt: skip
+    return JobPlan(
+        job_id=job_id(manifest, weights_spec),
+        name=manifest.name,
+        source=source,
+        manifest=manifest,
+        location=location,
+        renders=renders,
+        weights=weights_spec,
+        duplicates=total - len(renders),
+    )
+
+
+def job_id(manifest: Manifest, weights: str) -> str:
+    blob = json.dumps([manifest.model_dump(mode="json"), weights], sort_keys=True)
+    return f"{manifest.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _contents(manifest: Manifest, base_dir: Path, settings: Settings, attempt: Any,
+              problems: list[Problem]) -> list[str]:  # fmt: skip
+    out: list[str] = []
+    for i, entry in enumerate(manifest.content):
+        where = f"content[{i}]"
+        if isinstance(entry, str):
+            uri = attempt(where, canonical_uri, entry, base_dir)
+            if uri and not is_s3(uri) and not Path(uri).is_file():
+                problems.append(Problem(where, f"file not found: {uri}"))
+            if uri:
+                out.append(uri)
+            continue
+        pattern = entry.glob if isinstance(entry, Glob) else entry.prefix
+        label = "glob" if isinstance(entry, Glob) else "prefix"
+        if is_s3(pattern):
+            canon = pattern
+        else:
+            canon = attempt(f"{where}.{label}", canonical_uri, pattern, base_dir)
+        if canon is None:
+            continue
+        found = attempt(f"{where}.{label}", list_inputs, canon, isinstance(entry, Prefix), settings)
+        if found == []:
+            problems.append(Problem(f"{where}.{label}", f"matches no image: {pattern}"))
+        out.extend(found or [])
+    return list(dict.fromkeys(out))

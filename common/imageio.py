@@ -1,0 +1,114 @@
+"""Image decoding and encoding with the checks a batch system needs: size limits before
+decoding, EXIF orientation, every mode turned into 8-bit RGB, and metadata embedded in outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from typing import Any
+
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from common.errors import InputError
+
+META_KEY = "stylebatch"
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+def decode(data: bytes, name: str, max_pixels: int = 64_000_000) -> Image.Image:
+    """Bytes to an upright 8-bit RGB image, or an InputError naming ``name``."""
+    if not data:
+        raise InputError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise InputError(
+                    f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}"
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"{name}: corrupt or truncated image ({exc})") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to RGB; transparency is flattened onto white, 16-bit depth is scaled down."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 257).convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        base = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        base.alpha_composite(img.convert("RGBA"))
+        img = base
+    return img.convert("RGB")
+
+
+def fit_long_side(img: Image.Image, long_side: int) -> Image.Image:
+    """Resize so the longer side is ``long_side``, keeping the aspect ratio."""
+    width, height = img.size
+    scale = long_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
+
+
+def encode(img: Image.Image, fmt: str, quality: int, metadata: dict[str, Any]) -> bytes:
+    """Encode with ``metadata`` embedded, so a file alone says what made it."""
+    text = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+    buf = io.BytesIO()
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text(META_KEY, text)
+        img.save(buf, "PNG", pnginfo=info, optimize=False)
+    elif fmt == "jpeg":
+        img.save(buf, "JPEG", quality=quality, comment=f"{META_KEY}:{text}".encode())
+    elif fmt == "webp":
+        xmp = f'<x:xmpmeta xmlns:x="adobe:ns:meta/" {META_KEY}="{_xml_escape(text)}"/>'
+        img.save(buf, "WEBP", quality=quality, xmp=xmp.encode())
+    else:
+        raise ValueError(f"unknown image format {fmt!r}")
+    return buf.getvalue()
+
+
+def embedded_metadata(data: bytes) -> dict[str, Any] | None:
+    """What ``encode`` embedded, or None for a foreign or unreadable file."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        raw: str | bytes | None = None
+        if img.format == "PNG":
+            img.load()
+            raw = img.text.get(META_KEY)  # type: ignore[attr-defined]
+        elif img.format == "JPEG":
+            comment = img.info.get("comment", b"")
+            if comment.startswith(f"{META_KEY}:".encode()):
+                raw = comment[len(META_KEY) + 1 :]
+        elif img.format == "WEBP":
+            xmp = img.info.get("xmp", b"")
+            xmp = xmp.decode() if isinstance(xmp, bytes) else xmp
+            marker = f'{META_KEY}="'
+            if marker in xmp:
+                raw = _xml_unescape(xmp.split(marker, 1)[1].split('"', 1)[0])
+        return json.loads(raw) if raw else None
+    except Exception:
+        return None
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def _xml_unescape(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&quot;", '"').replace("&amp;", "&")

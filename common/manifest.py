@@ -1,0 +1,170 @@
+"""Job manifests: the document a user writes, parsed and checked in one pass.
+
+Structure is checked by pydantic; everything that needs the outside world (files, globs, key
+collisions) is checked by ``common.expand``. Both report every problem with its path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from common.errors import ManifestError, Problem
+from common.params import RenderParams, Strict
+
+KEY_FIELDS = ("job", "content", "style", "size", "preset", "id", "ext")
+DEFAULT_KEY = "{content}/{style}-{size}.{ext}"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+
+Name = Annotated[str, Field(pattern=_NAME.pattern)]
+Uri = Annotated[str, Field(min_length=1, max_length=2048)]
+
+
+class Output(Strict):
+    location: Uri
+    key: str = DEFAULT_KEY
+    format: Literal["png", "jpeg", "webp"] = "png"
+    quality: int = Field(92, ge=1, le=100)
+
+    @field_validator("key")
+    @classmethod
+    def _template_fields(cls, key: str) -> str:
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(key) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"malformed key template: {exc}") from None
+        unknown = sorted(fields - set(KEY_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown key field(s) {unknown}; use {list(KEY_FIELDS)}")
+        return key
+
+
+class Glob(Strict):
+    """Many inputs at once: a shell-style pattern over local paths or S3 keys."""
+
+    glob: Uri
+
+
+class Prefix(Strict):
+    """Every image under a folder or S3 prefix, recursively."""
+
+    prefix: Uri
+
+
+ContentEntry = Uri | Glob | Prefix
+
+
+class WeightedImage(Strict):
+    uri: Uri
+    weight: float = Field(1.0, gt=0, le=1000)
+
+
+class Style(Strict):
+    """One look: a single image, or several blended by weight."""
+
+    name: Name
+    image: Uri | None = None
+    images: list[WeightedImage] | None = Field(None, min_length=1, max_length=8)
+    params: RenderParams | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Style:
+        if (self.image is None) == (self.images is None):
+            raise ValueError("give exactly one of 'image' or 'images'")
+        return self
+
+    def weighted(self) -> list[tuple[str, float]]:
+        if self.image is not None:
+            return [(self.image, 1.0)]
+        assert self.images is not None
+        return [(item.uri, item.weight) for item in self.images]
+
+
+class Schedule(Strict):
+    """When a manifest fires on its own (used by ``stylebatch beat``)."""
+
+    cron: str = Field(min_length=9, max_length=120)
+    timezone: str = "UTC"
+
+
+class Manifest(Strict):
+    name: Name
+    priority: int = Field(5, ge=0, le=9)
+    output: Output
+    content: list[ContentEntry] = Field(min_length=1, max_length=10_000)
+    styles: list[Style] = Field(min_length=1, max_length=1_000)
+    params: RenderParams = RenderParams()
+    weights: str | None = Field(None, min_length=1, max_length=2048)
+    schedule: Schedule | None = None
+
+    @field_validator("styles")
+    @classmethod
+    def _unique_style_names(cls, styles: list[Style]) -> list[Style]:
+        names = [s.name for s in styles]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"style names must be unique; repeated: {dupes}")
+        return styles
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as a manifest path, e.g. ``styles[1].images[0].weight``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "Glob", "Prefix", "int", "list[int]", "DecaySchedule") or (
+            isinstance(part, str) and part.startswith(("constrained-", "list[", "function-"))
+        ):
+            continue  # union branch labels carry no meaning for the user
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def problems_of(exc: ValidationError) -> list[Problem]:
+    seen: dict[str, list[str]] = {}
+    for err in exc.errors(include_url=False):
+        where = _where(tuple(err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        seen.setdefault(where, [])
+        if message not in seen[where]:
+            seen[where].append(message)
+    return [Problem(where, " | ".join(messages)) for where, messages in seen.items()]
+
+
+def load_document(path: Path) -> dict[str, Any]:
+    """Read YAML or JSON (by extension; YAML otherwise), naming the file and line on error."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(source, [Problem("", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(source, [Problem("", f"cannot read: {exc}")]) from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(source, [Problem(f"line {exc.lineno}", exc.msg)]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        raise ManifestError(source, [Problem(where, f"invalid YAML: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise ManifestError(source, [Problem("", "a manifest must be a mapping at the top")])
+    return data
+
+
+def parse_manifest(data: dict[str, Any], source: str) -> Manifest:
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(source, problems_of(exc)) from None

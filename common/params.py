@@ -1,0 +1,160 @@
+"""Render parameters and the presets that fill in what a manifest leaves out.
+
+Presets trade quality for time; the figures behind them are in docs/performance.md. A resolved
+parameter set has no gaps, so it hashes to the same render id wherever it is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_SIDE = 8192
+MIN_SIDE = 16
+MAX_ITERATIONS = 10_000
+
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+ALL_LAYERS = (
+    "relu1_1", "relu1_2", "relu2_1", "relu2_2",
+    "relu3_1", "relu3_2", "relu3_3", "relu3_4",
+    "relu4_1", "relu4_2", "relu4_3", "relu4_4", "relu5_1",
+)  # fmt: skip
+
+Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
+Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DecaySchedule(Strict):
+    """Iterations at scale i (coarsest first): max(minimum, round(first * decay**i))."""
+
+    first: Iterations
+    decay: float = Field(1.0, gt=0, le=1)
+    minimum: Iterations = 1
+
+
+IterationPlan = Iterations | list[Iterations] | DecaySchedule
+
+
+class Pyramid(Strict):
+    """Coarse-to-fine sizes: start, start*ratio, ... up to the output's long side.
+
+    A list of iterations applies to the scales in order; the last entry repeats for finer ones.
+    """
+
+    start: Side = 128
+    ratio: float = Field(math.sqrt(2), ge=1.05, le=4)
+    iterations: IterationPlan
+
+    @field_validator("iterations")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one iteration count")
+        return value
+
+
+class RenderParams(Strict):
+    """What a manifest may set. Unset fields (None) come from the preset."""
+
+    preset: Literal["draft", "standard", "high"] = "standard"
+    sizes: list[Side] = Field(default=[512], min_length=1, max_length=16)
+    style_weight: float | None = Field(None, ge=0, le=1e6)
+    content_weight: float | None = Field(None, ge=0, le=1e6)
+    tv_weight: float | None = Field(None, ge=0, le=1e6)
+    style_scale: float = Field(1.0, ge=0.05, le=4)
+    color: Literal["none", "luminance", "histogram"] = "none"
+    init: Literal["content", "noise", "style"] = "content"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    style_loss: Literal["gram", "wasserstein"] | None = None
+    optimizer: Literal["adam", "lbfgs"] | None = None
+    lr: float | None = Field(None, gt=0, le=1)
+    pooling: Literal["max", "avg"] | None = None
+    style_layers: dict[str, float] | None = None
+    content_layer: str | None = None
+    pyramid: Pyramid | None = None
+    ema: float | None = Field(None, ge=0, lt=1)
+
+    @field_validator("sizes")
+    @classmethod
+    def _distinct_sizes(cls, sizes: list[int]) -> list[int]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError("sizes must be distinct")
+        return sizes
+
+    @field_validator("style_layers")
+    @classmethod
+    def _known_style_layers(cls, layers: dict[str, float] | None) -> dict[str, float] | None:
+        if layers is None:
+            return None
+        unknown = sorted(set(layers) - set(ALL_LAYERS))
+        if unknown:
+            raise ValueError(f"unknown layer(s) {unknown}; choose from {list(ALL_LAYERS)}")
+        if not layers or any(w < 0 for w in layers.values()) or sum(layers.values()) <= 0:
+            raise ValueError("layer weights must be >= 0 and not all zero")
+        return layers
+
+    @field_validator("content_layer")
+    @classmethod
+    def _known_content_layer(cls, layer: str | None) -> str | None:
+        if layer is not None and layer not in ALL_LAYERS:
+            raise ValueError(f"unknown layer {layer!r}; choose from {list(ALL_LAYERS)}")
+        return layer
+
+    @model_validator(mode="after")
+    def _lbfgs_has_no_ema(self) -> RenderParams:
+        if self.optimizer == "lbfgs" and self.ema:
+            raise ValueError("ema (iterate averaging) applies to adam only")
+        return self
+
+    def merged(self, override: RenderParams | None) -> RenderParams:
+        """This set with the fields that ``override`` set explicitly taken from it."""
+        if override is None:
+            return self
+        return self.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+    def resolved(self) -> dict[str, Any]:
+        """Every engine parameter concrete, sizes excluded (each render has one size)."""
+        values = dict(PRESETS[self.preset])
+        for name in self.model_fields_set | {"style_scale", "color", "init", "seed"}:
+            value = getattr(self, name)
+            if name != "sizes" and value is not None:
+                values[name] = value
+        values["preset"] = self.preset
+        if isinstance(values["pyramid"], BaseModel):
+            values["pyramid"] = values["pyramid"].model_dump()
+        if values["optimizer"] == "lbfgs":
+            values["ema"] = 0.0
+        return values
+
+
+_DEFAULT_LAYERS = {name: 1.0 for name in STYLE_LAYERS}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "draft": {
+        "style_weight": 1.0, "content_weight": 0.2, "tv_weight": 0.5,
+        "style_loss": "gram", "optimizer": "adam", "lr": 0.03, "pooling": "avg",
+        "style_layers": _DEFAULT_LAYERS, "content_layer": "relu4_2", "ema": 0.0,
+        "pyramid": {"start": 128, "ratio": 2.0,
+                    "iterations": {"first": 120, "decay": 0.7, "minimum": 50}},
+    },
+    "standard": {
+        "style_weight": 1.0, "content_weight": 0.2, "tv_weight": 0.5,
+        "style_loss": "gram", "optimizer": "adam", "lr": 0.02, "pooling": "avg",
+        "style_layers": _DEFAULT_LAYERS, "content_layer": "relu4_2", "ema": 0.9,
+        "pyramid": {"start": 128, "ratio": math.sqrt(2),
+                    "iterations": {"first": 300, "decay": 0.8, "minimum": 120}},
+    },
+    "high": {
+        "style_weight": 1.0, "content_weight": 0.2, "tv_weight": 0.5,
+        "style_loss": "wasserstein", "optimizer": "adam", "lr": 0.02, "pooling": "avg",
+        "style_layers": _DEFAULT_LAYERS, "content_layer": "relu4_2", "ema": 0.95,
+        "pyramid": {"start": 128, "ratio": math.sqrt(2),
+                    "iterations": {"first": 600, "decay": 0.85, "minimum": 250}},
+    },
+}  # fmt: skip

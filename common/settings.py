@@ -1,0 +1,44 @@
+"""Deployment settings, read from the environment only (never from manifests), so secrets stay
+out of job files, summaries and logs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint: str = ""  # empty: AWS itself
+    s3_region: str = "us-east-1"
+    s3_addressing: str = "path"  # path or virtual
+    weights: str = "imagenet"
+    device: str = "auto"
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "stylebatch")
+    max_renders: int = 100_000
+    max_input_bytes: int = 64 * 1024 * 1024
+    max_input_pixels: int = 64_000_000
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        default = cls()
+        return cls(
+            redis_url=_env("STYLEBATCH_REDIS_URL", default.redis_url),
+            s3_endpoint=_env("STYLEBATCH_S3_ENDPOINT", _env("AWS_ENDPOINT_URL")),
+            s3_region=_env("STYLEBATCH_S3_REGION", _env("AWS_DEFAULT_REGION", default.s3_region)),
+            s3_addressing=_env("STYLEBATCH_S3_ADDRESSING", default.s3_addressing),
+            weights=_env("STYLEBATCH_WEIGHTS", default.weights),
+            device=_env("STYLEBATCH_DEVICE", default.device),
+            cache_dir=Path(_env("STYLEBATCH_CACHE_DIR", str(default.cache_dir))),
+            max_renders=int(_env("STYLEBATCH_MAX_RENDERS", str(default.max_renders))),
+            max_input_bytes=int(_env("STYLEBATCH_MAX_INPUT_BYTES", str(default.max_input_bytes))),
+            max_input_pixels=int(
+                _env("STYLEBATCH_MAX_INPUT_PIXELS", str(default.max_input_pixels))
+            ),
+        )

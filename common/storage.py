@@ -1,0 +1,214 @@
+"""Reading inputs and writing outputs, on local disk or S3-compatible object storage.
+
+Writes are whole or nothing: a local file appears by an atomic rename, and an S3 object by a
+single PUT. Credentials come from the environment (boto3's chain), never from manifests.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from common.errors import InputError, StorageError
+from common.imageio import IMAGE_SUFFIXES, embedded_metadata
+from common.settings import Settings
+from common.uris import Location, is_s3, join_key, parse_s3
+
+
+class Storage(Protocol):
+    location: Location
+
+    def get(self, key: str) -> bytes | None: ...
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None: ...
+    def metadata(self, key: str) -> dict[str, Any] | None: ...
+
+
+class LocalStorage:
+    def __init__(self, location: Location):
+        self.location = location
+        self.root = Path(location.root)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        atomic_write(self.root / key, data)
+
+    def metadata(self, key: str) -> dict[str, Any] | None:
+        data = self.get(key)
+        if data is None:
+            return None
+        return embedded_metadata(data) if key.endswith(IMAGE_SUFFIXES) else {}
+
+
+class S3Storage:
+    def __init__(self, location: Location, settings: Settings):
+        self.location = location
+        self.bucket = location.root
+        self.client = s3_client(settings)
+
+    def _key(self, key: str) -> str:
+        return join_key(self.location.prefix, key)
+
+    def get(self, key: str) -> bytes | None:
+        return s3_get(self.client, self.bucket, self._key(key), missing_ok=True)
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data,
+                ContentType=content_type, Metadata=metadata,
+            )  # fmt: skip
+        except Exception as exc:
+            raise _storage_error(exc, self.bucket, self._key(key)) from None
+
+    def metadata(self, key: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _storage_error(exc, self.bucket, self._key(key)) from None
+        return dict(head.get("Metadata", {}))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def open_storage(location: Location, settings: Settings) -> Storage:
+    if location.scheme == "s3":
+        return S3Storage(location, settings)
+    return LocalStorage(location)
+
+
+@lru_cache(maxsize=8)
+def s3_client(settings: Settings) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        region_name=settings.s3_region,
+        s3={"addressing_style": settings.s3_addressing},
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+    )
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint or None, config=config)
+
+
+def _storage_error(exc: Exception, bucket: str, key: str) -> StorageError:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(f"s3://{bucket}/{key}: no S3 credentials in the environment")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        reasons = {
+            "NoSuchBucket": f"bucket {bucket!r} does not exist",
+            "NoSuchKey": "no such object",
+            "404": "no such object",
+            "InvalidAccessKeyId": "S3 rejected the access key (check AWS_ACCESS_KEY_ID)",
+            "SignatureDoesNotMatch": "S3 rejected the secret key (check AWS_SECRET_ACCESS_KEY)",
+            "AccessDenied": "access denied",
+            "403": "access denied (check the S3 credentials)",
+        }
+        return StorageError(f"s3://{bucket}/{key}: {reasons.get(code, code or str(exc))}")
+    return StorageError(f"s3://{bucket}/{key}: {exc}")
+
+
+def s3_get(client: Any, bucket: str, key: str, missing_ok: bool = False) -> bytes | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if missing_ok and code in ("NoSuchKey", "404"):
+            return None
+        raise _storage_error(exc, bucket, key) from None
+    except Exception as exc:
+        raise _storage_error(exc, bucket, key) from None
+
+
+def read_input(uri: str, settings: Settings) -> bytes:
+    """The bytes of an input named by a canonical URI, within the configured size limit."""
+    limit = settings.max_input_bytes
+    if is_s3(uri):
+        bucket, key = parse_s3(uri)
+        client = s3_client(settings)
+        try:
+            size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except Exception as exc:
+            raise InputError(str(_storage_error(exc, bucket, key))) from None
+        if size > limit:
+            raise InputError(f"{uri}: {size} bytes exceeds the input limit of {limit}")
+        data = s3_get(client, bucket, key)
+        assert data is not None
+        return data
+    path = Path(uri)
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise InputError(f"{uri}: {size} bytes exceeds the input limit of {limit}")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{uri}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{uri}: is a directory, not an image") from None
+    except PermissionError:
+        raise InputError(f"{uri}: permission denied") from None
+
+
+def list_inputs(pattern: str, recursive_prefix: bool, settings: Settings) -> list[str]:
+    """Canonical URIs of the images matching a glob, or under a prefix; sorted."""
+    if is_s3(pattern):
+        bucket, key = parse_s3(pattern)
+        literal = key if recursive_prefix else _literal_head(key)
+        client = s3_client(settings)
+        found = []
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=literal
+            ):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"]
+                    if recursive_prefix or fnmatch.fnmatchcase(name, key):
+                        found.append(f"s3://{bucket}/{name}")
+        except Exception as exc:
+            raise InputError(str(_storage_error(exc, bucket, literal))) from None
+        return sorted(u for u in found if u.lower().endswith(IMAGE_SUFFIXES))
+    root = Path(pattern)
+    if recursive_prefix:
+        paths = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+    else:
+        anchor = Path(root.anchor)
+        paths = [p for p in anchor.glob(str(root.relative_to(anchor))) if p.is_file()]
+    return sorted(str(p) for p in paths if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _literal_head(pattern: str) -> str:
+    for i, ch in enumerate(pattern):
+        if ch in "*?[":
+            return pattern[:i]
+    return pattern

@@ -1,0 +1,1 @@
+"""GPU workers: the style engine (``workers.engine``, torch only) and what wraps it."""

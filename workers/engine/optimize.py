@@ -1,0 +1,322 @@
+"""The optimisation: pixels fitted coarse to fine over an image pyramid, several renders of the
+same size at once.
+
+Per scale, content and style targets are computed once. Inside the iteration loop nothing asks
+the device for a value (no ``.item()``), so a GPU never waits on the host; losses are read once
+per scale. Adam's moments and the iterate average are resized with the image between scales.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from workers.engine import color
+from workers.engine.config import EngineConfig
+from workers.engine.losses import (
+    StyleTarget,
+    content_loss,
+    content_norm,
+    moments,
+    tv_loss,
+)
+from workers.engine.vgg import VGG19Features, load_vgg19
+
+Progress = Callable[[int, int, int, int], None]  # scale index, scales, iteration, iterations
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+@dataclass
+class RenderItem:
+    """One render: the content already at its output size, and its styles with blend weights."""
+
+    content: torch.Tensor  # (3, H, W) in [0, 1]
+    styles: list[tuple[torch.Tensor, float]]  # (3, h, w) in [0, 1], weight
+    seed: int = 0
+
+
+@dataclass
+class RenderResult:
+    image: torch.Tensor  # (3, H, W) in [0, 1], on the CPU
+    losses: dict[str, float]
+    schedule: list[tuple[int, int]]
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Targets:
+    content: torch.Tensor
+    content_norm: torch.Tensor
+    styles: dict[str, StyleTarget]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == size:
+        return image
+    down = size[0] < image.shape[-2]
+    return F.interpolate(image, size=size, mode="bicubic", align_corners=False, antialias=down)
+
+
+def scale_dims(height: int, width: int, long_side: int) -> tuple[int, int]:
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+class StyleEngine:
+    """Holds the network on one device; renders are independent calls."""
+
+    def __init__(
+        self,
+        weights: str = "imagenet",
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        net: VGG19Features | None = None,
+        weights_id: str | None = None,
+    ):
+        self.device = resolve_device(device)
+        if net is None:
+            net, weights_id = load_vgg19(weights)
+        self.weights_id = weights_id or "unknown"
+        cuda = self.device.type == "cuda"
+        if precision == "auto":
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        self.precision = precision
+        # bf16: the network's weights are cast once (what autocast would redo every step); the
+        # input is cast on entry; statistics and losses are computed in fp32.
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        net = net.to(self.device)
+        net.convs.to(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+        self.net = net.to(memory_format=self.memory_format)
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+
+    # -- public API -----------------------------------------------------------------------
+
+    def render(self, item: RenderItem, config: EngineConfig,
+               progress: Progress | None = None) -> RenderResult:  # fmt: skip
+        return self.render_batch([item], config, progress)[0]
+
+    def render_batch(self, items: list[RenderItem], config: EngineConfig,
+                     progress: Progress | None = None) -> list[RenderResult]:  # fmt: skip
+        """Optimise several renders together. Each keeps its own loss, so the result is the
+        same as rendering it alone (L-BFGS couples a batch, so it renders one at a time)."""
+        if not items:
+            return []
+        shapes = {tuple(item.content.shape) for item in items}
+        if len(shapes) != 1:
+            raise ValueError(f"a batch needs contents of one shape, got {sorted(shapes)}")
+        if config.optimizer == "lbfgs" and len(items) > 1:
+            return [r for item in items for r in self.render_batch([item], config, progress)]
+        started = time.perf_counter()
+        height, width = items[0].content.shape[-2:]
+        schedule = config.schedule(max(height, width))
+        contents = torch.stack([item.content for item in items]).float().to(self.device)
+        guide = color.luminance(contents) if config.color == "luminance" else contents
+        styles = [self._prepare_styles(item, config) for item in items]
+
+        x = m = v = avg = None
+        step = 0
+        for index, (long_side, iterations) in enumerate(schedule):
+            dims = scale_dims(height, width, long_side)
+            targets = self._targets(guide, styles, config, dims, long_side)
+            if x is None:
+                x = self._init(items, styles, guide, config, dims)
+            else:
+                x = _resize(x, dims).clamp_(0, 1)
+                m = _resize(m, dims) if m is not None else None
+                v = _resize(v, dims).clamp_(min=0) if v is not None else None
+                avg = _resize(avg, dims).clamp_(0, 1) if avg is not None else None
+            x = x.contiguous(memory_format=self.memory_format)
+            if config.optimizer == "adam":
+                if m is None or v is None:
+                    m, v = torch.zeros_like(x), torch.zeros_like(x)
+                m = m.contiguous(memory_format=self.memory_format)
+                v = v.contiguous(memory_format=self.memory_format)
+                if config.ema and avg is None:
+                    avg = x.clone()
+                report = (
+                    (lambda i, n, k=index: progress(k, len(schedule), i, n)) if progress else None
+                )  # noqa: E501
+                step = self._adam(x, m, v, avg, step, targets, config, iterations, report)
+            else:
+                self._lbfgs(x, targets, config, iterations)
+                if progress:
+                    progress(index, len(schedule), iterations, iterations)
+        assert x is not None
+        final = avg if avg is not None else x
+        with torch.no_grad():
+            losses = self._objective(final, targets, config)
+            values = {k: t.float().cpu().tolist() for k, t in losses.items()}
+        if config.color == "luminance":
+            final = color.recombine(final, contents)
+        images = final.float().clamp(0, 1).cpu().contiguous()
+        seconds = (time.perf_counter() - started) / len(items)
+        return [
+            RenderResult(images[i], {k: vals[i] for k, vals in values.items()}, schedule, seconds)
+            for i in range(len(items))
+        ]
+
+    def evaluate(self, images: torch.Tensor, items: list[RenderItem],
+                 config: EngineConfig) -> list[dict[str, float]]:  # fmt: skip
+        """The objective of finished images (B, 3, H, W) at their size: for comparing methods."""
+        height, width = images.shape[-2:]
+        contents = torch.stack([item.content for item in items]).float().to(self.device)
+        contents = _resize(contents, (height, width))
+        guide = color.luminance(contents) if config.color == "luminance" else contents
+        styles = [self._prepare_styles(item, config) for item in items]
+        targets = self._targets(guide, styles, config, (height, width), max(height, width))
+        x = images.float().to(self.device).contiguous(memory_format=self.memory_format)
+        with torch.no_grad():
+            losses = self._objective(x, targets, config)
+        values = {k: t.cpu().tolist() for k, t in losses.items()}
+        return [{k: vals[i] for k, vals in values.items()} for i in range(len(items))]
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _features(self, image: torch.Tensor, layers: set[str], pooling: str) -> dict:
+        return self.net(image.contiguous(memory_format=self.memory_format), layers, pooling)
+
+    def _prepare_styles(self, item: RenderItem, config: EngineConfig) -> list:
+        prepared, total = [], sum(w for _, w in item.styles)
+        if total <= 0:
+            raise ValueError("style blend weights must add up to more than zero")
+        for image, weight in item.styles:
+            image = image.float()
+            if config.color == "luminance":
+                image = color.match_luminance(image, item.content.float())
+            elif config.color == "histogram":
+                image = color.match_histogram(image, item.content.float())
+            prepared.append((image.to(self.device), weight / total))
+        return prepared
+
+    @torch.no_grad()
+    def _targets(self, guide: torch.Tensor, styles: list, config: EngineConfig,
+                 dims: tuple[int, int], long_side: int) -> _Targets:  # fmt: skip
+        cfeat = self._features(_resize(guide, dims), {config.content_layer}, config.pooling)
+        ctarget = cfeat[config.content_layer].float()
+        layers = {name for name, _ in config.style_layers}
+        style_long = max(16, round(long_side * config.style_scale))
+        cache: dict[tuple[int, int], tuple[dict, dict]] = {}
+        per_item = []
+        for item_styles in styles:
+            means: dict[str, torch.Tensor] = {}
+            grams: dict[str, torch.Tensor] = {}
+            for image, weight in item_styles:
+                key = (id(image), style_long)
+                if key not in cache:
+                    h, w = scale_dims(*image.shape[-2:], style_long)
+                    feats = self._features(_resize(image[None], (h, w)), layers, config.pooling)
+                    stats = {name: moments(f) for name, f in feats.items()}
+                    cache[key] = ({n: s[0][0] for n, s in stats.items()},
+                                  {n: s[1][0] for n, s in stats.items()})  # fmt: skip
+                mean, gram = cache[key]
+                for name in layers:
+                    means[name] = means.get(name, 0) + weight * mean[name]
+                    grams[name] = grams.get(name, 0) + weight * gram[name]
+            per_item.append((means, grams))
+        targets = {
+            name: StyleTarget(
+                torch.stack([means[name] for means, _ in per_item]),
+                torch.stack([grams[name] for _, grams in per_item]),
+                config.style_loss,
+            )
+            for name in layers
+        }
+        return _Targets(ctarget, content_norm(ctarget), targets)
+
+    def _objective(self, x: torch.Tensor, targets: _Targets,
+                   config: EngineConfig) -> dict[str, torch.Tensor]:  # fmt: skip
+        layers = {name for name, _ in config.style_layers} | {config.content_layer}
+        feats = self._features(x, layers, config.pooling)
+        total_weight = sum(w for _, w in config.style_layers)
+        style = (
+            sum(w * targets.styles[name].loss(feats[name]) for name, w in config.style_layers if w)
+            / total_weight
+        )
+        content = content_loss(feats[config.content_layer], targets.content, targets.content_norm)
+        tv = tv_loss(x.float())
+        total = (
+            config.style_weight * style + config.content_weight * content + config.tv_weight * tv
+        )
+        return {"total": total, "style": style, "content": content, "tv": tv}
+
+    def _adam(self, x, m, v, avg, step, targets, config, iterations, progress) -> int:
+        b1, b2 = BETAS
+        report = max(1, iterations // 20)
+        for i in range(iterations):
+            x.requires_grad_(True)
+            loss = self._objective(x, targets, config)["total"].sum()
+            (grad,) = torch.autograd.grad(loss, x)
+            x.requires_grad_(False)
+            step += 1
+            with torch.no_grad():
+                m.lerp_(grad, 1 - b1)
+                v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                denom = (v / (1 - b2**step)).sqrt_().add_(EPS)
+                x.addcdiv_(m, denom, value=-config.lr / (1 - b1**step)).clamp_(0, 1)
+                if avg is not None:
+                    avg.lerp_(x, 1 - config.ema)
+            if progress and ((i + 1) % report == 0 or i + 1 == iterations):
+                progress(i + 1, iterations)
+        return step
+
+    def _lbfgs(self, x, targets, config, iterations) -> None:
+        x.requires_grad_(True)
+        opt = torch.optim.LBFGS([x], lr=1, max_iter=iterations, history_size=20,
+                                tolerance_grad=1e-9, tolerance_change=1e-12,
+                                line_search_fn="strong_wolfe")  # fmt: skip
+
+        def closure():
+            opt.zero_grad()
+            loss = self._objective(x, targets, config)["total"].sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        x.requires_grad_(False)
+        with torch.no_grad():
+            x.clamp_(0, 1)
+
+    def _init(self, items, styles, guide, config, dims) -> torch.Tensor:
+        if config.init == "content":
+            return _resize(guide, dims).clamp(0, 1).clone()
+        out = []
+        for item, item_styles in zip(items, styles, strict=True):
+            gen = torch.Generator().manual_seed(item.seed)
+            noise = torch.randn(3, *dims, generator=gen)
+            if config.init == "noise":
+                out.append((0.5 + 0.2 * noise).clamp(0, 1))
+                continue
+            mean = sum(w * img.reshape(3, -1).mean(1).cpu() for img, w in item_styles)
+            second = sum(w * (lambda f: f @ f.T / f.shape[1])(img.reshape(3, -1).cpu())
+                         for img, w in item_styles)  # fmt: skip
+            cov = second - torch.outer(mean, mean) + 1e-5 * torch.eye(3)
+            chol = torch.linalg.cholesky(cov.double()).float()
+            out.append((mean.view(3, 1, 1) + torch.einsum("ij,jhw->ihw", chol, noise)).clamp(0, 1))
+        return torch.stack(out).to(self.device)
+
+
+def describe(config: EngineConfig, long_side: int) -> str:
+    """A one-line plan, e.g. for logs: scales and iterations."""
+    plan = config.schedule(long_side)
+    total = sum(n for _, n in plan)
+    cost = sum(n * (s / long_side) ** 2 for s, n in plan)
+    return (f"{len(plan)} scales {[s for s, _ in plan]}, {total} iterations "
+            f"(~{math.ceil(cost)} full-size equivalents)")  # fmt: skip

@@ -1,0 +1,79 @@
+"""``stylebatch run``: a whole job in this process, on local files or S3, no queue needed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from common.contact_sheet import sheet_for
+from common.errors import InputError
+from common.expand import RESERVED_KEYS, JobPlan, Render
+from common.settings import Settings
+from common.storage import Storage, open_storage
+from common.summary import Summary
+from workers.render import ENGINE_VERSION, Outcome, Renderer, batches, is_done
+
+SUMMARY_KEY, SHEET_KEY = RESERVED_KEYS
+
+
+def write_summary(storage: Storage, summary: Summary) -> None:
+    storage.put(SUMMARY_KEY, summary.to_json(), "application/json", {"job": summary.job_id})
+
+
+def run_local(
+    plan: JobPlan,
+    settings: Settings,
+    device: str = "auto",
+    on_outcome: Callable[[Outcome], None] | None = None,
+    on_step: Callable[[int, int, int, int], None] | None = None,
+    on_start: Callable[[list[Render]], None] | None = None,
+) -> Summary:
+    """Render every unfinished render of ``plan``; write outputs, summary and contact sheet.
+
+    Interrupted (Ctrl-C) or crashed, it leaves only whole outputs and a summary of what was
+    done; a rerun skips the finished renders.
+    """
+    storage = open_storage(plan.location, settings)
+    summary = Summary.of(plan)
+    summary.engine = ENGINE_VERSION
+    records = {record.id: record for record in summary.renders}
+    renderer = Renderer(settings, plan.weights, device)
+
+    def record(outcome: Outcome) -> None:
+        rec = records[outcome.render.id]
+        rec.status, rec.seconds, rec.error = outcome.status, outcome.seconds, outcome.error
+        rec.losses = outcome.losses
+        if outcome.status == "done":
+            rec.weights_id = renderer.weights_id
+        if on_outcome:
+            on_outcome(outcome)
+
+    todo = []
+    for render in plan.renders:
+        if is_done(storage, render):
+            record(Outcome(render, "skipped"))
+        else:
+            todo.append(render)
+    if on_start:
+        on_start(todo)
+    try:
+        ready = []
+        for render in todo:
+            try:
+                renderer.shape_of(render)
+                for uri, _ in render.style_images:
+                    renderer.cache.get(uri)
+                ready.append(render)
+            except InputError as exc:
+                record(Outcome(render, "failed", 0.0, str(exc)))
+        for group in batches(ready, renderer.shape_of):
+            for outcome in renderer.render_batch(
+                group, storage, plan.job_id, plan.format, plan.manifest.output.quality, on_step
+            ):
+                record(outcome)
+            write_summary(storage, summary)
+    finally:
+        summary.finished = time.time()
+        write_summary(storage, summary)
+    storage.put(SHEET_KEY, sheet_for(summary, storage, settings), "image/png", {})
+    return summary

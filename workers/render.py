@@ -1,0 +1,176 @@
+"""Renders as a worker does them: inputs fetched and decoded, compatible renders batched
+through the engine, outputs encoded with their metadata and written whole.
+
+A render whose output already exists with its own id in the metadata is skipped, so running a
+render twice yields one output.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from common.errors import StylebatchError
+from common.expand import Render
+from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side
+from common.settings import Settings
+from common.storage import Storage, read_input
+
+ENGINE_VERSION = "stylebatch-engine/1"
+MAX_BATCH_PIXELS = 8 * 512 * 512  # renders optimised together, by total output pixels
+
+
+@dataclass
+class Outcome:
+    render: Render
+    status: str  # done | skipped | failed
+    seconds: float = 0.0
+    error: str | None = None
+    losses: dict[str, float] | None = None
+
+
+class ImageCache:
+    """Decoded inputs by URI, least recently used out first, bounded by pixel count."""
+
+    def __init__(self, settings: Settings, max_pixels: int = 200_000_000):
+        self.settings = settings
+        self.max_pixels = max_pixels
+        self.items: OrderedDict[str, Image.Image] = OrderedDict()
+
+    def get(self, uri: str) -> Image.Image:
+        if uri in self.items:
+            self.items.move_to_end(uri)
+            return self.items[uri]
+        img = decode(read_input(uri, self.settings), uri, self.settings.max_input_pixels)
+        self.items[uri] = img
+        while sum(i.width * i.height for i in self.items.values()) > self.max_pixels:
+            self.items.popitem(last=False)
+        return img
+
+
+def metadata_for(render: Render, job_id: str, weights_id: str) -> dict[str, Any]:
+    return {
+        "job": job_id,
+        "render_id": render.id,
+        "content": render.content,
+        "style": render.style,
+        "style_images": [[u, w] for u, w in render.style_images],
+        "size": render.size,
+        "params": render.params,
+        "engine": ENGINE_VERSION,
+        "weights": render.weights,
+        "weights_id": weights_id,
+    }
+
+
+def is_done(storage: Storage, render: Render) -> bool:
+    meta = storage.metadata(render.key)
+    if not meta:
+        return False
+    # Local files embed the whole record; S3 objects carry it as flat metadata.
+    return meta.get("render_id", meta.get("render-id")) == render.id
+
+
+def batches(renders: Iterable[Render], shape_of: Callable[[Render], tuple[int, int]],
+            max_pixels: int = MAX_BATCH_PIXELS) -> list[list[Render]]:  # fmt: skip
+    """Renders that can share one optimisation: same output shape and same parameters."""
+    groups: dict[str, list[Render]] = {}
+    for render in renders:
+        key = json.dumps([shape_of(render), render.params, render.weights], sort_keys=True)
+        groups.setdefault(key, []).append(render)
+    out = []
+    for group in groups.values():
+        h, w = shape_of(group[0])
+        per_batch = max(1, max_pixels // (h * w))
+        out += [group[i : i + per_batch] for i in range(0, len(group), per_batch)]
+    return out
+
+
+class Renderer:
+    """Wraps one StyleEngine (created on first use) for a process."""
+
+    def __init__(self, settings: Settings, weights: str, device: str = "auto"):
+        self.settings = settings
+        self.weights = weights
+        self.device = device
+        self.cache = ImageCache(settings)
+        self._engine: Any = None
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from workers.engine import StyleEngine
+            from workers.weights import local_weights
+
+            self._engine = StyleEngine(local_weights(self.weights, self.settings), self.device)
+        return self._engine
+
+    @property
+    def weights_id(self) -> str:
+        return self.engine.weights_id
+
+    def content_at_size(self, render: Render) -> Image.Image:
+        return fit_long_side(self.cache.get(render.content), render.size)
+
+    def shape_of(self, render: Render) -> tuple[int, int]:
+        img = self.content_at_size(render)
+        return img.height, img.width
+
+    def render_batch(self, group: list[Render], storage: Storage, job_id: str, fmt: str,
+                     quality: int, progress: Callable | None = None) -> list[Outcome]:  # fmt: skip
+        """Render a compatible group and write each output; failures are per render."""
+        from workers.engine import EngineConfig, RenderItem
+        from workers.images import to_image, to_tensor
+
+        started = time.perf_counter()
+        try:
+            config = EngineConfig.from_params(group[0].params)
+            items = [
+                RenderItem(
+                    to_tensor(self.content_at_size(r)),
+                    [(to_tensor(self.cache.get(u)), w) for u, w in r.style_images],
+                    seed=int(r.params.get("seed", 0)),
+                )
+                for r in group
+            ]
+            results = self.engine.render_batch(items, config, progress)
+        except Exception as exc:
+            if len(group) > 1:  # find which render is at fault, and keep the rest
+                return [o for r in group for o in self.render_batch(
+                    [r], storage, job_id, fmt, quality, progress)]  # fmt: skip
+            return [Outcome(group[0], "failed", time.perf_counter() - started, _reason(exc))]
+        outcomes = []
+        for render, result in zip(group, results, strict=True):
+            meta = metadata_for(render, job_id, self.weights_id)
+            try:
+                data = encode(to_image(result.image), fmt, quality, meta)
+                storage.put(render.key, data, CONTENT_TYPES[fmt], _flat_metadata(meta))
+            except Exception as exc:
+                outcomes.append(Outcome(render, "failed", result.seconds, _reason(exc)))
+                continue
+            outcomes.append(Outcome(render, "done", result.seconds, None, result.losses))
+        return outcomes
+
+
+def _flat_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """S3 user metadata: short ASCII strings only."""
+    return {
+        "job": meta["job"], "render-id": meta["render_id"], "style": meta["style"],
+        "size": str(meta["size"]), "engine": meta["engine"], "weights-id": meta["weights_id"],
+        "params": json.dumps(meta["params"], sort_keys=True, separators=(",", ":"))[:1500],
+    }  # fmt: skip
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, StylebatchError | ValueError):
+        return str(exc)
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
