@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -85,8 +86,10 @@ class StyleEngine:
         precision: str = "auto",
         net: VGG19Features | None = None,
         weights_id: str | None = None,
+        cuda_graphs: bool = True,
     ):
         self.device = resolve_device(device)
+        self.cuda_graphs = cuda_graphs
         if net is None:
             net, weights_id = load_vgg19(weights)
         self.weights_id = weights_id or "unknown"
@@ -132,7 +135,7 @@ class StyleEngine:
         styles = [self._prepare_styles(item, config) for item in items]
 
         x = m = v = avg = None
-        step = 0
+        step = torch.zeros((), device=self.device)  # Adam's step count, kept on the device
         for index, (long_side, iterations) in enumerate(schedule):
             dims = scale_dims(height, width, long_side)
             targets = self._targets(guide, styles, config, dims, long_side)
@@ -153,8 +156,8 @@ class StyleEngine:
                     avg = x.clone()
                 report = (
                     (lambda i, n, k=index: progress(k, len(schedule), i, n)) if progress else None
-                )  # noqa: E501
-                step = self._adam(x, m, v, avg, step, targets, config, iterations, report)
+                )
+                self._adam(x, m, v, avg, step, targets, config, iterations, report)
             else:
                 self._lbfgs(x, targets, config, iterations)
                 if progress:
@@ -257,25 +260,65 @@ class StyleEngine:
         )
         return {"total": total, "style": style, "content": content, "tv": tv}
 
-    def _adam(self, x, m, v, avg, step, targets, config, iterations, progress) -> int:
+    def _adam(self, x, m, v, avg, step, targets, config, iterations, progress) -> None:
+        """Adam on the pixels. On CUDA, after a few eager warm-up steps, one step is captured as
+        a CUDA graph and replayed, so launching ~300 small kernels costs one call per step."""
         b1, b2 = BETAS
         report = max(1, iterations // 20)
-        for i in range(iterations):
-            x.requires_grad_(True)
-            loss = self._objective(x, targets, config)["total"].sum()
+        x.requires_grad_(True)
+        # Losses are means over pixels; scaled by the pixel count, per-pixel gradients keep one
+        # magnitude at every scale, so Adam's moments stay valid when carried to the next scale
+        # and its epsilon never dominates.
+        pixels = x.shape[-2] * x.shape[-1]
+
+        def one_step() -> None:
+            loss = self._objective(x, targets, config)["total"].sum() * pixels
             (grad,) = torch.autograd.grad(loss, x)
-            x.requires_grad_(False)
-            step += 1
             with torch.no_grad():
+                step.add_(1)
                 m.lerp_(grad, 1 - b1)
                 v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 denom = (v / (1 - b2**step)).sqrt_().add_(EPS)
-                x.addcdiv_(m, denom, value=-config.lr / (1 - b1**step)).clamp_(0, 1)
+                x.addcdiv_(m, denom * ((1 - b1**step) / config.lr), value=-1).clamp_(0, 1)
                 if avg is not None:
                     avg.lerp_(x, 1 - config.ema)
+
+        graph, warmup = None, 3
+        use_graph = self.cuda_graphs and self.device.type == "cuda" and iterations > warmup + 2
+        side = torch.cuda.Stream() if use_graph else None
+        for i in range(iterations):
+            if graph is not None:
+                graph.replay()
+            elif use_graph and i < warmup:
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    one_step()
+                torch.cuda.current_stream().wait_stream(side)
+            elif use_graph:
+                graph = self._capture(one_step)
+                if graph is None:
+                    use_graph = False
+                    one_step()
+                else:
+                    graph.replay()
+            else:
+                one_step()
             if progress and ((i + 1) % report == 0 or i + 1 == iterations):
                 progress(i + 1, iterations)
-        return step
+        x.requires_grad_(False)
+
+    @staticmethod
+    def _capture(fn) -> torch.cuda.CUDAGraph | None:
+        """One step as a CUDA graph (recorded, not run), or None where capture fails."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                fn()
+        except Exception as exc:  # capture is an optimisation: fall back to eager steps
+            torch.cuda.synchronize()
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {exc}", stacklevel=2)
+            return None
+        return graph
 
     def _lbfgs(self, x, targets, config, iterations) -> None:
         x.requires_grad_(True)

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny input images and small deterministic VGG19 weights made here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "images"
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """64 px copies of the demo images (content and styles)."""
+    out = tmp_path_factory.mktemp("images")
+    paths = {}
+    for name in ("tubingen", "starry_night", "wave", "shipwreck"):
+        img = Image.open(EXAMPLES / f"{name}.jpg").convert("RGB")
+        img.thumbnail((64, 64), Image.Resampling.LANCZOS)
+        paths[name] = out / f"{name}.png"
+        img.save(paths[name])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory) -> Path:
+    """VGG19 weights made by the tests: deterministic He-initialised, seed 1234."""
+    torch = pytest.importorskip("torch")
+    from workers.engine import random_state_dict
+
+    path = tmp_path_factory.mktemp("weights") / "vgg19-test.pth"
+    torch.save(random_state_dict(1234), path)
+    return path
+
+
+def write_manifest(folder: Path, data: dict, suffix: str = ".yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"job{suffix}"
+    text = json.dumps(data) if suffix == ".json" else yaml.safe_dump(data)
+    path.write_text(text)
+    return path
+
+
+def tiny_manifest(images: dict[str, Path], out: Path, **params) -> dict:
+    """A manifest that renders in seconds on a CPU."""
+    return {
+        "name": "tiny",
+        "output": {"location": str(out)},
+        "content": [str(images["tubingen"])],
+        "styles": [
+            {"name": "starry", "image": str(images["starry_night"])},
+            {"name": "wave", "image": str(images["wave"])},
+        ],
+        "params": {
+            "preset": "draft",
+            "sizes": [48],
+            "pyramid": {"start": 32, "ratio": 1.5, "iterations": 8},
+            **params,
+        },
+    }

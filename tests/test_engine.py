@@ -1,0 +1,151 @@
+"""The style engine at small sizes on the CPU: quality properties, not numbers copied from a run."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from PIL import Image  # noqa: E402
+
+from tests.conftest import EXAMPLES  # noqa: E402
+from workers.engine import EngineConfig, RenderItem, StyleEngine  # noqa: E402
+from workers.engine.color import rgb_to_yiq  # noqa: E402
+from workers.images import to_tensor  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(weights_file):
+    return StyleEngine(str(weights_file), "cpu")
+
+
+def tensor(path, size=48):
+    img = Image.open(path).convert("RGB")
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return to_tensor(img)
+
+
+def item(images, style="starry_night", size=48, seed=0):
+    return RenderItem(tensor(images["tubingen"], size), [(tensor(images[style], 64), 1.0)], seed)
+
+
+def test_multi_scale_beats_single_scale_on_equal_budget(engine, images):
+    it = RenderItem(tensor(EXAMPLES / "tubingen.jpg", 128),
+                    [(tensor(EXAMPLES / "starry_night.jpg", 128), 1.0)])  # fmt: skip
+    base = dict(init="noise", ema=0.0, lr=0.03, tv_weight=0.0)
+    single = engine.render(it, EngineConfig(start=128, iterations=60, **base))
+    multi = engine.render(it, EngineConfig(start=64, ratio=2, iterations=(30, 30), **base))
+    assert [s for s, _ in multi.schedule] == [64, 128]
+    assert sum(n for _, n in multi.schedule) == sum(n for _, n in single.schedule)
+    cfg = EngineConfig(**base)
+    scores = engine.evaluate(torch.stack([single.image, multi.image]), [it, it], cfg)
+    assert scores[1]["total"] < scores[0]["total"]
+
+
+def test_optimisation_lowers_the_loss(engine, images):
+    it = item(images)
+    start = engine.evaluate(it.content[None], [it], EngineConfig())[0]
+    done = engine.render(it, EngineConfig(start=32, ratio=1.5, iterations=15))
+    assert done.losses["style"] < 0.5 * start["style"]
+    assert done.image.shape == it.content.shape
+
+
+@pytest.mark.parametrize("loss", ["gram", "wasserstein"])
+def test_both_style_losses_and_lbfgs(engine, images, loss):
+    it = item(images, size=32)
+    cfg = EngineConfig(start=32, iterations=10, style_loss=loss, optimizer="lbfgs", ema=0.0)
+    start = engine.evaluate(it.content[None], [it], cfg)[0]["total"]
+    assert engine.render(it, cfg).losses["total"] < start
+
+
+def test_luminance_transfer_keeps_content_chroma(engine, images):
+    it = item(images)
+    cfg = EngineConfig(start=48, iterations=10, color="luminance")
+    out = engine.render(it, cfg).image
+    plain = engine.render(it, EngineConfig(start=48, iterations=10)).image
+    chroma = lambda img: rgb_to_yiq(img)[1:]  # noqa: E731
+    kept = (chroma(out) - chroma(it.content)).abs().mean()
+    lost = (chroma(plain) - chroma(it.content)).abs().mean()
+    assert kept < 0.01 < lost
+
+
+def test_histogram_matching_moves_colours_to_content(engine, images):
+    it = item(images, style="wave")
+    cfg = dict(start=48, iterations=12, init="noise")
+    matched = engine.render(it, EngineConfig(color="histogram", **cfg)).image
+    plain = engine.render(it, EngineConfig(**cfg)).image
+    target = it.content.mean((1, 2))
+    assert (matched.mean((1, 2)) - target).abs().sum() < (plain.mean((1, 2)) - target).abs().sum()
+
+
+def test_blend_weights_move_between_styles(engine, images):
+    content = tensor(images["tubingen"])
+    a, b = tensor(images["starry_night"], 64), tensor(images["wave"], 64)
+    cfg = EngineConfig(start=48, iterations=12)
+
+    def style_losses(weight_a):
+        out = engine.render(RenderItem(content, [(a, weight_a), (b, 1 - weight_a + 1e-9)]), cfg)
+        return [engine.evaluate(out.image[None], [RenderItem(content, [(s, 1.0)])], cfg)[0][
+            "style"] for s in (a, b)]  # fmt: skip
+
+    near_a, mid, near_b = style_losses(0.95), style_losses(0.5), style_losses(0.05)
+    assert near_a[0] < mid[0] < near_b[0]
+    assert near_b[1] < mid[1] < near_a[1]
+
+
+def test_batched_equals_unbatched(engine, images):
+    items = [item(images, "starry_night", seed=1), item(images, "wave", seed=2)]
+    cfg = EngineConfig(start=32, ratio=1.5, iterations=6, init="noise", ema=0.5)
+    batched = engine.render_batch(items, cfg)
+    for it, res in zip(items, batched, strict=True):
+        alone = engine.render(it, cfg)
+        # Equal up to float rounding (which Adam amplifies at a few flat pixels): on average
+        # within a quarter of one 8-bit grey level.
+        assert (alone.image - res.image).abs().mean() < 0.25 / 255
+        assert alone.losses["total"] == pytest.approx(res.losses["total"], rel=1e-2)
+
+
+def test_same_seed_same_output(engine, images):
+    cfg = EngineConfig(start=32, ratio=1.5, iterations=5, init="noise")
+    a = engine.render(item(images, seed=3), cfg).image
+    b = engine.render(item(images, seed=3), cfg).image
+    c = engine.render(item(images, seed=4), cfg).image
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_style_statistics_init_and_style_scale(engine, images):
+    it = item(images)
+    out = engine.render(it, EngineConfig(start=48, iterations=3, init="style", style_scale=0.5))
+    style_mean = it.styles[0][0].mean((1, 2))
+    assert (out.image.mean((1, 2)) - style_mean).abs().max() < 0.15
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"color": "sepia"}, {"init": "zeros"}, {"style_loss": "l1"}, {"optimizer": "sgd"},
+        {"lr": 0}, {"ema": 1.0}, {"style_scale": 10}, {"start": 4}, {"ratio": 1.0},
+        {"iterations": 0}, {"iterations": ()}, {"iterations": "many"},
+        {"style_layers": (("relu9_1", 1.0),)}, {"content_layer": "conv1_1"},
+        {"optimizer": "lbfgs", "ema": 0.5}, {"style_weight": -1},
+    ],
+)  # fmt: skip
+def test_bad_parameters_rejected(bad):
+    with pytest.raises(ValueError):
+        EngineConfig(**bad)
+
+
+def test_batch_of_mixed_shapes_rejected(engine, images):
+    with pytest.raises(ValueError, match="one shape"):
+        engine.render_batch([item(images, size=48), item(images, size=32)], EngineConfig())
+
+
+def test_schedule():
+    cfg = EngineConfig(start=128, ratio=2, iterations={"first": 100, "decay": 0.5, "minimum": 30})
+    assert cfg.schedule(1024) == [(128, 100), (256, 50), (512, 30), (1024, 30)]
+    assert EngineConfig(start=512, iterations=(5, 7)).schedule(300) == [(300, 5)]
+    assert EngineConfig(start=16, ratio=2, iterations=(5, 7)).schedule(64) == [
+        (16, 5), (32, 7), (64, 7)]  # fmt: skip
