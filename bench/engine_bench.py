@@ -103,6 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--quick", action="store_true", help="small sizes (for a CPU)")
+    parser.add_argument("--skip", default="", help="comma list: presets,memory")
+    parser.add_argument("--presets", default="draft,standard,high", help="comma list")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -157,6 +159,9 @@ def main() -> None:
     preset_sizes = [64] if args.smoke else [128, 256] if args.quick else [512, 1024]
     batch = 2 if args.quick else 8
     presets = {"draft": PRESETS["draft"]} if args.smoke else PRESETS
+    presets = {k: v for k, v in presets.items() if k in args.presets.split(",")}
+    if "presets" in args.skip:
+        presets = {}
     for name, preset in presets.items():
         cfg = EngineConfig(**preset)
         for size in preset_sizes:
@@ -214,7 +219,8 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    if cuda:
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    if cuda and "memory" not in args.skip:
         for size in (2048, 4096, 6144, 8192):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -225,8 +231,9 @@ def main() -> None:
                     "peak": torch.cuda.max_memory_allocated() / 1e9,
                     "iter_ms": per_iteration_ms,
                 }
-            except torch.cuda.OutOfMemoryError:
-                report["memory_gb"][str(size)] = "out of memory"
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                report["memory_gb"][str(size)] = f"failed: {str(exc)[:80]}"
+                break
             print(f"memory {size}: {report['memory_gb'][str(size)]}", flush=True)
 
     Path(args.out).write_text(json.dumps(report, indent=2))

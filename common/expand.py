@@ -91,9 +91,44 @@ def content_name(uri: str) -> str:
 
 def plan_job(path: Path, settings: Settings, weights: str | None = None) -> JobPlan:
     """Load, validate and expand a manifest file. Raises ManifestError with every problem."""
-    source = str(path)
-    manifest = parse_manifest(load_document(path), source)
-    return expand(manifest, source, path.resolve().parent, settings, weights)
+    source, base_dir = str(path), path.resolve().parent
+    data = load_document(path)
+    try:
+        manifest = parse_manifest(data, source)
+    except ManifestError as exc:  # also name missing inputs, so one pass shows everything
+        raise ManifestError(source, exc.problems + _raw_input_problems(data, base_dir)) from None
+    return expand(manifest, source, base_dir, settings, weights)
+
+
+def _missing(where: str, text: str, base_dir: Path) -> Problem | None:
+    """A problem if ``text`` names a local file that is not there (or cannot be a URI)."""
+    try:
+        uri = canonical_uri(text, base_dir)
+    except ValueError as exc:
+        return Problem(where, str(exc))
+    if not is_s3(uri) and not Path(uri).is_file():
+        return Problem(where, f"file not found: {uri}")
+    return None
+
+
+def _raw_input_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:
+    """Missing inputs in a manifest that failed structural validation."""
+    found: list[Problem | None] = []
+    content = data.get("content")
+    for i, entry in enumerate(content if isinstance(content, list) else []):
+        if isinstance(entry, str) and entry:
+            found.append(_missing(f"content[{i}]", entry, base_dir))
+    styles = data.get("styles")
+    for i, style in enumerate(styles if isinstance(styles, list) else []):
+        if not isinstance(style, dict):
+            continue
+        if isinstance(style.get("image"), str):
+            found.append(_missing(f"styles[{i}].image", style["image"], base_dir))
+        images = style.get("images")
+        for j, item in enumerate(images if isinstance(images, list) else []):
+            if isinstance(item, dict) and isinstance(item.get("uri"), str):
+                found.append(_missing(f"styles[{i}].images[{j}].uri", item["uri"], base_dir))
+    return [p for p in found if p is not None]
 
 
 def expand(manifest: Manifest, source: str, base_dir: Path, settings: Settings,
@@ -117,10 +152,11 @@ def expand(manifest: Manifest, source: str, base_dir: Path, settings: Settings,
         images = []
         for j, (uri, weight) in enumerate(style.weighted()):
             where = f"styles[{i}].image" if style.image else f"styles[{i}].images[{j}].uri"
-            canon = attempt(where, canonical_uri, uri, base_dir)
-            if canon and not is_s3(canon) and not Path(canon).is_file():
-                problems.append(Problem(where, f"file not found: {canon}"))
-            images.append((canon, weight))
+            problem = _missing(where, uri, base_dir)
+            if problem:
+                problems.append(problem)
+                continue
+            images.append((canonical_uri(uri, base_dir), weight))
         styles.append((style, tuple(images), manifest.params.merged(style.params)))
 
     total = len(contents) * sum(len(params.sizes) for _, _, params in styles)
@@ -185,11 +221,11 @@ def _contents(manifest: Manifest, base_dir: Path, settings: Settings, attempt: A
     for i, entry in enumerate(manifest.content):
         where = f"content[{i}]"
         if isinstance(entry, str):
-            uri = attempt(where, canonical_uri, entry, base_dir)
-            if uri and not is_s3(uri) and not Path(uri).is_file():
-                problems.append(Problem(where, f"file not found: {uri}"))
-            if uri:
-                out.append(uri)
+            problem = _missing(where, entry, base_dir)
+            if problem:
+                problems.append(problem)
+            else:
+                out.append(canonical_uri(entry, base_dir))
             continue
         pattern = entry.glob if isinstance(entry, Glob) else entry.prefix
         label = "glob" if isinstance(entry, Glob) else "prefix"

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MAX_SIDE = 8192
+MAX_SIDE = 6144  # measured: 8192 px overflows 32-bit indexing in cuDNN (docs/performance.md)
 MIN_SIDE = 16
 MAX_ITERATIONS = 10_000
 
