@@ -28,15 +28,31 @@ from workers.engine.vgg import load_vgg19
 HERE = Path(__file__).resolve().parents[1] / "examples" / "images"
 STYLE_LAYERS = {"relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"}
 PRESETS = {  # mirrors common/params.py PRESETS (the bench imports torch-only code)
-    "draft": dict(start=128, ratio=2.0, iterations={"first": 120, "decay": 0.7, "minimum": 50},
-                  ema=0.0, lr=0.03, style_loss="gram"),
-    "standard": dict(start=128, ratio=2**0.5,
-                     iterations={"first": 300, "decay": 0.8, "minimum": 120},
-                     ema=0.9, lr=0.02, style_loss="gram"),
-    "high": dict(start=128, ratio=2**0.5,
-                 iterations={"first": 600, "decay": 0.85, "minimum": 250},
-                 ema=0.95, lr=0.02, style_loss="wasserstein"),
-}  # fmt: skip
+    "draft": dict(
+        start=128,
+        ratio=2.0,
+        iterations={"first": 120, "decay": 0.7, "minimum": 50},
+        ema=0.0,
+        lr=0.03,
+        style_loss="gram",
+    ),
+    "standard": dict(
+        start=128,
+        ratio=2**0.5,
+        iterations={"first": 300, "decay": 0.8, "minimum": 120},
+        ema=0.9,
+        lr=0.02,
+        style_loss="gram",
+    ),
+    "high": dict(
+        start=128,
+        ratio=2**0.5,
+        iterations={"first": 600, "decay": 0.85, "minimum": 250},
+        ema=0.95,
+        lr=0.02,
+        style_loss="wasserstein",
+    ),
+}
 
 
 def load(name: str, long_side: int) -> torch.Tensor:
@@ -119,8 +135,12 @@ def main() -> None:
     report: dict = {
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "raw_step_ms": {}, "engine_iter_ms": {}, "ratio": {}, "presets": {}, "memory_gb": {},
-    }  # fmt: skip
+        "raw_step_ms": {},
+        "engine_iter_ms": {},
+        "ratio": {},
+        "presets": {},
+        "memory_gb": {},
+    }
     content = load("tubingen.jpg", 512)
     style = load("starry_night.jpg", 512)
     engine = StyleEngine("random:0", device)
@@ -153,8 +173,10 @@ def main() -> None:
     report["graph_vs_eager_max_abs_diff"] = float((a - b).abs().max())
     pair = [item, RenderItem(item.content, [(load("wave.jpg", 512), 1.0)], seed=6)]
     batched = engine.render_batch(pair, cfg)[0].image
-    report["batched_vs_single_abs_diff"] = {"max": float((batched - a).abs().max()),
-                                            "mean": float((batched - a).abs().mean())}  # fmt: skip
+    report["batched_vs_single_abs_diff"] = {
+        "max": float((batched - a).abs().max()),
+        "mean": float((batched - a).abs().mean()),
+    }
 
     preset_sizes = [64] if args.smoke else [128, 256] if args.quick else [512, 1024]
     batch = 2 if args.quick else 8
@@ -180,8 +202,10 @@ def main() -> None:
             print(f"{name} {size}px: {time.perf_counter() - t:.2f} s", flush=True)
         size = preset_sizes[0]
         names = ["starry_night.jpg", "wave.jpg", "shipwreck.jpg", "composition_vii.jpg"] * 2
-        items = [RenderItem(load("tubingen.jpg", size), [(load(s, 512), 1.0)], seed=i)
-                 for i, s in enumerate(names[:batch])]  # fmt: skip
+        items = [
+            RenderItem(load("tubingen.jpg", size), [(load(s, 512), 1.0)], seed=i)
+            for i, s in enumerate(names[:batch])
+        ]
         engine.render_batch(items, EngineConfig(**{**preset, "iterations": 2}))
         sync(device)
         t = time.perf_counter()
@@ -189,9 +213,10 @@ def main() -> None:
         sync(device)
         seconds = time.perf_counter() - t
         report["presets"][f"{name}_{size}_batch{batch}"] = {
-            "seconds": seconds, "per_render": seconds / batch,
+            "seconds": seconds,
+            "per_render": seconds / batch,
             "renders_per_hour": 3600 * batch / seconds,
-        }  # fmt: skip
+        }
         print(f"{name} {size}px batch {batch}: {seconds / batch:.2f} s/render", flush=True)
 
     # The textbook loop: one scale, fp32, no channels_last, Adam on the pixels, from content.
@@ -213,8 +238,11 @@ def main() -> None:
     sync(device)
     seconds = time.perf_counter() - t
     report["reference_fp32"] = {
-        "size": size, "iterations": ref_iters, "seconds": seconds, "losses": ref.losses,
-    }  # fmt: skip
+        "size": size,
+        "iterations": ref_iters,
+        "seconds": seconds,
+        "losses": ref.losses,
+    }
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

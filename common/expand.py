@@ -61,8 +61,13 @@ class JobPlan:
         return self.manifest.output.format
 
 
-def render_id(content: str, style_images: tuple[tuple[str, float], ...], size: int,
-              params: dict[str, Any], weights: str) -> str:  # fmt: skip
+def render_id(
+    content: str,
+    style_images: tuple[tuple[str, float], ...],
+    size: int,
+    params: dict[str, Any],
+    weights: str,
+) -> str:
     total = sum(w for _, w in style_images)
     canonical = {
         "generation": ENGINE_GENERATION,
@@ -131,8 +136,9 @@ def _raw_input_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:
     return [p for p in found if p is not None]
 
 
-def expand(manifest: Manifest, source: str, base_dir: Path, settings: Settings,
-           weights: str | None = None) -> JobPlan:  # fmt: skip
+def expand(
+    manifest: Manifest, source: str, base_dir: Path, settings: Settings, weights: str | None = None
+) -> JobPlan:
     problems: list[Problem] = []
 
     def attempt(where: str, fn: Any, *args: Any) -> Any:
@@ -162,8 +168,11 @@ def expand(manifest: Manifest, source: str, base_dir: Path, settings: Settings,
     total = len(contents) * sum(len(params.sizes) for _, _, params in styles)
     if total > settings.max_renders:
         limit = settings.max_renders
-        problems.append(Problem("", f"expands to {total} renders; the limit is {limit} "
-                                    "(STYLEBATCH_MAX_RENDERS)"))  # fmt: skip
+        problems.append(
+            Problem(
+                "", f"expands to {total} renders; the limit is {limit} (STYLEBATCH_MAX_RENDERS)"
+            )
+        )
     if problems:
         raise ManifestError(source, problems)
 
@@ -179,9 +188,14 @@ def expand(manifest: Manifest, source: str, base_dir: Path, settings: Settings,
                     continue
                 seen.add(rid)
                 key = manifest.output.key.format(
-                    job=manifest.name, content=cname, style=style.name, size=size,
-                    preset=params.preset, id=rid[:12], ext=ext,
-                )  # fmt: skip
+                    job=manifest.name,
+                    content=cname,
+                    style=style.name,
+                    size=size,
+                    preset=params.preset,
+                    id=rid[:12],
+                    ext=ext,
+                )
                 try:
                     check_relative_key(key)
                     if key in RESERVED_KEYS:
@@ -190,14 +204,18 @@ def expand(manifest: Manifest, source: str, base_dir: Path, settings: Settings,
                     problems.append(Problem("output.key", str(exc)))
                     raise ManifestError(source, problems) from None
                 if key in by_key:
-                    problems.append(Problem("output.key", (
-                        f"two different renders map to {key!r} ({by_key[key]} and {content} "
-                        f"x {style.name} @ {size}); add {{content}}, {{style}}, {{size}} or {{id}}"
-                    )))  # fmt: skip
+                    message = (
+                        f"two different renders map to {key!r} ({by_key[key]} and {content} x "
+                        f"{style.name} @ {size}); add {{content}}, {{style}}, {{size}} or {{id}}"
+                    )
+                    problems.append(Problem("output.key", message))
                     raise ManifestError(source, problems)
                 by_key[key] = f"{content} x {style.name} @ {size}"
-                renders.append(Render(rid, content, cname, style.name, images, size,
-                                      resolved, key, weights_spec))  # fmt: skip
+                renders.append(
+                    Render(
+                        rid, content, cname, style.name, images, size, resolved, key, weights_spec
+                    )
+                )
     return JobPlan(
         job_id=job_id(manifest, weights_spec),
         name=manifest.name,
@@ -215,8 +233,9 @@ def job_id(manifest: Manifest, weights: str) -> str:
     return f"{manifest.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def _contents(manifest: Manifest, base_dir: Path, settings: Settings, attempt: Any,
-              problems: list[Problem]) -> list[str]:  # fmt: skip
+def _contents(
+    manifest: Manifest, base_dir: Path, settings: Settings, attempt: Any, problems: list[Problem]
+) -> list[str]:
     out: list[str] = []
     for i, entry in enumerate(manifest.content):
         where = f"content[{i}]"

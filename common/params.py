@@ -17,10 +17,20 @@ MAX_ITERATIONS = 10_000
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 ALL_LAYERS = (
-    "relu1_1", "relu1_2", "relu2_1", "relu2_2",
-    "relu3_1", "relu3_2", "relu3_3", "relu3_4",
-    "relu4_1", "relu4_2", "relu4_3", "relu4_4", "relu5_1",
-)  # fmt: skip
+    "relu1_1",
+    "relu1_2",
+    "relu2_1",
+    "relu2_2",
+    "relu3_1",
+    "relu3_2",
+    "relu3_3",
+    "relu3_4",
+    "relu4_1",
+    "relu4_2",
+    "relu4_3",
+    "relu4_4",
+    "relu5_1",
+)
 
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
 Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
@@ -137,24 +147,54 @@ _DEFAULT_LAYERS = {name: 1.0 for name in STYLE_LAYERS}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "draft": {
-        "style_weight": 1.0, "content_weight": 0.2, "tv_weight": 0.5,
-        "style_loss": "gram", "optimizer": "adam", "lr": 0.03, "pooling": "avg",
-        "style_layers": _DEFAULT_LAYERS, "content_layer": "relu4_2", "ema": 0.0,
-        "pyramid": {"start": 128, "ratio": 2.0,
-                    "iterations": {"first": 120, "decay": 0.7, "minimum": 50}},
+        "style_weight": 1.0,
+        "content_weight": 0.2,
+        "tv_weight": 0.5,
+        "style_loss": "gram",
+        "optimizer": "adam",
+        "lr": 0.03,
+        "pooling": "avg",
+        "style_layers": _DEFAULT_LAYERS,
+        "content_layer": "relu4_2",
+        "ema": 0.0,
+        "pyramid": {
+            "start": 128,
+            "ratio": 2.0,
+            "iterations": {"first": 120, "decay": 0.7, "minimum": 50},
+        },
     },
     "standard": {
-        "style_weight": 1.0, "content_weight": 0.2, "tv_weight": 0.5,
-        "style_loss": "gram", "optimizer": "adam", "lr": 0.02, "pooling": "avg",
-        "style_layers": _DEFAULT_LAYERS, "content_layer": "relu4_2", "ema": 0.9,
-        "pyramid": {"start": 128, "ratio": math.sqrt(2),
-                    "iterations": {"first": 300, "decay": 0.8, "minimum": 120}},
+        "style_weight": 1.0,
+        "content_weight": 0.2,
+        "tv_weight": 0.5,
+        "style_loss": "gram",
+        "optimizer": "adam",
+        "lr": 0.02,
+        "pooling": "avg",
+        "style_layers": _DEFAULT_LAYERS,
+        "content_layer": "relu4_2",
+        "ema": 0.9,
+        "pyramid": {
+            "start": 128,
+            "ratio": math.sqrt(2),
+            "iterations": {"first": 300, "decay": 0.8, "minimum": 120},
+        },
     },
     "high": {
-        "style_weight": 1.0, "content_weight": 0.2, "tv_weight": 0.5,
-        "style_loss": "wasserstein", "optimizer": "adam", "lr": 0.02, "pooling": "avg",
-        "style_layers": _DEFAULT_LAYERS, "content_layer": "relu4_2", "ema": 0.95,
-        "pyramid": {"start": 128, "ratio": math.sqrt(2),
-                    "iterations": {"first": 600, "decay": 0.85, "minimum": 250}},
+        "style_weight": 1.0,
+        "content_weight": 0.2,
+        "tv_weight": 0.5,
+        "style_loss": "wasserstein",
+        "optimizer": "adam",
+        "lr": 0.02,
+        "pooling": "avg",
+        "style_layers": _DEFAULT_LAYERS,
+        "content_layer": "relu4_2",
+        "ema": 0.95,
+        "pyramid": {
+            "start": 128,
+            "ratio": math.sqrt(2),
+            "iterations": {"first": 600, "decay": 0.85, "minimum": 250},
+        },
     },
-}  # fmt: skip
+}

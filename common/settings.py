@@ -24,6 +24,10 @@ class Settings:
     max_renders: int = 100_000
     max_input_bytes: int = 64 * 1024 * 1024
     max_input_pixels: int = 64_000_000
+    input_cache_bytes: int = 2 << 30
+    max_time_limit: int = 3 * 3600  # hard limit on any task, seconds
+    seconds_per_mpix_iteration: float = 0.05  # for time limits; ~0.01 on an H100/H200
+    result_expires: int = 7 * 24 * 3600
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -41,4 +45,14 @@ class Settings:
             max_input_pixels=int(
                 _env("STYLEBATCH_MAX_INPUT_PIXELS", str(default.max_input_pixels))
             ),
+            input_cache_bytes=int(
+                _env("STYLEBATCH_INPUT_CACHE_BYTES", str(default.input_cache_bytes))
+            ),
+            max_time_limit=int(_env("STYLEBATCH_MAX_TIME_LIMIT", str(default.max_time_limit))),
+            seconds_per_mpix_iteration=float(
+                _env(
+                    "STYLEBATCH_SECONDS_PER_MPIX_ITERATION", str(default.seconds_per_mpix_iteration)
+                )
+            ),
+            result_expires=int(_env("STYLEBATCH_RESULT_EXPIRES", str(default.result_expires))),
         )

@@ -63,9 +63,12 @@ class S3Storage:
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         try:
             self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data,
-                ContentType=content_type, Metadata=metadata,
-            )  # fmt: skip
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=data,
+                ContentType=content_type,
+                Metadata=metadata,
+            )
         except Exception as exc:
             raise _storage_error(exc, self.bucket, self._key(key)) from None
 

@@ -31,10 +31,15 @@ class RenderRecord:
     @classmethod
     def of(cls, render: Render, uri: str) -> RenderRecord:
         return cls(
-            id=render.id, content=render.content, style=render.style,
-            style_images=[[u, w] for u, w in render.style_images], size=render.size,
-            params=render.params, key=render.key, uri=uri,
-        )  # fmt: skip
+            id=render.id,
+            content=render.content,
+            style=render.style,
+            style_images=[[u, w] for u, w in render.style_images],
+            size=render.size,
+            params=render.params,
+            key=render.key,
+            uri=uri,
+        )
 
 
 @dataclass
@@ -52,10 +57,13 @@ class Summary:
     @classmethod
     def of(cls, plan: JobPlan) -> Summary:
         return cls(
-            job_id=plan.job_id, name=plan.name, source=plan.source, output=str(plan.location),
+            job_id=plan.job_id,
+            name=plan.name,
+            source=plan.source,
+            output=str(plan.location),
             weights=plan.weights,
             renders=[RenderRecord.of(r, plan.location.uri_of(r.key)) for r in plan.renders],
-        )  # fmt: skip
+        )
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

@@ -25,9 +25,11 @@ EXIT_INTERRUPTED = 130
 ManifestArg = Annotated[Path, typer.Argument(help="Job manifest (YAML or JSON).")]
 WeightsOpt = Annotated[
     str | None,
-    typer.Option(help="VGG19 weights: imagenet, a .pth file, an s3:// URI, or random[:SEED] "
-                      "(untrained, on purpose). Default: the manifest's, else STYLEBATCH_WEIGHTS."),
-]  # fmt: skip
+    typer.Option(
+        help="VGG19 weights: imagenet, a .pth file, an s3:// URI, or random[:SEED] "
+        "(untrained, on purpose). Default: the manifest's, else STYLEBATCH_WEIGHTS."
+    ),
+]
 
 
 def _plan(manifest: Path, weights: str | None) -> JobPlan:
@@ -49,12 +51,16 @@ def _print_plan(plan: JobPlan) -> None:
         by_style.setdefault(render.style, []).append(render)
     for style, renders in by_style.items():
         sizes = sorted({r.size for r in renders})
-        table.add_row(style, ", ".join(map(str, sizes)), renders[0].params["preset"],
-                      str(len(renders)))  # fmt: skip
+        table.add_row(
+            style, ", ".join(map(str, sizes)), renders[0].params["preset"], str(len(renders))
+        )
     out.print(table)
     contents = len({r.content for r in plan.renders})
-    out.print(f"{len(plan.renders)} renders: {contents} content image(s) x "
-              f"{len(by_style)} style(s); output {plan.location}", highlight=False)  # fmt: skip
+    out.print(
+        f"{len(plan.renders)} renders: {contents} content image(s) x "
+        f"{len(by_style)} style(s); output {plan.location}",
+        highlight=False,
+    )
     if plan.duplicates:
         out.print(f"{plan.duplicates} duplicate render(s) collapsed")
     _print_weights(plan.weights)
@@ -62,8 +68,10 @@ def _print_plan(plan: JobPlan) -> None:
 
 def _print_weights(weights: str) -> None:
     if weights.startswith("random"):
-        out.print(f"[bold yellow]weights: {weights} - UNTRAINED random VGG19 weights, chosen "
-                  "explicitly; results show texture, not a painter's style.[/]")  # fmt: skip
+        out.print(
+            f"[bold yellow]weights: {weights} - UNTRAINED random VGG19 weights, chosen "
+            "explicitly; results show texture, not a painter's style.[/]"
+        )
     else:
         out.print(f"weights: {weights}", highlight=False)
 
@@ -86,8 +94,10 @@ def run(
     try:
         from workers.progress import run_with_progress
     except ImportError as exc:
-        err.print(f"[red]`stylebatch run` needs the worker extra (torch): "
-                  f"pip install 'stylebatch[worker]' ({exc})[/]")  # fmt: skip
+        err.print(
+            f"[red]`stylebatch run` needs the worker extra (torch): "
+            f"pip install 'stylebatch[worker]' ({exc})[/]"
+        )
         raise typer.Exit(EXIT_INVALID) from None
     try:
         summary = run_with_progress(plan, Settings.from_env(), device, out)
@@ -98,17 +108,191 @@ def run(
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
     counts = summary.counts()
-    out.print(f"done {counts['done']}, skipped {counts['skipped']} (already rendered), "
-              f"failed {counts['failed']}", highlight=False)  # fmt: skip
+    out.print(
+        f"done {counts['done']}, skipped {counts['skipped']} (already rendered), "
+        f"failed {counts['failed']}",
+        highlight=False,
+    )
     for record in summary.renders:
         if record.status == "failed":
-            err.print(f"  failed {record.content} x {record.style} @ {record.size}: "
-                      f"{record.error}", highlight=False, markup=False)  # fmt: skip
-    out.print(f"outputs:       {plan.location}\nsummary:       "
-              f"{plan.location.uri_of('summary.json')}\ncontact sheet: "
-              f"{plan.location.uri_of('contact_sheet.png')}", highlight=False)  # fmt: skip
+            err.print(
+                f"  failed {record.content} x {record.style} @ {record.size}: {record.error}",
+                highlight=False,
+                markup=False,
+            )
+    out.print(
+        f"outputs:       {plan.location}\nsummary:       "
+        f"{plan.location.uri_of('summary.json')}\ncontact sheet: "
+        f"{plan.location.uri_of('contact_sheet.png')}",
+        highlight=False,
+    )
     if counts["failed"]:
         raise typer.Exit(EXIT_FAILED)
+
+
+# -- distributed ---------------------------------------------------------------------------
+
+JobArg = Annotated[str, typer.Argument(help="Job id (from submit or `stylebatch jobs`).")]
+
+
+def _queue():
+    from common.jobs import JobStore
+    from common.queue import make_app
+
+    settings = Settings.from_env()
+    return settings, make_app(settings), JobStore.from_url(settings.redis_url)
+
+
+def _job_or_exit(store, job_id: str):
+    info = store.get(job_id)
+    if info is None:
+        err.print(f"[red]no such job:[/] {job_id}", highlight=False)
+        raise typer.Exit(EXIT_INVALID)
+    return info
+
+
+@app.command()
+def submit(
+    manifest: ManifestArg,
+    weights: WeightsOpt = None,
+    force: Annotated[bool, typer.Option(help="Submit again even if this job exists.")] = False,
+) -> None:
+    """Validate a manifest, record the job in Redis and enqueue its renders for the workers."""
+    from scheduler.submit import submit as submit_job
+
+    plan = _plan(manifest, weights)
+    settings, celery, store = _queue()
+    result = submit_job(plan, settings, celery, store, force)
+    if result.created:
+        out.print(
+            f"submitted {result.job_id}: {result.renders} renders in {result.tasks} "
+            f"tasks, enqueued in {result.seconds:.2f} s",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"exists {result.job_id} (unchanged manifest; --force to submit again)", highlight=False
+        )
+    _print_weights(plan.weights)
+    out.print(result.job_id, highlight=False)
+
+
+def _counts(store, info) -> dict[str, int]:
+    running = store.running(info.job_id)
+    ended = sum(info.count(s) for s in ("done", "skipped", "failed", "cancelled"))
+    return {
+        "pending": max(0, info.total - ended - running),
+        "running": running,
+        "done": info.count("done"),
+        "skipped": info.count("skipped"),
+        "failed": info.count("failed"),
+        "cancelled": info.count("cancelled"),
+    }
+
+
+@app.command()
+def status(
+    job: JobArg,
+    watch: Annotated[
+        bool, typer.Option(help="Show a live progress bar until the job ends.")
+    ] = False,
+) -> None:
+    """Counts per state, and every failure with its reason."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    _, _, store = _queue()
+    info = _job_or_exit(store, job)
+    if watch:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=out
+        ) as bar:
+            task = bar.add_task(job, total=info.total)
+            while True:
+                info = store.get(job)
+                counts = _counts(store, info)
+                ended = info.total - counts["pending"] - counts["running"]
+                bar.update(
+                    task,
+                    completed=ended,
+                    description=(f"{job} running {counts['running']} failed {counts['failed']}"),
+                )
+                if info.status in ("done", "cancelled"):
+                    break
+                time.sleep(1)
+    counts = _counts(store, info)
+    out.print(
+        f"job {job} ({info.meta['name']}): {info.status}"
+        + (" [cancel requested]" if info.cancelled else ""),
+        highlight=False,
+    )
+    out.print(
+        "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  total {info.total}", highlight=False
+    )
+    out.print(f"output {info.location}", highlight=False)
+    failures = [(rid, s) for rid, s in store.states(job).items() if s["status"] == "failed"]
+    if failures:
+        specs = {r.id: r for r in store.specs(job, [rid for rid, _ in failures[:50]])}
+        for rid, state in failures[:50]:
+            spec = specs.get(rid)
+            what = f"{spec.content_name} x {spec.style} @ {spec.size}" if spec else rid
+            out.print(f"  failed {what}: {state.get('error')}", highlight=False, markup=False)
+
+
+@app.command()
+def jobs(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
+    """Recent jobs and their progress."""
+    _, _, store = _queue()
+    table = Table()
+    for column in ("job", "status", "total", "done", "skipped", "failed", "cancelled"):
+        table.add_column(column)
+    for info in store.jobs(limit):
+        table.add_row(
+            info.job_id,
+            info.status,
+            str(info.total),
+            *(str(info.count(s)) for s in ("done", "skipped", "failed", "cancelled")),
+        )
+    out.print(table)
+
+
+@app.command()
+def cancel(job: JobArg) -> None:
+    """Cancel a job: renders not yet started are skipped, even after a worker restart."""
+    _, _, store = _queue()
+    _job_or_exit(store, job)
+    store.cancel(job)
+    out.print(f"cancel requested for {job}: queued renders will be skipped", highlight=False)
+
+
+@app.command()
+def retry(job: JobArg) -> None:
+    """Re-drive only the failed renders of a job."""
+    from scheduler.submit import retry_failed
+
+    settings, celery, store = _queue()
+    _job_or_exit(store, job)
+    count = retry_failed(job, settings, celery, store)
+    out.print(f"re-enqueued {count} failed render(s) of {job}", highlight=False)
+
+
+@app.command()
+def worker(
+    cpu_workers: Annotated[int, typer.Option(help="CPU workers where there is no GPU.")] = 1,
+    bookkeeping: Annotated[bool, typer.Option(help="Also run the bookkeeping worker.")] = True,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Start one worker per GPU (or CPU workers), plus a bookkeeping worker."""
+    from workers.launch import run_workers, visible_gpus, worker_commands
+
+    gpus = visible_gpus()
+    commands = worker_commands(gpus, None, loglevel, cpu_workers, bookkeeping)
+    out.print(
+        f"starting {len(commands)} worker process(es): "
+        f"{', '.join(argv[argv.index('-n') + 1] for argv, _ in commands)}"
+    )
+    raise typer.Exit(run_workers(commands))
 
 
 def main() -> None:  # pragma: no cover - console entry

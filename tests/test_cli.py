@@ -21,8 +21,14 @@ pytest.importorskip("torch")
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "200", "STYLEBATCH_DEVICE": "cpu"}
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_validate_ok():
@@ -93,16 +99,16 @@ def test_failed_render_is_listed_and_others_finish(tmp_path, images, weights_fil
     assert result.returncode == 1
     assert "broken.jpg: not a recognised image format" in result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["counts"] == {"pending": 0, "done": 2, "skipped": 0, "failed": 2,
-                                 "cancelled": 0}  # fmt: skip
+    assert summary["counts"] == {"pending": 0, "done": 2, "skipped": 0, "failed": 2, "cancelled": 0}
 
 
 def test_interrupted_run_keeps_whole_outputs_and_resumes(tmp_path, images, weights_file):
     from workers.local import run_local
 
     out = tmp_path / "out"
-    plan = plan_job(write_manifest(tmp_path, tiny_manifest(images, out)), Settings(),
-                    str(weights_file))  # fmt: skip
+    plan = plan_job(
+        write_manifest(tmp_path, tiny_manifest(images, out)), Settings(), str(weights_file)
+    )
     settings = Settings()
 
     def ctrl_c_in_second_scale(scale, scales, iteration, iterations):
@@ -124,6 +130,8 @@ def test_interrupted_run_keeps_whole_outputs_and_resumes(tmp_path, images, weigh
 
 
 def test_cli_never_imports_torch():
-    code = ("import sys, scheduler.cli, common.expand, common.contact_sheet; "
-            "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
+    code = (
+        "import sys, scheduler.cli, common.expand, common.contact_sheet; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -32,8 +32,9 @@ def item(images, style="starry_night", size=48, seed=0):
 
 
 def test_multi_scale_beats_single_scale_on_equal_budget(engine, images):
-    it = RenderItem(tensor(EXAMPLES / "tubingen.jpg", 128),
-                    [(tensor(EXAMPLES / "starry_night.jpg", 128), 1.0)])  # fmt: skip
+    it = RenderItem(
+        tensor(EXAMPLES / "tubingen.jpg", 128), [(tensor(EXAMPLES / "starry_night.jpg", 128), 1.0)]
+    )
     base = dict(init="noise", ema=0.0, lr=0.03, tv_weight=0.0)
     single = engine.render(it, EngineConfig(start=128, iterations=60, **base))
     multi = engine.render(it, EngineConfig(start=64, ratio=2, iterations=(30, 30), **base))
@@ -87,8 +88,10 @@ def test_blend_weights_move_between_styles(engine, images):
 
     def style_losses(weight_a):
         out = engine.render(RenderItem(content, [(a, weight_a), (b, 1 - weight_a + 1e-9)]), cfg)
-        return [engine.evaluate(out.image[None], [RenderItem(content, [(s, 1.0)])], cfg)[0][
-            "style"] for s in (a, b)]  # fmt: skip
+        return [
+            engine.evaluate(out.image[None], [RenderItem(content, [(s, 1.0)])], cfg)[0]["style"]
+            for s in (a, b)
+        ]
 
     near_a, mid, near_b = style_losses(0.95), style_losses(0.5), style_losses(0.05)
     assert near_a[0] < mid[0] < near_b[0]
@@ -126,13 +129,24 @@ def test_style_statistics_init_and_style_scale(engine, images):
 @pytest.mark.parametrize(
     "bad",
     [
-        {"color": "sepia"}, {"init": "zeros"}, {"style_loss": "l1"}, {"optimizer": "sgd"},
-        {"lr": 0}, {"ema": 1.0}, {"style_scale": 10}, {"start": 4}, {"ratio": 1.0},
-        {"iterations": 0}, {"iterations": ()}, {"iterations": "many"},
-        {"style_layers": (("relu9_1", 1.0),)}, {"content_layer": "conv1_1"},
-        {"optimizer": "lbfgs", "ema": 0.5}, {"style_weight": -1},
+        {"color": "sepia"},
+        {"init": "zeros"},
+        {"style_loss": "l1"},
+        {"optimizer": "sgd"},
+        {"lr": 0},
+        {"ema": 1.0},
+        {"style_scale": 10},
+        {"start": 4},
+        {"ratio": 1.0},
+        {"iterations": 0},
+        {"iterations": ()},
+        {"iterations": "many"},
+        {"style_layers": (("relu9_1", 1.0),)},
+        {"content_layer": "conv1_1"},
+        {"optimizer": "lbfgs", "ema": 0.5},
+        {"style_weight": -1},
     ],
-)  # fmt: skip
+)
 def test_bad_parameters_rejected(bad):
     with pytest.raises(ValueError):
         EngineConfig(**bad)
@@ -148,4 +162,7 @@ def test_schedule():
     assert cfg.schedule(1024) == [(128, 100), (256, 50), (512, 30), (1024, 30)]
     assert EngineConfig(start=512, iterations=(5, 7)).schedule(300) == [(300, 5)]
     assert EngineConfig(start=16, ratio=2, iterations=(5, 7)).schedule(64) == [
-        (16, 5), (32, 7), (64, 7)]  # fmt: skip
+        (16, 5),
+        (32, 7),
+        (64, 7),
+    ]

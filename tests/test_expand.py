@@ -52,9 +52,15 @@ def test_ids_change_with_what_changes_pixels(tmp_path, images):
 def test_blend_weights_normalised_in_id(tmp_path, images):
     def with_weights(w1, w2):
         data = tiny_manifest(images, tmp_path / "o")
-        data["styles"] = [{"name": "mix", "images": [
-            {"uri": str(images["starry_night"]), "weight": w1},
-            {"uri": str(images["wave"]), "weight": w2}]}]  # fmt: skip
+        data["styles"] = [
+            {
+                "name": "mix",
+                "images": [
+                    {"uri": str(images["starry_night"]), "weight": w1},
+                    {"uri": str(images["wave"]), "weight": w2},
+                ],
+            }
+        ]
         return plan(tmp_path, data, f"w{w1}-{w2}").renders[0].id
 
     assert with_weights(1, 3) == with_weights(0.5, 1.5)

@@ -64,8 +64,13 @@ def test_every_error_reported_at_once(tmp_path, images):
     data["output"]["format"] = "gif"
     data["styles"][1]["name"] = "bad name!"
     found = "\n".join(problems(tmp_path, data))
-    for where in ("params.sizes[0]", "params.sizes[1]", "priority", "output.format",
-                  "styles[1].name"):  # fmt: skip
+    for where in (
+        "params.sizes[0]",
+        "params.sizes[1]",
+        "priority",
+        "output.format",
+        "styles[1].name",
+    ):
         assert where in found, found
 
 
@@ -108,8 +113,9 @@ def test_missing_files_named(tmp_path, images):
     data["content"].append("nowhere/photo.jpg")
     data["styles"][1]["image"] = "/no/such/style.png"
     found = problems(tmp_path, data)
-    assert any(p.startswith("content[1]: file not found") and "nowhere/photo.jpg" in p
-               for p in found)  # fmt: skip
+    assert any(
+        p.startswith("content[1]: file not found") and "nowhere/photo.jpg" in p for p in found
+    )
     assert any(p.startswith("styles[1].image: file not found") for p in found)
 
 
@@ -119,8 +125,16 @@ def test_glob_that_matches_nothing(tmp_path, images):
     assert any(p.startswith("content[0].glob: matches no image") for p in problems(tmp_path, data))
 
 
-@pytest.mark.parametrize("key", ["../{content}.{ext}", "/abs/{content}.{ext}", "a//{id}.{ext}",
-                                 "{content}/../../x-{id}.{ext}", "summary.json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../{content}.{ext}",
+        "/abs/{content}.{ext}",
+        "a//{id}.{ext}",
+        "{content}/../../x-{id}.{ext}",
+        "summary.json",
+    ],
+)
 def test_keys_that_escape_the_prefix(tmp_path, images, key):
     data = tiny_manifest(images, tmp_path / "out")
     data["output"]["key"] = key
@@ -132,8 +146,9 @@ def test_key_collisions(tmp_path, images):
     data = tiny_manifest(images, tmp_path / "out")
     data["output"]["key"] = "{content}.{ext}"  # two styles, one key
     found = problems(tmp_path, data)
-    assert any(p.startswith("output.key: two different renders map to 'tubingen.png'")
-               for p in found)  # fmt: skip
+    assert any(
+        p.startswith("output.key: two different renders map to 'tubingen.png'") for p in found
+    )
 
 
 def test_render_limit(tmp_path, images):
@@ -171,5 +186,6 @@ def test_not_a_mapping_and_missing_file(tmp_path):
 
 def test_required_fields(tmp_path):
     found = problems(tmp_path, {"name": "x"})
-    assert {"output: Field required", "content: Field required",
-            "styles: Field required"} <= set(found)  # fmt: skip
+    assert {"output: Field required", "content: Field required", "styles: Field required"} <= set(
+        found
+    )

@@ -5,19 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from common.contact_sheet import sheet_for
 from common.errors import InputError
-from common.expand import RESERVED_KEYS, JobPlan, Render
+from common.expand import JobPlan, Render
+from common.report import publish, write_summary
 from common.settings import Settings
-from common.storage import Storage, open_storage
+from common.storage import open_storage
 from common.summary import Summary
 from workers.render import ENGINE_VERSION, Outcome, Renderer, batches, is_done
-
-SUMMARY_KEY, SHEET_KEY = RESERVED_KEYS
-
-
-def write_summary(storage: Storage, summary: Summary) -> None:
-    storage.put(SUMMARY_KEY, summary.to_json(), "application/json", {"job": summary.job_id})
 
 
 def run_local(
@@ -72,8 +66,10 @@ def run_local(
             ):
                 record(outcome)
             write_summary(storage, summary)
-    finally:
+    except BaseException:
         summary.finished = time.time()
         write_summary(storage, summary)
-    storage.put(SHEET_KEY, sheet_for(summary, storage, settings), "image/png", {})
+        raise
+    summary.finished = time.time()
+    publish(storage, summary, settings)
     return summary

@@ -13,8 +13,12 @@ from workers.render import Outcome
 
 
 def run_with_progress(plan: JobPlan, settings: Settings, device: str, console: Console) -> Summary:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         renders = bar.add_task("renders", total=len(plan.renders))
         scale = bar.add_task("  scale", total=1, visible=False)
@@ -26,8 +30,12 @@ def run_with_progress(plan: JobPlan, settings: Settings, device: str, console: C
             bar.advance(renders)
 
         def on_step(index: int, count: int, iteration: int, iterations: int) -> None:
-            bar.update(scale, description=f"  scale {index + 1}/{count}",
-                       completed=iteration, total=iterations)  # fmt: skip
+            bar.update(
+                scale,
+                description=f"  scale {index + 1}/{count}",
+                completed=iteration,
+                total=iterations,
+            )
 
         summary = run_local(plan, settings, device, on_outcome, on_step, on_start)
         bar.update(scale, visible=False)

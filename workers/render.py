@@ -15,16 +15,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
 from common.errors import StylebatchError
 from common.expand import Render
 from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side
+from common.queue import MAX_BATCH_PIXELS
 from common.settings import Settings
-from common.storage import Storage, read_input
+from common.storage import Storage
+from workers.cache import InputCache
 
 ENGINE_VERSION = "stylebatch-engine/1"
-MAX_BATCH_PIXELS = 8 * 512 * 512  # renders optimised together, by total output pixels
 
 
 @dataclass
@@ -42,13 +44,14 @@ class ImageCache:
     def __init__(self, settings: Settings, max_pixels: int = 200_000_000):
         self.settings = settings
         self.max_pixels = max_pixels
+        self.inputs = InputCache(settings)
         self.items: OrderedDict[str, Image.Image] = OrderedDict()
 
     def get(self, uri: str) -> Image.Image:
         if uri in self.items:
             self.items.move_to_end(uri)
             return self.items[uri]
-        img = decode(read_input(uri, self.settings), uri, self.settings.max_input_pixels)
+        img = decode(self.inputs.read(uri), uri, self.settings.max_input_pixels)
         self.items[uri] = img
         while sum(i.width * i.height for i in self.items.values()) > self.max_pixels:
             self.items.popitem(last=False)
@@ -78,8 +81,11 @@ def is_done(storage: Storage, render: Render) -> bool:
     return meta.get("render_id", meta.get("render-id")) == render.id
 
 
-def batches(renders: Iterable[Render], shape_of: Callable[[Render], tuple[int, int]],
-            max_pixels: int = MAX_BATCH_PIXELS) -> list[list[Render]]:  # fmt: skip
+def batches(
+    renders: Iterable[Render],
+    shape_of: Callable[[Render], tuple[int, int]],
+    max_pixels: int = MAX_BATCH_PIXELS,
+) -> list[list[Render]]:
     """Renders that can share one optimisation: same output shape and same parameters."""
     groups: dict[str, list[Render]] = {}
     for render in renders:
@@ -123,8 +129,15 @@ class Renderer:
         img = self.content_at_size(render)
         return img.height, img.width
 
-    def render_batch(self, group: list[Render], storage: Storage, job_id: str, fmt: str,
-                     quality: int, progress: Callable | None = None) -> list[Outcome]:  # fmt: skip
+    def render_batch(
+        self,
+        group: list[Render],
+        storage: Storage,
+        job_id: str,
+        fmt: str,
+        quality: int,
+        progress: Callable | None = None,
+    ) -> list[Outcome]:
         """Render a compatible group and write each output; failures are per render."""
         from workers.engine import EngineConfig, RenderItem
         from workers.images import to_image, to_tensor
@@ -141,10 +154,15 @@ class Renderer:
                 for r in group
             ]
             results = self.engine.render_batch(items, config, progress)
+        except SoftTimeLimitExceeded:
+            raise  # the task's own clean failure path handles it
         except Exception as exc:
             if len(group) > 1:  # find which render is at fault, and keep the rest
-                return [o for r in group for o in self.render_batch(
-                    [r], storage, job_id, fmt, quality, progress)]  # fmt: skip
+                return [
+                    o
+                    for r in group
+                    for o in self.render_batch([r], storage, job_id, fmt, quality, progress)
+                ]
             return [Outcome(group[0], "failed", time.perf_counter() - started, _reason(exc))]
         outcomes = []
         for render, result in zip(group, results, strict=True):
@@ -162,10 +180,14 @@ class Renderer:
 def _flat_metadata(meta: dict[str, Any]) -> dict[str, str]:
     """S3 user metadata: short ASCII strings only."""
     return {
-        "job": meta["job"], "render-id": meta["render_id"], "style": meta["style"],
-        "size": str(meta["size"]), "engine": meta["engine"], "weights-id": meta["weights_id"],
+        "job": meta["job"],
+        "render-id": meta["render_id"],
+        "style": meta["style"],
+        "size": str(meta["size"]),
+        "engine": meta["engine"],
+        "weights-id": meta["weights_id"],
         "params": json.dumps(meta["params"], sort_keys=True, separators=(",", ":"))[:1500],
-    }  # fmt: skip
+    }
 
 
 def _reason(exc: BaseException) -> str:

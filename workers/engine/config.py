@@ -7,11 +7,27 @@ from dataclasses import dataclass
 from typing import Any
 
 LAYERS = (
-    "relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu3_3", "relu3_4",
-    "relu4_1", "relu4_2", "relu4_3", "relu4_4", "relu5_1",
-)  # fmt: skip
-DEFAULT_STYLE_LAYERS = (("relu1_1", 1.0), ("relu2_1", 1.0), ("relu3_1", 1.0),
-                        ("relu4_1", 1.0), ("relu5_1", 1.0))  # fmt: skip
+    "relu1_1",
+    "relu1_2",
+    "relu2_1",
+    "relu2_2",
+    "relu3_1",
+    "relu3_2",
+    "relu3_3",
+    "relu3_4",
+    "relu4_1",
+    "relu4_2",
+    "relu4_3",
+    "relu4_4",
+    "relu5_1",
+)
+DEFAULT_STYLE_LAYERS = (
+    ("relu1_1", 1.0),
+    ("relu2_1", 1.0),
+    ("relu3_1", 1.0),
+    ("relu4_1", 1.0),
+    ("relu5_1", 1.0),
+)
 
 
 @dataclass(frozen=True)
@@ -106,8 +122,9 @@ class EngineConfig:
                 raise ValueError("iterations list is empty")
             value = plan[min(index, len(plan) - 1)]
         elif isinstance(plan, dict):
-            value = max(int(plan.get("minimum", 1)),
-                        round(plan["first"] * plan.get("decay", 1.0) ** index))  # fmt: skip
+            value = max(
+                int(plan.get("minimum", 1)), round(plan["first"] * plan.get("decay", 1.0) ** index)
+            )
         else:
             raise ValueError(f"iterations must be an int, a list or a decay rule, not {plan!r}")
         if not isinstance(value, int) or not 1 <= value <= 10_000:

@@ -112,12 +112,14 @@ class StyleEngine:
 
     # -- public API -----------------------------------------------------------------------
 
-    def render(self, item: RenderItem, config: EngineConfig,
-               progress: Progress | None = None) -> RenderResult:  # fmt: skip
+    def render(
+        self, item: RenderItem, config: EngineConfig, progress: Progress | None = None
+    ) -> RenderResult:
         return self.render_batch([item], config, progress)[0]
 
-    def render_batch(self, items: list[RenderItem], config: EngineConfig,
-                     progress: Progress | None = None) -> list[RenderResult]:  # fmt: skip
+    def render_batch(
+        self, items: list[RenderItem], config: EngineConfig, progress: Progress | None = None
+    ) -> list[RenderResult]:
         """Optimise several renders together. Each keeps its own loss, so the result is the
         same as rendering it alone (L-BFGS couples a batch, so it renders one at a time)."""
         if not items:
@@ -176,8 +178,9 @@ class StyleEngine:
             for i in range(len(items))
         ]
 
-    def evaluate(self, images: torch.Tensor, items: list[RenderItem],
-                 config: EngineConfig) -> list[dict[str, float]]:  # fmt: skip
+    def evaluate(
+        self, images: torch.Tensor, items: list[RenderItem], config: EngineConfig
+    ) -> list[dict[str, float]]:
         """The objective of finished images (B, 3, H, W) at their size: for comparing methods."""
         height, width = images.shape[-2:]
         contents = torch.stack([item.content for item in items]).float().to(self.device)
@@ -210,8 +213,14 @@ class StyleEngine:
         return prepared
 
     @torch.no_grad()
-    def _targets(self, guide: torch.Tensor, styles: list, config: EngineConfig,
-                 dims: tuple[int, int], long_side: int) -> _Targets:  # fmt: skip
+    def _targets(
+        self,
+        guide: torch.Tensor,
+        styles: list,
+        config: EngineConfig,
+        dims: tuple[int, int],
+        long_side: int,
+    ) -> _Targets:
         cfeat = self._features(_resize(guide, dims), {config.content_layer}, config.pooling)
         ctarget = cfeat[config.content_layer].float()
         layers = {name for name, _ in config.style_layers}
@@ -227,8 +236,10 @@ class StyleEngine:
                     h, w = scale_dims(*image.shape[-2:], style_long)
                     feats = self._features(_resize(image[None], (h, w)), layers, config.pooling)
                     stats = {name: moments(f) for name, f in feats.items()}
-                    cache[key] = ({n: s[0][0] for n, s in stats.items()},
-                                  {n: s[1][0] for n, s in stats.items()})  # fmt: skip
+                    cache[key] = (
+                        {n: s[0][0] for n, s in stats.items()},
+                        {n: s[1][0] for n, s in stats.items()},
+                    )
                 mean, gram = cache[key]
                 for name in layers:
                     means[name] = means.get(name, 0) + weight * mean[name]
@@ -244,8 +255,9 @@ class StyleEngine:
         }
         return _Targets(ctarget, content_norm(ctarget), targets)
 
-    def _objective(self, x: torch.Tensor, targets: _Targets,
-                   config: EngineConfig) -> dict[str, torch.Tensor]:  # fmt: skip
+    def _objective(
+        self, x: torch.Tensor, targets: _Targets, config: EngineConfig
+    ) -> dict[str, torch.Tensor]:
         layers = {name for name, _ in config.style_layers} | {config.content_layer}
         feats = self._features(x, layers, config.pooling)
         total_weight = sum(w for _, w in config.style_layers)
@@ -322,9 +334,15 @@ class StyleEngine:
 
     def _lbfgs(self, x, targets, config, iterations) -> None:
         x.requires_grad_(True)
-        opt = torch.optim.LBFGS([x], lr=1, max_iter=iterations, history_size=20,
-                                tolerance_grad=1e-9, tolerance_change=1e-12,
-                                line_search_fn="strong_wolfe")  # fmt: skip
+        opt = torch.optim.LBFGS(
+            [x],
+            lr=1,
+            max_iter=iterations,
+            history_size=20,
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure():
             opt.zero_grad()
@@ -348,8 +366,10 @@ class StyleEngine:
                 out.append((0.5 + 0.2 * noise).clamp(0, 1))
                 continue
             mean = sum(w * img.reshape(3, -1).mean(1).cpu() for img, w in item_styles)
-            second = sum(w * (lambda f: f @ f.T / f.shape[1])(img.reshape(3, -1).cpu())
-                         for img, w in item_styles)  # fmt: skip
+            second = sum(
+                w * (lambda f: f @ f.T / f.shape[1])(img.reshape(3, -1).cpu())
+                for img, w in item_styles
+            )
             cov = second - torch.outer(mean, mean) + 1e-5 * torch.eye(3)
             chol = torch.linalg.cholesky(cov.double()).float()
             out.append((mean.view(3, 1, 1) + torch.einsum("ij,jhw->ihw", chol, noise)).clamp(0, 1))
@@ -361,5 +381,7 @@ def describe(config: EngineConfig, long_side: int) -> str:
     plan = config.schedule(long_side)
     total = sum(n for _, n in plan)
     cost = sum(n * (s / long_side) ** 2 for s, n in plan)
-    return (f"{len(plan)} scales {[s for s, _ in plan]}, {total} iterations "
-            f"(~{math.ceil(cost)} full-size equivalents)")  # fmt: skip
+    return (
+        f"{len(plan)} scales {[s for s, _ in plan]}, {total} iterations "
+        f"(~{math.ceil(cost)} full-size equivalents)"
+    )

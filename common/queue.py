@@ -1,0 +1,98 @@
+"""The Celery application as both sides see it: configuration, queues, task names and time
+limits. Tasks are sent by name, so the scheduler never imports the workers (or torch)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from celery import Celery
+
+from common.settings import Settings
+
+RENDER_QUEUE = "render"  # GPU work, one task at a time per process
+BOOKKEEPING_QUEUE = "bookkeeping"  # summaries, contact sheets, failure records
+RENDER_TASK = "stylebatch.render"
+FINALIZE_TASK = "stylebatch.finalize"
+FAILED_TASK = "stylebatch.render_failed"
+MAX_DELIVERIES = 3  # a render that kills its worker this often is marked failed
+MAX_BATCH_PIXELS = 8 * 512 * 512  # renders optimised together, by total output pixels
+
+
+def celery_priority(priority: int) -> int:
+    """Manifest priority 9 is most urgent; Celery's Redis transport serves 0 first."""
+    return 9 - priority
+
+
+def time_limits(
+    size: int, params: dict[str, Any], renders: int, settings: Settings
+) -> tuple[int, int]:
+    """(soft, hard) seconds for a task: the work in full-size-equivalent megapixel iterations,
+    at ``settings.seconds_per_mpix_iteration``, with head room, capped by the hard maximum."""
+    pyramid = params["pyramid"]
+    plan, scales, side = pyramid["iterations"], [], float(pyramid["start"])
+    while side < size * 0.95:
+        scales.append(side)
+        side *= pyramid["ratio"]
+    scales.append(size)
+    work = 0.0
+    for i, s in enumerate(scales):
+        if isinstance(plan, int):
+            n = plan
+        elif isinstance(plan, list):
+            n = plan[min(i, len(plan) - 1)]
+        else:
+            n = max(plan.get("minimum", 1), round(plan["first"] * plan.get("decay", 1.0) ** i))
+        work += n * (s * s) / 1e6
+    cost = 2 if params.get("style_loss") == "wasserstein" else 1
+    estimate = work * cost * renders * settings.seconds_per_mpix_iteration
+    soft = min(settings.max_time_limit * 0.8, 60 + 3 * estimate)
+    hard = min(settings.max_time_limit, soft * 1.25)
+    return math.ceil(soft), math.ceil(hard)
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    # Unacknowledged messages come back after the visibility timeout: it must exceed the
+    # longest a task may run (its hard limit), or a slow render would be delivered twice.
+    visibility = settings.max_time_limit + max(10, settings.max_time_limit // 4)
+    transport = {
+        "visibility_timeout": visibility,
+        "queue_order_strategy": "priority",
+        "priority_steps": list(range(10)),
+        "sep": ":",
+        "unacked_restore_interval": max(1, min(10, visibility // 4)),
+        "unacked_restore_throttle": 1,
+    }
+    app = Celery("stylebatch", broker=settings.redis_url, backend=settings.redis_url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": visibility},
+        visibility_timeout=visibility,
+        task_time_limit=settings.max_time_limit,
+        task_soft_time_limit=int(settings.max_time_limit * 0.8),
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_track_started=True,
+        result_expires=settings.result_expires,
+        result_extended=True,
+        task_default_queue=BOOKKEEPING_QUEUE,
+        task_routes={
+            RENDER_TASK: {"queue": RENDER_QUEUE},
+            FINALIZE_TASK: {"queue": BOOKKEEPING_QUEUE},
+            FAILED_TASK: {"queue": BOOKKEEPING_QUEUE},
+        },
+        task_default_priority=celery_priority(5),
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    return app

@@ -1,0 +1,98 @@
+"""Submitting a job: record it in Redis, then enqueue its renders as tasks, sent by name."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from celery import Celery, Signature
+
+from common.expand import JobPlan, Render
+from common.jobs import JobStore
+from common.queue import (
+    FAILED_TASK,
+    MAX_BATCH_PIXELS,
+    RENDER_QUEUE,
+    RENDER_TASK,
+    celery_priority,
+    time_limits,
+)
+from common.settings import Settings
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    created: bool
+    renders: int
+    tasks: int
+    seconds: float
+
+
+def task_groups(renders: list[Render]) -> list[list[Render]]:
+    """Renders a worker can optimise as one batch: one content, one size, one parameter set
+    (so one output shape), up to the batch pixel budget."""
+    groups: dict[str, list[Render]] = {}
+    for render in renders:
+        key = json.dumps(
+            [render.content, render.size, render.params, render.weights], sort_keys=True
+        )
+        groups.setdefault(key, []).append(render)
+    out = []
+    for group in groups.values():
+        per_task = max(1, MAX_BATCH_PIXELS // (group[0].size ** 2))
+        out += [group[i : i + per_task] for i in range(0, len(group), per_task)]
+    return out
+
+
+def enqueue(
+    app: Celery, job_id: str, renders: list[Render], priority: int, settings: Settings
+) -> int:
+    """Send one task per group over one connection; returns the number of tasks."""
+    groups = task_groups(renders)
+    with app.producer_or_acquire() as producer:
+        for group in groups:
+            first = group[0]
+            soft, hard = time_limits(first.size, first.params, len(group), settings)
+            ids = [r.id for r in group]
+            app.send_task(
+                RENDER_TASK,
+                kwargs={
+                    "job_id": job_id,
+                    "render_ids": ids,
+                    "size": first.size,
+                    "styles": [r.style for r in group],
+                    "content": first.content_name,
+                },
+                queue=RENDER_QUEUE,
+                priority=celery_priority(priority),
+                soft_time_limit=soft,
+                time_limit=hard,
+                link_error=Signature(FAILED_TASK, args=(job_id, ids), app=app),
+                producer=producer,
+            )
+    return len(groups)
+
+
+def submit(
+    plan: JobPlan, settings: Settings, app: Celery, store: JobStore, force: bool = False
+) -> Submitted:
+    started = time.perf_counter()
+    if not store.create(plan, force):
+        return Submitted(plan.job_id, False, len(plan.renders), 0, 0.0)
+    tasks = enqueue(app, plan.job_id, plan.renders, plan.manifest.priority, settings)
+    if not plan.renders:
+        store.mark_finished(plan.job_id)
+    return Submitted(plan.job_id, True, len(plan.renders), tasks, time.perf_counter() - started)
+
+
+def retry_failed(job_id: str, settings: Settings, app: Celery, store: JobStore) -> int:
+    """Re-drive only the failed renders of a job."""
+    info = store.get(job_id)
+    if info is None:
+        raise KeyError(job_id)
+    ids = store.reset_failed(job_id)
+    if ids:
+        enqueue(app, job_id, store.specs(job_id, ids), int(info.meta["priority"]), settings)
+    return len(ids)

@@ -1,0 +1,98 @@
+"""``stylebatch worker``: one Celery worker process per GPU (pinned with CUDA_VISIBLE_DEVICES),
+or one CPU worker, plus a light worker for bookkeeping. Nothing here imports torch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+from common.queue import BOOKKEEPING_QUEUE, RENDER_QUEUE
+
+
+def visible_gpus() -> list[str]:
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if pinned is not None:
+        return [g for g in pinned.split(",") if g.strip() and g.strip() != "-1"]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+Command = tuple[list[str], dict[str, str]]
+
+
+def worker_commands(
+    gpus: list[str],
+    host: str | None = None,
+    loglevel: str = "INFO",
+    cpu_workers: int = 1,
+    bookkeeping: bool = True,
+) -> list[Command]:
+    """(argv, extra environment) for each worker process to start."""
+    host = host or socket.gethostname()
+    base = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.tasks",
+        "worker",
+        "-E",
+        f"--loglevel={loglevel}",
+        "--prefetch-multiplier=1",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    out = []
+    for gpu in gpus:
+        out.append(
+            (
+                [*base, "-Q", RENDER_QUEUE, "-c", "1", "-n", f"gpu{gpu}@{host}"],
+                {"CUDA_VISIBLE_DEVICES": gpu, "STYLEBATCH_DEVICE": "cuda"},
+            )
+        )
+    if not gpus:
+        for i in range(cpu_workers):
+            out.append(
+                (
+                    [*base, "-Q", RENDER_QUEUE, "-c", "1", "-n", f"cpu{i}@{host}"],
+                    {"STYLEBATCH_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""},
+                )
+            )
+    if bookkeeping:
+        out.append(
+            (
+                [*base, "-Q", BOOKKEEPING_QUEUE, "-c", "2", "-n", f"bookkeeping@{host}"],
+                {"CUDA_VISIBLE_DEVICES": ""},
+            )
+        )
+    return out
+
+
+def run_workers(commands: list[Command]) -> int:
+    """Start every worker; forward SIGTERM/SIGINT; return when all have exited."""
+    procs = [subprocess.Popen(argv, env={**os.environ, **env}) for argv, env in commands]
+
+    def forward(signum, _frame):
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [proc.wait() for proc in procs]
+    return max(codes, default=0)
