@@ -53,6 +53,7 @@ class S3Storage:
         self.location = location
         self.bucket = location.root
         self.client = s3_client(settings)
+        self._bucket_ok = False
 
     def _key(self, key: str) -> str:
         return join_key(self.location.prefix, key)
@@ -60,7 +61,27 @@ class S3Storage:
     def get(self, key: str) -> bytes | None:
         return s3_get(self.client, self.bucket, self._key(key), missing_ok=True)
 
+    def _check_bucket(self) -> None:
+        """Some S3 servers create a missing bucket on PUT; a typo must not make a new bucket."""
+        if self._bucket_ok:
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageError(
+                    f"s3://{self.bucket}: bucket {self.bucket!r} does not exist"
+                ) from None
+            raise _storage_error(exc, self.bucket, "") from None
+        except Exception as exc:
+            raise _storage_error(exc, self.bucket, "") from None
+        self._bucket_ok = True
+
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        self._check_bucket()
         try:
             self.client.put_object(
                 Bucket=self.bucket,
@@ -117,7 +138,9 @@ def s3_client(settings: Settings) -> Any:
         connect_timeout=5,
         read_timeout=60,
     )
-    return boto3.client("s3", endpoint_url=settings.s3_endpoint or None, config=config)
+    # A session of its own: boto3's default session would keep the first credentials it saw.
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=settings.s3_endpoint or None, config=config)
 
 
 def _storage_error(exc: Exception, bucket: str, key: str) -> StorageError:

@@ -62,3 +62,21 @@ def tiny_manifest(images: dict[str, Path], out: Path, **params) -> dict:
             **params,
         },
     }
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    from tests.services import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from tests.services import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()

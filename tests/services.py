@@ -1,0 +1,212 @@
+"""Real services for integration tests, each on its own free loopback port: Redis, SeaweedFS
+(an S3 server) and Celery worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+ACCESS_KEY, SECRET_KEY = "stylebatch-test", "stylebatch-test-secret"
+
+
+def free_port(span: int = 1) -> int:
+    """A port P such that P..P+span-1 are free now."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + span < 65000 and all(_free(port + i) for i in range(span)):
+            return port
+    raise RuntimeError("no free port range")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout} s ({last})")
+
+
+class RedisServer:
+    def __init__(self, folder: Path, appendonly: bool = False, password: str | None = None):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not on the PATH (Debian: apt-get install redis-server)"
+            )
+        self.port = free_port()
+        self.folder = folder
+        self.password = password
+        args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(folder),
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(folder / "redis.log"),
+        ]
+        if password:
+            args += ["--requirepass", password]
+        self.args = args
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(lambda: redis.Redis(port=self.port, password=self.password).ping(), 15, "redis")
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class S3Server:
+    """SeaweedFS's all-in-one server with an S3 gateway, every port named, telemetry off."""
+
+    def __init__(self, folder: Path):
+        binary = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        self.port = free_port(span=5)
+        p = self.port
+        self.folder = folder
+        data = folder / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        self.args = [
+            binary,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={p}",
+            f"-master.port={p + 1}",
+            f"-volume.port={p + 2}",
+            f"-filer.port={p + 3}",
+            f"-admin.port={p + 4}",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=64",
+        ]
+        self.env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+        self.before = set(glob.glob("/tmp/seaweedfs-*.sock"))
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, access: str = ACCESS_KEY, secret: str = SECRET_KEY):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def start(self) -> None:
+        with open(self.folder / "weed.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(lambda: self.client().list_buckets() is not None, 60, "SeaweedFS S3")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        for sock in set(glob.glob("/tmp/seaweedfs-*.sock")) - self.before:
+            Path(sock).unlink(missing_ok=True)
+
+
+class Worker:
+    """One `celery worker` process (and its pool child), started the way `stylebatch worker`
+    starts it."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+        self.argv, self.env, self.log = argv, env, log
+        self.start()
+
+    @property
+    def name(self) -> str:
+        return self.argv[self.argv.index("-n") + 1]
+
+    def start(self) -> None:
+        with open(self.log, "ab") as handle:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_for(lambda: b"ready." in self.log.read_bytes(), timeout, f"worker {self.name}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool child at once: nothing gets to clean up."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                self.kill()

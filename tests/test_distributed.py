@@ -1,0 +1,240 @@
+"""The fleet for real: Redis, SeaweedFS and Celery worker processes on loopback, driven through
+the `stylebatch` command line."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from common.jobs import JobStore
+from tests.conftest import ROOT, write_manifest
+from tests.services import ACCESS_KEY, SECRET_KEY, Worker, wait_for
+from workers.launch import worker_commands
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+MAX_TIME_LIMIT = 20  # seconds; the visibility timeout follows from it (see common/queue.py)
+INPUTS = "inputs"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, redis_server, s3_server, weights_file, images):
+    """Two CPU render workers and a bookkeeping worker, sharing one Redis db and one S3."""
+    folder = tmp_path_factory.mktemp("fleet")
+    s3 = s3_server.client()
+    for bucket in (INPUTS, "outputs"):
+        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+            s3.create_bucket(Bucket=bucket)
+    for name, path in images.items():
+        s3.upload_file(str(path), INPUTS, f"img/{name}.png")
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize((64, 48)).convert("RGB").save(buf, "PNG")
+    s3.put_object(Bucket=INPUTS, Key="img/gradient.png", Body=buf.getvalue())
+    stack = Fleet(folder, redis_server, s3_server, weights_file, db=1)
+    stack.start(["cpu0", "cpu1", "bookkeeping"])
+    yield stack
+    stack.stop()
+
+
+class Fleet:
+    def __init__(self, folder: Path, redis_server, s3_server, weights_file: Path, db: int):
+        self.folder, self.s3_server, self.redis_url = folder, s3_server, redis_server.url(db)
+        self.env = {
+            **os.environ,
+            "STYLEBATCH_REDIS_URL": self.redis_url,
+            "STYLEBATCH_S3_ENDPOINT": s3_server.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "STYLEBATCH_WEIGHTS": str(weights_file),
+            "STYLEBATCH_MAX_TIME_LIMIT": str(MAX_TIME_LIMIT),
+            "STYLEBATCH_CACHE_DIR": str(folder / "cache"),
+            "STYLEBATCH_DEVICE": "cpu",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT),
+            "COLUMNS": "200",
+        }
+        self.workers: dict[str, Worker] = {}
+        self.store = JobStore.from_url(self.redis_url)
+
+    def start(self, names: list[str]) -> None:
+        started = worker_commands([], "test", "INFO", cpu_workers=2)
+        commands = {argv[argv.index("-n") + 1].split("@")[0]: (argv, env) for argv, env in started}
+        for name in names:
+            argv, env = commands[name]
+            self.workers[name] = Worker(argv, {**self.env, **env}, self.folder / f"{name}.log")
+        for name in names:
+            self.workers[name].wait_ready()
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "scheduler.cli", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def submit(self, manifest: Path, *extra: str) -> str:
+        result = self.cli("submit", str(manifest), *extra)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    def wait_done(self, job_id: str, timeout: float = 240) -> None:
+        wait_for(
+            lambda: self.store.get(job_id).status in ("done", "cancelled"), timeout, f"job {job_id}"
+        )
+
+    def objects(self, prefix: str) -> dict[str, dict]:
+        s3 = self.s3_server.client()
+        found = {}
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="outputs", Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found[obj["Key"]] = s3.head_object(Bucket="outputs", Key=obj["Key"])["Metadata"]
+        return found
+
+
+def manifest(
+    folder: Path, name: str, contents: list[str], styles: list[str], sizes=(40,), **params
+) -> Path:
+    data = {
+        "name": name,
+        "output": {"location": f"s3://outputs/{name}"},
+        "content": [f"s3://{INPUTS}/img/{c}.png" for c in contents],
+        "styles": [{"name": s, "image": f"s3://{INPUTS}/img/{s}.png"} for s in styles],
+        "params": {
+            "preset": "draft",
+            "sizes": list(sizes),
+            "pyramid": {"start": 32, "ratio": 1.5, "iterations": 4},
+            **params,
+        },
+    }
+    return write_manifest(folder / name, data)
+
+
+def test_submit_render_status_and_outputs_in_s3(fleet, tmp_path):
+    path = manifest(tmp_path, "basic", ["tubingen", "shipwreck"], ["starry_night", "wave"])
+    job_id = fleet.submit(path)
+    fleet.wait_done(job_id)
+    objects = fleet.objects("basic/")
+    images = {k: v for k, v in objects.items() if k.endswith(".png") and "contact" not in k}
+    assert len(images) == 4
+    ids = {r.id for r in fleet.store.specs(job_id)}
+    assert {meta["render-id"] for meta in images.values()} == ids
+    assert all(meta["weights-id"].startswith("sha256:") for meta in images.values())
+    assert "basic/summary.json" in objects and "basic/contact_sheet.png" in objects
+    body = fleet.s3_server.client().get_object(Bucket="outputs", Key="basic/summary.json")
+    summary = json.loads(body["Body"].read())
+    assert summary["counts"]["done"] == 4 and summary["finished"]
+    status = fleet.cli("status", job_id)
+    assert "done" in status.stdout and "done 4" in status.stdout and "failed 0" in status.stdout
+    assert job_id in fleet.cli("jobs").stdout
+
+    again = fleet.cli("submit", str(path))
+    assert again.returncode == 0 and f"exists {job_id}" in again.stdout
+    forced = fleet.submit(path, "--force")
+    assert forced == job_id
+    fleet.wait_done(job_id)
+    info = fleet.store.get(job_id)
+    assert info.count("skipped") == 4 and info.count("done") == 0  # nothing rendered twice
+
+
+def test_two_workers_share_one_job(fleet, tmp_path):
+    path = manifest(
+        tmp_path,
+        "shared",
+        ["tubingen", "shipwreck", "starry_night", "wave"],
+        ["starry_night", "wave"],
+        sizes=(36, 40),
+    )
+    job_id = fleet.submit(path)
+    fleet.wait_done(job_id)
+    states = fleet.store.states(job_id).values()
+    assert len(states) == 16 and {s["status"] for s in states} == {"done"}
+    assert {s["worker"].split("@")[0] for s in states} == {"cpu0", "cpu1"}
+
+
+def test_failed_render_listed_and_retried(fleet, tmp_path):
+    s3 = fleet.s3_server.client()
+    s3.put_object(Bucket=INPUTS, Key="img/broken.png", Body=b"\x89PNG\r\n\x1a\n truncated")
+    path = manifest(tmp_path, "retry", ["tubingen", "broken"], ["wave"])
+    job_id = fleet.submit(path)
+    fleet.wait_done(job_id)
+    info = fleet.store.get(job_id)
+    assert (info.count("done"), info.count("failed")) == (1, 1)
+    status = fleet.cli("status", job_id)
+    assert "failed broken x wave @ 40: s3://inputs/img/broken.png:" in status.stdout
+    summary = json.loads(s3.get_object(Bucket="outputs", Key="retry/summary.json")["Body"].read())
+    assert summary["counts"]["failed"] == 1
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 80, 20)).save(buf, "PNG")
+    s3.put_object(Bucket=INPUTS, Key="img/broken.png", Body=buf.getvalue())
+    result = fleet.cli("retry", job_id)
+    assert "re-enqueued 1 failed render(s)" in result.stdout
+    fleet.wait_done(job_id)
+    info = fleet.store.get(job_id)
+    assert (info.count("done"), info.count("failed")) == (2, 0)
+    assert len([k for k in fleet.objects("retry/") if "-40." in k]) == 2
+
+
+def test_cancel_skips_queued_renders_even_after_a_restart(
+    tmp_path, redis_server, s3_server, weights_file, fleet
+):
+    idle = Fleet(tmp_path, redis_server, s3_server, weights_file, db=2)  # no workers yet
+    path = manifest(tmp_path, "cancelled", ["tubingen", "shipwreck"], ["wave", "starry_night"])
+    job_id = idle.submit(path)
+    assert "cancel requested" in idle.cli("cancel", job_id).stdout
+    idle.start(["cpu0", "bookkeeping"])
+    try:
+        idle.wait_done(job_id, timeout=120)
+    finally:
+        idle.stop()
+    info = idle.store.get(job_id)
+    assert info.status == "cancelled" and info.count("cancelled") == 4
+    assert not [k for k in idle.objects("cancelled/") if k.endswith("-40.png")]
+
+
+def test_killed_worker_every_render_exactly_once(fleet, tmp_path):
+    """50 renders submitted twice; one worker SIGKILLed midway."""
+    contents = ["tubingen", "shipwreck", "starry_night", "wave", "gradient"]
+    path = manifest(tmp_path, "fifty", contents, contents, sizes=(36, 40))
+    job_id = fleet.submit(path)
+    assert fleet.submit(path) == job_id
+
+    def busy_on_cpu0() -> list[str]:
+        return [
+            rid
+            for rid, s in fleet.store.states(job_id).items()
+            if s["status"] == "running" and s["worker"].startswith("cpu0@")
+        ]
+
+    wait_for(lambda: fleet.store.get(job_id).count("done") >= 2 and busy_on_cpu0(), 120, "cpu0")
+    interrupted = busy_on_cpu0()
+    fleet.workers["cpu0"].kill()
+    fleet.wait_done(job_id, timeout=300)
+    info = fleet.store.get(job_id)
+    assert info.total == 50 and info.count("failed") == 0
+    assert info.count("done") + info.count("skipped") == 50
+    images = {
+        k: m for k, m in fleet.objects("fifty/").items() if k.endswith(("-36.png", "-40.png"))
+    }
+    assert len(images) == 50
+    assert {m["render-id"] for m in images.values()} == {r.id for r in fleet.store.specs(job_id)}
+    deliveries = fleet.store.r.hgetall(f"sb:job:{job_id}:deliveries")
+    assert all(int(deliveries[rid]) >= 2 for rid in interrupted)  # re-delivered after the kill
+    fleet.start(["cpu0"])  # leave the fleet whole
