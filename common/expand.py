@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,8 @@ class Render:
     weights: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Shallow (``dataclasses.asdict`` deep-copies params: slow for 10,000 renders)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Render:

@@ -49,13 +49,21 @@ def task_groups(renders: list[Render]) -> list[list[Render]]:
 def enqueue(
     app: Celery, job_id: str, renders: list[Render], priority: int, settings: Settings
 ) -> int:
-    """Send one task per group over one connection; returns the number of tasks."""
+    """Send one task per group; returns the number of tasks. Messages and their task-sent
+    events are buffered into Redis pipelines (kombu's publish batches): one round trip per
+    thousand messages instead of two per task."""
     groups = task_groups(renders)
-    with app.producer_or_acquire() as producer:
+    with (
+        app.producer_or_acquire() as producer,
+        app.events.Dispatcher(channel=producer.channel, enabled=True) as events,
+        producer.batch(1000),
+        events.producer.batch(1000),
+    ):
         for group in groups:
             first = group[0]
             soft, hard = time_limits(first.size, first.params, len(group), settings)
             ids = [r.id for r in group]
+            styles = ",".join(r.style for r in group)
             app.send_task(
                 RENDER_TASK,
                 kwargs={
@@ -71,6 +79,13 @@ def enqueue(
                 time_limit=hard,
                 link_error=Signature(FAILED_TASK, args=(job_id, ids), app=app),
                 producer=producer,
+                event_dispatcher=events,
+                # what Flower shows; given here, Celery skips its slow generic repr
+                argsrepr="()",
+                kwargsrepr=(
+                    f"job={job_id} size={first.size} content={first.content_name} "
+                    f"styles={styles} renders={','.join(i[:12] for i in ids)}"
+                ),
             )
     return len(groups)
 
