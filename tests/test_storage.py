@@ -59,3 +59,30 @@ def test_wrong_credentials(s3_server, s3_env, monkeypatch):
     with pytest.raises(StorageError, match=r"rejected the secret key|access denied"):
         storage.put("a.png", b"x", "image/png", {})
     assert "wrong-secret" not in str(storage.client.meta.config)
+
+
+def test_input_cache_fetches_once_refetches_changes_and_stays_bounded(s3_server, s3_env, tmp_path):
+    from workers.cache import InputCache
+
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="store-d")
+    for i in range(3):
+        s3.put_object(Bucket="store-d", Key=f"in/{i}.png", Body=bytes([i]) * 400)
+    settings = Settings(s3_endpoint=s3_env.s3_endpoint, cache_dir=tmp_path, input_cache_bytes=900)
+    cache = InputCache(settings)
+    assert cache.read("s3://store-d/in/0.png") == b"\x00" * 400
+    entry = next((tmp_path / "inputs").iterdir())
+    entry.write_bytes(b"\x07" * 400)  # served from disk, not fetched again
+    assert cache.read("s3://store-d/in/0.png") == b"\x07" * 400
+    s3.put_object(Bucket="store-d", Key="in/0.png", Body=b"\x09" * 400)  # new ETag
+    assert cache.read("s3://store-d/in/0.png") == b"\x09" * 400
+    cache.read("s3://store-d/in/1.png")
+    cache.read("s3://store-d/in/2.png")
+    sizes = [p.stat().st_size for p in (tmp_path / "inputs").iterdir()]
+    assert sum(sizes) <= 900 and len(sizes) == 2
+    entry = sorted((tmp_path / "inputs").iterdir())[0]
+    entry.write_bytes(b"corrupt")  # wrong length: fetched again
+    assert {cache.read(f"s3://store-d/in/{i}.png") for i in (1, 2)} == {
+        b"\x01" * 400,
+        b"\x02" * 400,
+    }
