@@ -7,12 +7,14 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from common.errors import InputError, ManifestError, Problem
 from common.imageio import EXTENSIONS
 from common.manifest import Glob, Manifest, Prefix, load_document, parse_manifest
+from common.schedule import slot_label
 from common.settings import Settings
 from common.storage import list_inputs
 from common.uris import Location, canonical_uri, check_relative_key, is_s3, parse_location
@@ -56,6 +58,7 @@ class JobPlan:
     renders: list[Render]
     weights: str
     duplicates: int = 0
+    slot: datetime | None = None
 
     @property
     def format(self) -> str:
@@ -95,15 +98,29 @@ def content_name(uri: str) -> str:
     return re.sub(r"[^A-Za-z0-9._\-]", "_", stem).strip("._") or "image"
 
 
-def plan_job(path: Path, settings: Settings, weights: str | None = None) -> JobPlan:
+def plan_job(
+    path: Path, settings: Settings, weights: str | None = None, slot: datetime | None = None
+) -> JobPlan:
     """Load, validate and expand a manifest file. Raises ManifestError with every problem."""
-    source, base_dir = str(path), path.resolve().parent
-    data = load_document(path)
+    return plan_document(
+        load_document(path), str(path), path.resolve().parent, settings, weights, slot
+    )
+
+
+def plan_document(
+    data: dict[str, Any],
+    source: str,
+    base_dir: Path,
+    settings: Settings,
+    weights: str | None = None,
+    slot: datetime | None = None,
+) -> JobPlan:
+    """Validate and expand a parsed manifest (a file's or an S3 object's)."""
     try:
         manifest = parse_manifest(data, source)
     except ManifestError as exc:  # also name missing inputs, so one pass shows everything
         raise ManifestError(source, exc.problems + _raw_input_problems(data, base_dir)) from None
-    return expand(manifest, source, base_dir, settings, weights)
+    return expand(manifest, source, base_dir, settings, weights, slot)
 
 
 def _missing(where: str, text: str, base_dir: Path) -> Problem | None:
@@ -138,7 +155,12 @@ def _raw_input_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:
 
 
 def expand(
-    manifest: Manifest, source: str, base_dir: Path, settings: Settings, weights: str | None = None
+    manifest: Manifest,
+    source: str,
+    base_dir: Path,
+    settings: Settings,
+    weights: str | None = None,
+    slot: datetime | None = None,
 ) -> JobPlan:
     problems: list[Problem] = []
 
@@ -196,6 +218,7 @@ def expand(
                     preset=params.preset,
                     id=rid[:12],
                     ext=ext,
+                    slot=slot_label(slot) if slot else "adhoc",
                 )
                 try:
                     check_relative_key(key)
@@ -218,7 +241,7 @@ def expand(
                     )
                 )
     return JobPlan(
-        job_id=job_id(manifest, weights_spec),
+        job_id=job_id(manifest, weights_spec, slot),
         name=manifest.name,
         source=source,
         manifest=manifest,
@@ -226,12 +249,16 @@ def expand(
         renders=renders,
         weights=weights_spec,
         duplicates=total - len(renders),
+        slot=slot,
     )
 
 
-def job_id(manifest: Manifest, weights: str) -> str:
-    blob = json.dumps([manifest.model_dump(mode="json"), weights], sort_keys=True)
-    return f"{manifest.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+def job_id(manifest: Manifest, weights: str, slot: datetime | None = None) -> str:
+    """From the manifest's content (and the schedule slot): resubmitting finds the same job."""
+    label = slot_label(slot) if slot else None
+    blob = json.dumps([manifest.model_dump(mode="json"), weights, label], sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return f"{manifest.name}-{label}-{digest}" if label else f"{manifest.name}-{digest}"
 
 
 def _contents(

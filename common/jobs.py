@@ -196,6 +196,13 @@ class JobStore:
         keys = [self._job(job_id), self._states(job_id)]
         return int(self._record(keys=keys, args=[render_id, status, record]))
 
+    def claim_slot(self, name: str, label: str, job_id: str) -> str | None:
+        """Claim a schedule slot for a job: None if claimed now, else the job that holds it."""
+        key = f"{PREFIX}:slot:{name}:{label}"
+        if self.r.set(key, job_id, nx=True, ex=400 * 24 * 3600):
+            return None
+        return self.r.get(key)
+
     def cancel(self, job_id: str) -> bool:
         if not self.r.exists(self._job(job_id)):
             return False

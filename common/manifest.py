@@ -17,8 +17,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from common.errors import ManifestError, Problem
 from common.params import RenderParams, Strict
+from common.schedule import check as check_schedule
 
-KEY_FIELDS = ("job", "content", "style", "size", "preset", "id", "ext")
+KEY_FIELDS = ("job", "content", "style", "size", "preset", "id", "ext", "slot")
 DEFAULT_KEY = "{content}/{style}-{size}.{ext}"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 
@@ -91,6 +92,11 @@ class Schedule(Strict):
 
     cron: str = Field(min_length=9, max_length=120)
     timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _valid(self) -> Schedule:
+        check_schedule(self.cron, self.timezone)
+        return self
 
 
 class Manifest(Strict):

@@ -15,6 +15,7 @@ BOOKKEEPING_QUEUE = "bookkeeping"  # summaries, contact sheets, failure records
 RENDER_TASK = "stylebatch.render"
 FINALIZE_TASK = "stylebatch.finalize"
 FAILED_TASK = "stylebatch.render_failed"
+FIRE_TASK = "stylebatch.fire"
 MAX_DELIVERIES = 3  # a render that kills its worker this often is marked failed
 MAX_BATCH_PIXELS = 8 * 512 * 512  # renders optimised together, by total output pixels
 
@@ -89,6 +90,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             RENDER_TASK: {"queue": RENDER_QUEUE},
             FINALIZE_TASK: {"queue": BOOKKEEPING_QUEUE},
             FAILED_TASK: {"queue": BOOKKEEPING_QUEUE},
+            FIRE_TASK: {"queue": BOOKKEEPING_QUEUE},
         },
         task_default_priority=celery_priority(5),
         broker_connection_retry_on_startup=True,

@@ -32,9 +32,9 @@ WeightsOpt = Annotated[
 ]
 
 
-def _plan(manifest: Path, weights: str | None) -> JobPlan:
+def _plan(manifest: Path, weights: str | None, slot=None) -> JobPlan:
     try:
-        return plan_job(manifest, Settings.from_env(), weights)
+        return plan_job(manifest, Settings.from_env(), weights, slot)
     except ManifestError as exc:
         err.print(f"[bold red]invalid manifest[/] {exc.source}", highlight=False)
         for problem in exc.problems:
@@ -156,11 +156,24 @@ def submit(
     manifest: ManifestArg,
     weights: WeightsOpt = None,
     force: Annotated[bool, typer.Option(help="Submit again even if this job exists.")] = False,
+    slot: Annotated[
+        str | None,
+        typer.Option(
+            help="Cron slot time (ISO 8601) for plain cron or a Kubernetes CronJob: "
+            "each slot is submitted once, however often this runs."
+        ),
+    ] = None,
 ) -> None:
     """Validate a manifest, record the job in Redis and enqueue its renders for the workers."""
+    from common.schedule import parse_slot
     from scheduler.submit import submit as submit_job
 
-    plan = _plan(manifest, weights)
+    try:
+        slot_time = parse_slot(slot) if slot else None
+    except ValueError as exc:
+        err.print(f"[red]--slot:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    plan = _plan(manifest, weights, slot_time)
     settings, celery, store = _queue()
     result = submit_job(plan, settings, celery, store, force)
     if result.created:
@@ -275,6 +288,58 @@ def retry(job: JobArg) -> None:
     _job_or_exit(store, job)
     count = retry_failed(job, settings, celery, store)
     out.print(f"re-enqueued {count} failed render(s) of {job}", highlight=False)
+
+
+def _celery(*args: str, env: dict[str, str] | None = None) -> None:
+    """Replace this process with ``celery -A workers.tasks ARGS`` (signals reach celery)."""
+    import os
+
+    argv = [sys.executable, "-m", "celery", "-A", "workers.tasks", *args]
+    os.execve(sys.executable, argv, {**os.environ, **(env or {})})
+
+
+@app.command()
+def beat(
+    schedules: Annotated[
+        str,
+        typer.Option(
+            envvar="STYLEBATCH_SCHEDULES",
+            help="Folder or s3:// prefix of manifests with a schedule.",
+        ),
+    ],
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Fire scheduled manifests (Celery beat); picks up manifest changes without a restart."""
+    _celery(
+        "beat",
+        "--scheduler",
+        "scheduler.beat:ManifestScheduler",
+        f"--loglevel={loglevel}",
+        env={"STYLEBATCH_SCHEDULES": schedules},
+    )
+
+
+@app.command()
+def flower(
+    port: Annotated[int, typer.Option()] = 5555,
+    address: Annotated[str, typer.Option()] = "127.0.0.1",
+) -> None:
+    """Run Flower against the fleet, with basic auth from STYLEBATCH_FLOWER_USER and
+    STYLEBATCH_FLOWER_PASSWORD (required: Flower shows every job)."""
+    import os
+
+    user = os.environ.get("STYLEBATCH_FLOWER_USER", "")
+    password = os.environ.get("STYLEBATCH_FLOWER_PASSWORD", "")
+    if not user or not password:
+        err.print("[red]set STYLEBATCH_FLOWER_USER and STYLEBATCH_FLOWER_PASSWORD[/]")
+        raise typer.Exit(EXIT_INVALID)
+    # Passed through the environment, so the password is not on a command line.
+    _celery(
+        "flower",
+        f"--port={port}",
+        f"--address={address}",
+        env={"FLOWER_BASIC_AUTH": f"{user}:{password}"},
+    )
 
 
 @app.command()

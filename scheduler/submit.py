@@ -18,6 +18,7 @@ from common.queue import (
     celery_priority,
     time_limits,
 )
+from common.schedule import slot_label
 from common.settings import Settings
 
 
@@ -94,6 +95,10 @@ def submit(
     plan: JobPlan, settings: Settings, app: Celery, store: JobStore, force: bool = False
 ) -> Submitted:
     started = time.perf_counter()
+    if plan.slot is not None and not force:
+        holder = store.claim_slot(plan.name, slot_label(plan.slot), plan.job_id)
+        if holder is not None:
+            return Submitted(holder, False, len(plan.renders), 0, 0.0)
     if not store.create(plan, force):
         return Submitted(plan.job_id, False, len(plan.renders), 0, 0.0)
     tasks = enqueue(app, plan.job_id, plan.renders, plan.manifest.priority, settings)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,96 @@ def test_killed_worker_every_render_exactly_once(fleet, tmp_path):
     deliveries = fleet.store.r.hgetall(f"sb:job:{job_id}:deliveries")
     assert all(int(deliveries[rid]) >= 2 for rid in interrupted)  # re-delivered after the kill
     fleet.start(["cpu0"])  # leave the fleet whole
+
+
+def test_two_beats_render_each_slot_once(fleet, tmp_path, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    import yaml
+
+    from common.queue import make_app
+    from common.settings import Settings
+    from scheduler.beat import ManifestScheduler
+
+    monkeypatch.setenv("STYLEBATCH_REDIS_URL", fleet.redis_url)
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    path = manifest(tmp_path, "nightly", ["tubingen"], ["wave", "starry_night"])
+    data = yaml.safe_load(path.read_text())
+    data["schedule"] = {"cron": "0 2 * * *", "timezone": "UTC"}
+    data["output"]["key"] = "{slot}/{content}/{style}.{ext}"
+    (folder / "nightly.yaml").write_text(yaml.safe_dump(data))
+    now = [datetime(2026, 11, 27, 1, 0, tzinfo=UTC)]
+    beats = [ManifestScheduler(app=make_app(Settings.from_env()), source=str(folder),
+                               clock=lambda: now[0]) for _ in range(2)]  # fmt: skip
+    for _ in range(2):
+        for beat in beats:
+            beat.tick()  # the first tick of a new manifest only notes the schedule
+        now[0] += timedelta(days=1)
+        for beat in beats:
+            beat.tick()
+            beat.tick()
+    slots = ["20261127T020000Z", "20261128T020000Z"]
+    job_ids = []
+    for slot in slots:
+        wait_for(lambda s=slot: fleet.store.r.get(f"sb:slot:nightly:{s}"), 60, f"slot {slot}")
+        job_ids.append(fleet.store.r.get(f"sb:slot:nightly:{slot}"))
+        fleet.wait_done(job_ids[-1])
+    assert len(set(job_ids)) == 2 and all(s in j for s, j in zip(slots, job_ids, strict=True))
+    nightly = [i for i in fleet.store.jobs(200) if i.meta["name"] == "nightly"]
+    assert len(nightly) == 2 and all(i.count("done") == 2 for i in nightly)
+    keys = [k for k in fleet.objects("nightly/") if k.endswith(".png") and "contact" not in k]
+    assert sorted(keys) == sorted(f"nightly/{s}/tubingen/{st}.png" for s in slots
+                                  for st in ("starry_night", "wave"))  # fmt: skip
+
+
+def test_flower_shows_workers_tasks_and_metrics_behind_auth(fleet, tmp_path):
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from tests.services import free_port
+
+    port = free_port()
+    env = {**fleet.env, "STYLEBATCH_FLOWER_USER": "ops", "STYLEBATCH_FLOWER_PASSWORD": "s3cret-pw"}
+    log = tmp_path / "flower.log"
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "flower", "--port",
+                                 str(port)], env=env, cwd=ROOT, stdout=handle,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    auth = "Basic " + base64.b64encode(b"ops:s3cret-pw").decode()
+
+    def get(path: str, authorised: bool = True):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+        if authorised:
+            request.add_header("Authorization", auth)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+
+    try:
+        wait_for(lambda: get("/healthcheck")[0] == 200, 60, "flower")
+        time.sleep(2)  # let Flower subscribe to the event stream
+        job_id = fleet.submit(manifest(tmp_path, "watched", ["shipwreck"], ["wave"]))
+        fleet.wait_done(job_id)
+
+        def task_seen():
+            tasks = json.loads(get("/api/tasks")[1])
+            return [t for t in tasks.values() if job_id in (t.get("kwargs") or "")
+                    and t["state"] == "SUCCESS"]  # fmt: skip
+
+        wait_for(task_seen, 30, "task in flower")
+        task = task_seen()[0]
+        assert task["name"] == "stylebatch.render"
+        assert "size=40" in task["kwargs"] and "styles=wave" in task["kwargs"]
+        assert "s3://outputs/watched/shipwreck/wave-40.png" in task["result"]
+        workers = json.loads(get("/api/workers")[1])
+        assert any(name.startswith("cpu") for name in workers)
+        status, metrics = get("/metrics")
+        assert status == 200 and "flower_events_total" in metrics
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            get("/api/tasks", authorised=False)
+        assert denied.value.code == 401
+        assert "s3cret-pw" not in log.read_text() and SECRET_KEY not in json.dumps(task)
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -14,6 +14,7 @@ from common.jobs import JobStore
 from common.queue import (
     FAILED_TASK,
     FINALIZE_TASK,
+    FIRE_TASK,
     MAX_DELIVERIES,
     RENDER_TASK,
     make_app,
@@ -149,6 +150,15 @@ def render_failed(
         state = store().state(job_id, render_id) or {}
         if state.get("status") in (None, "pending", "running"):
             _end(job_id, render_id, "failed", error=f"{type(exc).__name__}: {exc}")
+
+
+@app.task(name=FIRE_TASK)
+def fire(source: str, slot: str) -> str:
+    """One cron slot of a scheduled manifest (sent by `stylebatch beat`)."""
+    from common.schedule import parse_slot
+    from scheduler.beat import fire_slot
+
+    return fire_slot(source, parse_slot(slot), settings, app, store())
 
 
 @app.task(name=FINALIZE_TASK)

@@ -1,0 +1,173 @@
+"""Scheduled manifests: Celery beat with a scheduler that reads manifests from a folder or an
+S3 prefix, notices added, changed and removed ones without a restart, and fires each cron slot.
+
+Exactly once per slot: a fire for slot T submits the job whose id derives from the manifest
+and T, after claiming (name, T) with SET NX in Redis; a second beat, a restarted beat or a
+retried cron job finds the claim and submits nothing.
+
+Missed slots: only the latest fires. After downtime, the most recent slot that is due and
+newer than the last fired one fires once; older missed slots are skipped. A manifest seen for
+the first time starts with its next slot (no backfill).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from celery import beat
+
+from common.errors import ManifestError
+from common.expand import plan_document
+from common.jobs import JobStore
+from common.manifest import parse_manifest
+from common.queue import BOOKKEEPING_QUEUE, FIRE_TASK
+from common.schedule import latest_slot, next_slot, slot_label
+from common.settings import Settings
+from common.storage import read_input, s3_client
+from common.uris import is_s3, parse_s3
+
+log = logging.getLogger("stylebatch.beat")
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class ManifestSource:
+    """Manifests in a local folder or under an S3 prefix, each with a version (mtime or ETag)."""
+
+    def __init__(self, uri: str, settings: Settings):
+        self.uri, self.settings = uri, settings
+
+    def scan(self) -> dict[str, str]:
+        if is_s3(self.uri):
+            bucket, prefix = parse_s3(self.uri)
+            client = s3_client(self.settings)
+            found = {}
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix
+            ):
+                for obj in page.get("Contents", []):
+                    if obj["Key"].endswith(MANIFEST_SUFFIXES):
+                        found[f"s3://{bucket}/{obj['Key']}"] = obj["ETag"]
+            return found
+        folder = Path(self.uri)
+        return {
+            str(p): str(p.stat().st_mtime_ns)
+            for p in sorted(folder.glob("*"))
+            if p.suffix in MANIFEST_SUFFIXES and p.is_file()
+        }
+
+
+def load_manifest(source: str, settings: Settings) -> tuple[dict[str, Any], Path]:
+    """A manifest document and the folder its relative paths are taken from."""
+    if is_s3(source):
+        text = read_input(source, settings).decode("utf-8")
+        base = Path("/nonexistent-s3-manifest-folder")  # S3 manifests must use absolute URIs
+    else:
+        text, base = Path(source).read_text("utf-8"), Path(source).resolve().parent
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ManifestError(source, [])
+    return data, base
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    source: str
+    version: str
+    name: str
+    cron: str
+    timezone: str
+
+
+def fire_slot(source: str, slot: datetime, settings: Settings, app: Any, store: JobStore) -> str:
+    """Submit the job of one slot (claimed atomically); returns its job id."""
+    from scheduler.submit import submit
+
+    data, base = load_manifest(source, settings)
+    plan = plan_document(data, source, base, settings, None, slot)
+    return submit(plan, settings, app, store).job_id
+
+
+class ManifestScheduler(beat.Scheduler):
+    """A Celery beat scheduler whose entries are the scheduled manifests of one source."""
+
+    reload_every = 30.0  # seconds between rescans of the manifest source
+
+    def __init__(self, *args: Any, source: str | None = None, clock: Any = None, **kwargs: Any):
+        self.settings = Settings.from_env()
+        self.source = ManifestSource(source or os.environ["STYLEBATCH_SCHEDULES"], self.settings)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.store = JobStore.from_url(self.settings.redis_url)
+        self.manifests: dict[str, Scheduled] = {}
+        self._scanned_at: datetime | None = None
+        super().__init__(*args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        self.reload()
+
+    def reload(self) -> None:
+        versions = self.source.scan()
+        for gone in set(self.manifests) - set(versions):
+            log.info("schedule removed: %s", gone)
+            del self.manifests[gone]
+        for source, version in versions.items():
+            known = self.manifests.get(source)
+            if known and known.version == version:
+                continue
+            try:
+                manifest = parse_manifest(load_manifest(source, self.settings)[0], source)
+            except Exception as exc:  # a bad manifest must not stop the other schedules
+                log.error("schedule ignored, manifest invalid: %s", exc)
+                self.manifests.pop(source, None)
+                continue
+            if manifest.schedule is None:
+                self.manifests.pop(source, None)
+                continue
+            self.manifests[source] = Scheduled(
+                source, version, manifest.name, manifest.schedule.cron, manifest.schedule.timezone
+            )
+            log.info(
+                "schedule %s: %s %s (%s)",
+                "changed" if known else "added",
+                manifest.name,
+                manifest.schedule.cron,
+                manifest.schedule.timezone,
+            )
+        self._scanned_at = self.clock()
+
+    def _last_key(self, name: str) -> str:
+        return f"sb:beat:last:{name}"
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Fire every due slot; return the seconds until something may be due again."""
+        now = self.clock()
+        if (
+            self._scanned_at is None
+            or (now - self._scanned_at).total_seconds() >= self.reload_every
+        ):
+            self.reload()
+        wait = self.reload_every
+        for item in list(self.manifests.values()):
+            slot = latest_slot(item.cron, item.timezone, now)
+            key = self._last_key(item.name)
+            if self.store.r.set(key, slot.timestamp(), nx=True):
+                pass  # first sight: this slot has passed already; start with the next
+            elif slot.timestamp() > float(self.store.r.get(key) or 0):
+                self.fire(item, slot)
+                self.store.r.set(key, slot.timestamp())
+            upcoming = (next_slot(item.cron, item.timezone, now) - now).total_seconds()
+            wait = min(wait, max(1.0, upcoming))
+        return wait
+
+    def fire(self, item: Scheduled, slot: datetime) -> None:
+        log.info("firing %s slot %s", item.name, slot_label(slot))
+        self.app.send_task(FIRE_TASK, args=[item.source, slot.isoformat()], queue=BOOKKEEPING_QUEUE)
+
+    @property
+    def info(self) -> str:
+        return f"    . manifests -> {self.source.uri} ({len(self.manifests)} scheduled)"
