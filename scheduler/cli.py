@@ -159,8 +159,9 @@ def submit(
     slot: Annotated[
         str | None,
         typer.Option(
-            help="Cron slot time (ISO 8601) for plain cron or a Kubernetes CronJob: "
-            "each slot is submitted once, however often this runs."
+            help="Cron slot time (ISO 8601), or 'auto' for the latest slot of the manifest's "
+            "schedule: for plain cron or a Kubernetes CronJob, each slot is submitted once "
+            "however often this runs."
         ),
     ] = None,
 ) -> None:
@@ -169,11 +170,22 @@ def submit(
     from scheduler.submit import submit as submit_job
 
     try:
-        slot_time = parse_slot(slot) if slot else None
+        slot_time = parse_slot(slot) if slot and slot != "auto" else None
     except ValueError as exc:
         err.print(f"[red]--slot:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_INVALID) from None
     plan = _plan(manifest, weights, slot_time)
+    if slot == "auto":
+        from datetime import UTC, datetime
+
+        from common.schedule import latest_slot
+
+        schedule = plan.manifest.schedule
+        if schedule is None:
+            err.print("[red]--slot auto needs a manifest with a schedule[/]")
+            raise typer.Exit(EXIT_INVALID)
+        due = latest_slot(schedule.cron, schedule.timezone, datetime.now(UTC))
+        plan = _plan(manifest, weights, due)
     settings, celery, store = _queue()
     result = submit_job(plan, settings, celery, store, force)
     if result.created:
@@ -345,14 +357,18 @@ def flower(
 @app.command()
 def worker(
     cpu_workers: Annotated[int, typer.Option(help="CPU workers where there is no GPU.")] = 1,
+    renders: Annotated[bool, typer.Option(help="Run render workers (GPU or CPU).")] = True,
     bookkeeping: Annotated[bool, typer.Option(help="Also run the bookkeeping worker.")] = True,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start one worker per GPU (or CPU workers), plus a bookkeeping worker."""
     from workers.launch import run_workers, visible_gpus, worker_commands
 
-    gpus = visible_gpus()
-    commands = worker_commands(gpus, None, loglevel, cpu_workers, bookkeeping)
+    gpus = visible_gpus() if renders else []
+    commands = worker_commands(gpus, None, loglevel, cpu_workers if renders else 0, bookkeeping)
+    if not commands:
+        err.print("[red]nothing to run: --no-renders and --no-bookkeeping[/]")
+        raise typer.Exit(EXIT_INVALID)
     out.print(
         f"starting {len(commands)} worker process(es): "
         f"{', '.join(argv[argv.index('-n') + 1] for argv, _ in commands)}"

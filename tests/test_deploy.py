@@ -1,0 +1,105 @@
+"""deploy/ agrees with the code: files parse, every command a container runs exists with its
+options, every setting it passes is read by the code, and the key properties hold."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+import typer.main
+import yaml
+
+from scheduler.cli import app
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+CODE = "\n".join(p.read_text() for d in ("common", "scheduler", "workers")
+                 for p in (ROOT / d).rglob("*.py"))  # fmt: skip
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def compose() -> dict:
+    return documents(DEPLOY / "docker-compose.yml")[0]
+
+
+def k8s() -> list[dict]:
+    return [d for p in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in documents(p)]
+
+
+def containers() -> list[tuple[str, list[str], str]]:
+    """(where, argv after the `stylebatch` entrypoint, image) for every stylebatch container."""
+    found = []
+    for name, service in compose()["services"].items():
+        image = service.get("image", "")
+        if image.startswith("stylebatch-"):
+            found.append((f"compose:{name}", service["command"], image))
+    for doc in k8s():
+        spec = doc.get("spec", {})
+        pod = spec.get("template", spec.get("jobTemplate", {}).get("spec", {}).get("template", {}))
+        for c in pod.get("spec", {}).get("containers", []) if pod else []:
+            if "stylebatch" in c["image"]:
+                found.append((f"k8s:{doc['metadata']['name']}", c["args"], c["image"]))
+    return found
+
+
+def test_every_file_parses():
+    assert compose()["services"]
+    kinds = {d["kind"] for d in k8s()}
+    assert {"Deployment", "CronJob", "ScaledObject", "ConfigMap", "Secret", "Service"} <= kinds
+
+
+@pytest.mark.parametrize(("where", "argv", "image"), containers())
+def test_container_commands_exist_with_their_options(where, argv, image):
+    group = typer.main.get_command(app)
+    name, *args = argv
+    command = group.get_command(click.Context(group), name)
+    assert command is not None, f"{where}: no command {name!r}"
+    command.make_context(name, list(args))  # raises on an unknown option or missing argument
+    if name == "worker" and "--no-renders" not in args:
+        assert "worker" in image, f"{where}: render workers need the torch image"
+
+
+def test_settings_passed_are_read_by_the_code():
+    text = (DEPLOY / "docker-compose.yml").read_text() + "".join(
+        p.read_text() for p in (DEPLOY / "k8s").glob("*.yaml"))  # fmt: skip
+    names = set(re.findall(r"\b(STYLEBATCH_[A-Z_]+)\b", text))
+    assert names
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    for name in names:
+        assert f'"{name}"' in CODE, f"{name} is set in deploy/ but never read"
+        assert name in documented, f"{name} is not documented in docs/configuration.md"
+
+
+def test_compose_properties():
+    services = compose()["services"]
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd and "--requirepass" in redis_cmd
+    assert "--maxmemory-policy noeviction" in redis_cmd
+    gpus = [s for s in services.values() if "devices" in str(s.get("deploy", {}))]
+    ids = [s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for s in gpus]
+    assert len(gpus) >= 1 and len({tuple(i) for i in ids}) == len(ids)  # one GPU each
+    assert "mc mb" in " ".join(services["minio-init"]["command"])
+    assert services["flower"]["environment"]["STYLEBATCH_FLOWER_PASSWORD"]
+
+
+def test_k8s_properties():
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s()}
+    worker = docs[("Deployment", "stylebatch-worker")]
+    limits = worker["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+    assert docs[("Deployment", "stylebatch-beat")]["spec"]["replicas"] == 1
+    scaled = docs[("ScaledObject", "stylebatch-worker")]
+    lists = {t["metadata"]["listName"] for t in scaled["spec"]["triggers"]}
+    assert lists == {"render"} | {f"render:{i}" for i in range(1, 10)}
+
+
+def test_images_keep_torch_out_of_the_scheduler():
+    scheduler = (DEPLOY / "Dockerfile.scheduler").read_text()
+    worker = (DEPLOY / "Dockerfile.worker").read_text()
+    assert "pip install --no-cache-dir ." in scheduler and "[worker]" not in scheduler
+    assert '".[worker]"' in worker and "pytorch/pytorch" in worker
