@@ -37,3 +37,11 @@ class InputError(StylebatchError):
 
 class StorageError(StylebatchError):
     """Object storage refused or failed an operation; names the bucket or key."""
+
+
+class TransientError(StylebatchError):
+    """A dependency was unreachable or overloaded: the same call may succeed later."""
+
+
+class TransientStorageError(StorageError, TransientError):
+    """Object storage unreachable, timing out or answering 5xx."""

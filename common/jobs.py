@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from common.expand import JobPlan, Render
 from common.summary import RenderRecord, Summary
@@ -93,7 +95,16 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True, health_check_interval=30))
+        """A client that rides out a Redis restart: commands retry with backoff for ~60 s."""
+        retry = Retry(ExponentialBackoff(cap=4.0, base=0.1), retries=20)
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=30,
+            retry=retry,
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+        )
+        return cls(client)
 
     # keys
     def _job(self, job_id: str) -> str:
@@ -105,8 +116,8 @@ class JobStore:
     def _states(self, job_id: str) -> str:
         return f"{PREFIX}:job:{job_id}:states"
 
-    def _deliveries(self, job_id: str) -> str:
-        return f"{PREFIX}:job:{job_id}:deliveries"
+    def _crashes(self, job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}:crashes"
 
     # creation
     def create(self, plan: JobPlan, force: bool = False) -> bool:
@@ -148,7 +159,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         self.r.delete(
-            self._job(job_id), self._specs(job_id), self._states(job_id), self._deliveries(job_id)
+            self._job(job_id), self._specs(job_id), self._states(job_id), self._crashes(job_id)
         )
         self.r.zrem(f"{PREFIX}:jobs", job_id)
 
@@ -179,9 +190,18 @@ class JobStore:
         return sum(1 for s in self.states(job_id).values() if s["status"] == "running")
 
     # transitions
-    def deliver(self, job_id: str, render_id: str) -> int:
-        """Count one delivery of a render to a worker; returns how many there have been."""
-        return int(self.r.hincrby(self._deliveries(job_id), render_id, 1))
+    def crashed(self, job_id: str, render_id: str) -> int:
+        """Count one worker death during this render; returns how many there have been."""
+        return int(self.r.hincrby(self._crashes(job_id), render_id, 1))
+
+    def crashes(self, job_id: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(self._crashes(job_id)).items()}
+
+    def requeue(self, job_id: str, render_id: str) -> None:
+        """Back to pending (a retry after a transient failure is not a crash)."""
+        state = self.state(job_id, render_id)
+        if state is not None and state["status"] == "running":
+            self.r.hset(self._states(job_id), render_id, '{"status":"pending"}')
 
     def start(self, job_id: str, render_id: str, worker: str) -> None:
         state = self.state(job_id, render_id)
@@ -210,7 +230,7 @@ class JobStore:
         return True
 
     def reset_failed(self, job_id: str) -> list[str]:
-        keys = [self._job(job_id), self._states(job_id), self._deliveries(job_id)]
+        keys = [self._job(job_id), self._states(job_id), self._crashes(job_id)]
         return list(self._reset(keys=keys))
 
     def mark_finished(self, job_id: str) -> None:

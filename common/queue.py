@@ -16,7 +16,8 @@ RENDER_TASK = "stylebatch.render"
 FINALIZE_TASK = "stylebatch.finalize"
 FAILED_TASK = "stylebatch.render_failed"
 FIRE_TASK = "stylebatch.fire"
-MAX_DELIVERIES = 3  # a render that kills its worker this often is marked failed
+MAX_CRASHES = 3  # a render during which its worker died this often is marked failed
+TRANSIENT_RETRIES = 10  # S3 or Redis unreachable: retries with backoff (about 4 minutes)
 MAX_BATCH_PIXELS = 8 * 512 * 512  # renders optimised together, by total output pixels
 
 
@@ -94,6 +95,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         },
         task_default_priority=celery_priority(5),
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        result_backend_always_retry=True,
+        result_backend_max_retries=30,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )

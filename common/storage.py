@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from common.errors import InputError, StorageError
+from common.errors import InputError, StorageError, TransientStorageError
 from common.imageio import IMAGE_SUFFIXES, embedded_metadata
 from common.settings import Settings
 from common.uris import Location, is_s3, join_key, parse_s3
@@ -102,6 +102,8 @@ class S3Storage:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise _storage_error(exc, self.bucket, self._key(key)) from None
+        except Exception as exc:
+            raise _storage_error(exc, self.bucket, self._key(key)) from None
         return dict(head.get("Metadata", {}))
 
 
@@ -144,8 +146,28 @@ def s3_client(settings: Settings) -> Any:
 
 
 def _storage_error(exc: Exception, bucket: str, key: str) -> StorageError:
-    from botocore.exceptions import ClientError, NoCredentialsError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
 
+    transient = (
+        EndpointConnectionError,
+        ConnectTimeoutError,
+        ReadTimeoutError,
+        ConnectionClosedError,
+    )
+    if isinstance(exc, transient):
+        return TransientStorageError(f"s3://{bucket}/{key}: S3 unreachable ({exc})")
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = exc.response.get("Error", {}).get("Code", "")
+        if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError"):
+            return TransientStorageError(f"s3://{bucket}/{key}: S3 answered {status} {code}")
     if isinstance(exc, NoCredentialsError):
         return StorageError(f"s3://{bucket}/{key}: no S3 credentials in the environment")
     if isinstance(exc, ClientError):
@@ -186,7 +208,10 @@ def read_input(uri: str, settings: Settings) -> bytes:
         try:
             size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
         except Exception as exc:
-            raise InputError(str(_storage_error(exc, bucket, key))) from None
+            error = _storage_error(exc, bucket, key)
+            if isinstance(error, TransientStorageError):
+                raise error from None
+            raise InputError(str(error)) from None
         if size > limit:
             raise InputError(f"{uri}: {size} bytes exceeds the input limit of {limit}")
         data = s3_get(client, bucket, key)

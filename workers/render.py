@@ -18,7 +18,7 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
-from common.errors import StylebatchError
+from common.errors import StylebatchError, TransientError
 from common.expand import Render
 from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side
 from common.queue import MAX_BATCH_PIXELS
@@ -154,8 +154,8 @@ class Renderer:
                 for r in group
             ]
             results = self.engine.render_batch(items, config, progress)
-        except SoftTimeLimitExceeded:
-            raise  # the task's own clean failure path handles it
+        except (SoftTimeLimitExceeded, TransientError):
+            raise  # the task handles these: a clean failure, or a retry later
         except Exception as exc:
             if len(group) > 1:  # find which render is at fault, and keep the rest
                 return [
@@ -170,6 +170,8 @@ class Renderer:
             try:
                 data = encode(to_image(result.image), fmt, quality, meta)
                 storage.put(render.key, data, CONTENT_TYPES[fmt], _flat_metadata(meta))
+            except TransientError:
+                raise
             except Exception as exc:
                 outcomes.append(Outcome(render, "failed", result.seconds, _reason(exc)))
                 continue

@@ -3,6 +3,7 @@ renders (never in a parent that forks), and the engine is then kept for the proc
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from typing import Any
@@ -10,13 +11,15 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 
-from common.jobs import JobStore
+from common.errors import TransientError
+from common.jobs import TERMINAL, JobStore
 from common.queue import (
     FAILED_TASK,
     FINALIZE_TASK,
     FIRE_TASK,
-    MAX_DELIVERIES,
+    MAX_CRASHES,
     RENDER_TASK,
+    TRANSIENT_RETRIES,
     make_app,
 )
 from common.report import publish
@@ -51,11 +54,17 @@ def _end(job_id: str, render_id: str, status: str, **fields: Any) -> None:
         app.send_task(FINALIZE_TASK, args=[job_id])
 
 
-@app.task(name=RENDER_TASK, bind=True)
+@app.task(name=RENDER_TASK, bind=True, max_retries=TRANSIENT_RETRIES)
 def render(
     self, job_id: str, render_ids: list[str], size: int, styles: list[str], content: str
 ) -> dict[str, Any]:
-    """Render a group of compatible renders of one job (one content, one size)."""
+    """Render a group of compatible renders of one job (one content, one size).
+
+    A render found "running" when its task starts was being rendered by a worker that died:
+    that counts as a crash, and after MAX_CRASHES it is failed instead of tried again. S3 or
+    Redis being unreachable is not a crash: the renders go back to pending and the task is
+    retried with exponential backoff.
+    """
     jobs = store()
     info = jobs.get(job_id)
     if info is None:
@@ -63,37 +72,47 @@ def render(
     worker = self.request.hostname or socket.gethostname()
     storage = open_storage(info.location, settings)
     ready = []
-    for spec in jobs.specs(job_id, render_ids):
-        state = jobs.state(job_id, spec.id) or {}
-        if state.get("status") in ("done", "skipped", "failed", "cancelled"):
-            continue
-        if info.cancelled:
-            _end(job_id, spec.id, "cancelled", error="job cancelled")
-            continue
-        deliveries = jobs.deliver(job_id, spec.id)
-        if deliveries > MAX_DELIVERIES:
-            _end(
-                job_id,
-                spec.id,
-                "failed",
-                error=(f"the worker died {deliveries - 1} times while rendering this; given up"),
-            )
-            continue
-        if is_done(storage, spec):
-            _end(job_id, spec.id, "skipped", error=None)
-            continue
-        jobs.start(job_id, spec.id, worker)
-        ready.append(spec)
-    if not ready:
-        return {"rendered": []}
+    try:
+        for spec in jobs.specs(job_id, render_ids):
+            state = jobs.state(job_id, spec.id) or {}
+            if state.get("status") in TERMINAL:
+                continue
+            if info.cancelled:
+                _end(job_id, spec.id, "cancelled", error="job cancelled")
+                continue
+            if state.get("status") == "running":
+                crashes = jobs.crashed(job_id, spec.id)
+                log.warning("render %s: its worker died (%d time(s))", spec.id, crashes)
+                if crashes >= MAX_CRASHES:
+                    reason = f"the worker died {crashes} times while rendering this; given up"
+                    _end(job_id, spec.id, "failed", error=reason)
+                    continue
+            if is_done(storage, spec):
+                _end(job_id, spec.id, "skipped", error=None)
+                continue
+            jobs.start(job_id, spec.id, worker)
+            ready.append(spec)
+        if not ready:
+            return {"rendered": []}
+        return _render(self, job_id, info, ready, storage, size, worker)
+    except TransientError as exc:
+        for spec in ready:
+            jobs.requeue(job_id, spec.id)
+        delay = min(30, 2**self.request.retries) + random.uniform(0, 1)
+        log.warning(
+            "transient failure, retry %d in %.0f s: %s", self.request.retries + 1, delay, exc
+        )
+        raise self.retry(exc=exc, countdown=delay) from None
 
+
+def _render(task, job_id, info, ready, storage, size, worker) -> dict[str, Any]:
     last = [0.0]
 
     def on_step(scale: int, scales: int, iteration: int, iterations: int) -> None:
         now = time.monotonic()
         if now - last[0] >= 1.0 or iteration == iterations:
             last[0] = now
-            self.update_state(
+            task.update_state(
                 state="PROGRESS",
                 meta={
                     "job": job_id,
@@ -111,14 +130,13 @@ def render(
     try:
         outcomes = r.render_batch(ready, storage, job_id, fmt, quality, on_step)
     except SoftTimeLimitExceeded:
+        limit = task.request.timelimit[1] if task.request.timelimit else None
         for spec in ready:
             _end(
                 job_id,
                 spec.id,
                 "failed",
-                error=(
-                    f"soft time limit ({self.request.timelimit[1]} s) exceeded; no output written"
-                ),
+                error=f"soft time limit ({limit} s) exceeded; no output written",
             )
         return {"rendered": [], "failed": [s.id for s in ready]}
     result: dict[str, Any] = {"rendered": [], "failed": []}
