@@ -24,6 +24,9 @@ class Settings:
     max_renders: int = 100_000
     max_input_bytes: int = 64 * 1024 * 1024
     max_input_pixels: int = 64_000_000
+    # Where inputs may come from (URI or absolute-path prefixes). Workers read only these, so a
+    # submitted manifest cannot make them read local files; `stylebatch run` adds "/".
+    allowed_inputs: tuple[str, ...] = ("s3://",)
     input_cache_bytes: int = 2 << 30
     max_time_limit: int = 3 * 3600  # hard limit on any task, seconds
     seconds_per_mpix_iteration: float = 0.05  # for time limits; ~0.01 on an H100/H200
@@ -44,6 +47,11 @@ class Settings:
             max_input_bytes=int(_env("STYLEBATCH_MAX_INPUT_BYTES", str(default.max_input_bytes))),
             max_input_pixels=int(
                 _env("STYLEBATCH_MAX_INPUT_PIXELS", str(default.max_input_pixels))
+            ),
+            allowed_inputs=tuple(
+                p.strip()
+                for p in _env("STYLEBATCH_ALLOWED_INPUTS", "s3://").split(",")
+                if p.strip()
             ),
             input_cache_bytes=int(
                 _env("STYLEBATCH_INPUT_CACHE_BYTES", str(default.input_cache_bytes))

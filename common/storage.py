@@ -199,8 +199,25 @@ def s3_get(client: Any, bucket: str, key: str, missing_ok: bool = False) -> byte
         raise _storage_error(exc, bucket, key) from None
 
 
+def check_allowed(uri: str, settings: Settings) -> None:
+    """InputError unless ``uri`` is under one of the allowed prefixes (symlinks resolved)."""
+    target = uri if is_s3(uri) else str(Path(uri).resolve())
+    for prefix in settings.allowed_inputs:
+        if is_s3(prefix) and is_s3(target) and target.startswith(prefix):
+            return
+        if not is_s3(prefix) and not is_s3(target):
+            root = str(Path(prefix).resolve())
+            if target == root or target.startswith(root.rstrip("/") + "/"):
+                return
+    raise InputError(
+        f"{uri}: not among the inputs this worker may read "
+        f"(STYLEBATCH_ALLOWED_INPUTS={','.join(settings.allowed_inputs)})"
+    )
+
+
 def read_input(uri: str, settings: Settings) -> bytes:
-    """The bytes of an input named by a canonical URI, within the configured size limit."""
+    """The bytes of an allowed input named by a canonical URI, within the size limit."""
+    check_allowed(uri, settings)
     limit = settings.max_input_bytes
     if is_s3(uri):
         bucket, key = parse_s3(uri)

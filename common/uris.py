@@ -39,7 +39,7 @@ def parse_s3(text: str) -> tuple[str, str]:
     """Split ``s3://bucket/key`` into bucket and key, checking the bucket name."""
     parsed = urlparse(text)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
-    if not _BUCKET.match(bucket):
+    if not _BUCKET.match(bucket) or re.match(r"^\d+\.\d+\.\d+\.\d+$", bucket) or ".." in bucket:
         raise ValueError(f"invalid S3 bucket name {bucket!r} in {text!r}")
     return bucket, key
 

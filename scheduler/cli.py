@@ -76,6 +76,18 @@ def _print_weights(weights: str) -> None:
         out.print(f"weights: {weights}", highlight=False)
 
 
+def _local_settings() -> Settings:
+    """`run` renders the user's own manifest on their own machine: local files are allowed
+    unless STYLEBATCH_ALLOWED_INPUTS says otherwise."""
+    import dataclasses
+    import os
+
+    settings = Settings.from_env()
+    if "STYLEBATCH_ALLOWED_INPUTS" in os.environ:
+        return settings
+    return dataclasses.replace(settings, allowed_inputs=(*settings.allowed_inputs, "/"))
+
+
 @app.command()
 def validate(manifest: ManifestArg, weights: WeightsOpt = None) -> None:
     """Check a manifest and show what it expands to, or list every problem."""
@@ -100,7 +112,7 @@ def run(
         )
         raise typer.Exit(EXIT_INVALID) from None
     try:
-        summary = run_with_progress(plan, Settings.from_env(), device, out)
+        summary = run_with_progress(plan, _local_settings(), device, out)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: finished outputs are kept; rerun to continue[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None

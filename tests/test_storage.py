@@ -72,17 +72,46 @@ def test_input_cache_fetches_once_refetches_changes_and_stays_bounded(s3_server,
     cache = InputCache(settings)
     assert cache.read("s3://store-d/in/0.png") == b"\x00" * 400
     entry = next((tmp_path / "inputs").iterdir())
-    entry.write_bytes(b"\x07" * 400)  # served from disk, not fetched again
-    assert cache.read("s3://store-d/in/0.png") == b"\x07" * 400
+    before = entry.stat().st_mtime_ns
+    assert cache.read("s3://store-d/in/0.png") == b"\x00" * 400  # served from disk
+    assert entry.stat().st_mtime_ns >= before and len(list(entry.parent.iterdir())) == 1
     s3.put_object(Bucket="store-d", Key="in/0.png", Body=b"\x09" * 400)  # new ETag
     assert cache.read("s3://store-d/in/0.png") == b"\x09" * 400
     cache.read("s3://store-d/in/1.png")
     cache.read("s3://store-d/in/2.png")
     sizes = [p.stat().st_size for p in (tmp_path / "inputs").iterdir()]
     assert sum(sizes) <= 900 and len(sizes) == 2
-    entry = sorted((tmp_path / "inputs").iterdir())[0]
-    entry.write_bytes(b"corrupt")  # wrong length: fetched again
+    for entry in (tmp_path / "inputs").iterdir():
+        entry.write_bytes(b"\xff" * 400)  # same length, wrong bytes: the ETag (MD5) catches it
     assert {cache.read(f"s3://store-d/in/{i}.png") for i in (1, 2)} == {
         b"\x01" * 400,
         b"\x02" * 400,
     }
+
+
+def test_input_cache_on_a_broken_disk_still_serves(s3_server, s3_env, tmp_path):
+    from workers.cache import InputCache
+
+    s3_server.client().create_bucket(Bucket="store-e")
+    s3_server.client().put_object(Bucket="store-e", Key="a.png", Body=b"abc")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")  # like a full or broken disk
+    settings = Settings(s3_endpoint=s3_env.s3_endpoint, cache_dir=blocker)
+    assert InputCache(settings).read("s3://store-e/a.png") == b"abc"
+
+
+def test_inputs_outside_the_allowed_prefixes_are_refused(s3_env, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    link = tmp_path / "allowed" / "link.png"
+    link.parent.mkdir()
+    link.symlink_to(secret)
+    only_s3 = Settings(s3_endpoint=s3_env.s3_endpoint, allowed_inputs=("s3://store-a/",))
+    for uri in ("/etc/passwd", str(secret), "s3://other-bucket/x.png"):
+        with pytest.raises(InputError, match="not among the inputs this worker may read"):
+            read_input(uri, only_s3)
+    folder_only = Settings(allowed_inputs=(str(tmp_path / "allowed"),))
+    with pytest.raises(InputError, match="not among the inputs"):
+        read_input(str(link), folder_only)  # a symlink out of the allowed folder
+    with pytest.raises(InputError, match="not among the inputs"):
+        read_input(str(tmp_path / "allowed" / ".." / "secret.txt"), folder_only)

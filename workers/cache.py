@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from common.settings import Settings
@@ -31,7 +32,7 @@ class InputCache:
         path = self.root / hashlib.sha256(f"{uri}\0{etag}".encode()).hexdigest()
         try:
             data = path.read_bytes()
-            if len(data) == head.get("ContentLength", len(data)):
+            if self._intact(data, etag, head.get("ContentLength")):
                 os.utime(path)
                 return data
         except OSError:
@@ -43,6 +44,15 @@ class InputCache:
         except OSError:
             pass  # a full or broken cache disk must not fail the render
         return data
+
+    @staticmethod
+    def _intact(data: bytes, etag: str, length: int | None) -> bool:
+        """A single-part upload's ETag is the MD5 of its bytes: check it where it is one."""
+        if length is not None and len(data) != length:
+            return False
+        if re.fullmatch(r"[0-9a-f]{32}", etag):
+            return hashlib.md5(data, usedforsecurity=False).hexdigest() == etag
+        return True
 
     def _evict(self) -> None:
         entries = []

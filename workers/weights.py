@@ -7,11 +7,16 @@ from pathlib import Path
 
 from common.errors import InputError
 from common.settings import Settings
-from common.storage import atomic_write, read_input
+from common.storage import atomic_write, check_allowed, read_input
 from common.uris import is_s3
 
 
 def local_weights(spec: str, settings: Settings) -> str:
+    """A path the engine can load. Weights named by a manifest (not the operator's setting)
+    are inputs like any other: they must be allowed."""
+    named = spec != "imagenet" and not spec.startswith("random")
+    if named and spec != settings.weights:
+        check_allowed(spec, settings)
     if not is_s3(spec):
         return spec
     name = hashlib.sha256(spec.encode()).hexdigest()[:16] + ".pth"
