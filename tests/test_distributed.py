@@ -3,128 +3,32 @@ the `stylebatch` command line."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from common.jobs import JobStore
-from tests.conftest import ROOT, write_manifest
-from tests.services import ACCESS_KEY, SECRET_KEY, Worker, wait_for
-from workers.launch import worker_commands
+from tests.conftest import ROOT
+from tests.fleet import INPUTS, Fleet, manifest, upload_inputs
+from tests.services import SECRET_KEY, wait_for
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
-
-MAX_TIME_LIMIT = 20  # seconds; the visibility timeout follows from it (see common/queue.py)
-INPUTS = "inputs"
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, redis_server, s3_server, weights_file, images):
     """Two CPU render workers and a bookkeeping worker, sharing one Redis db and one S3."""
     folder = tmp_path_factory.mktemp("fleet")
-    s3 = s3_server.client()
-    for bucket in (INPUTS, "outputs"):
-        with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
-            s3.create_bucket(Bucket=bucket)
-    for name, path in images.items():
-        s3.upload_file(str(path), INPUTS, f"img/{name}.png")
-    buf = io.BytesIO()
-    Image.linear_gradient("L").resize((64, 48)).convert("RGB").save(buf, "PNG")
-    s3.put_object(Bucket=INPUTS, Key="img/gradient.png", Body=buf.getvalue())
+    upload_inputs(s3_server, images)
     stack = Fleet(folder, redis_server, s3_server, weights_file, db=1)
     stack.start(["cpu0", "cpu1", "bookkeeping"])
     yield stack
     stack.stop()
-
-
-class Fleet:
-    def __init__(self, folder: Path, redis_server, s3_server, weights_file: Path, db: int):
-        self.folder, self.s3_server, self.redis_url = folder, s3_server, redis_server.url(db)
-        self.env = {
-            **os.environ,
-            "STYLEBATCH_REDIS_URL": self.redis_url,
-            "STYLEBATCH_S3_ENDPOINT": s3_server.endpoint,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "STYLEBATCH_WEIGHTS": str(weights_file),
-            "STYLEBATCH_MAX_TIME_LIMIT": str(MAX_TIME_LIMIT),
-            "STYLEBATCH_CACHE_DIR": str(folder / "cache"),
-            "STYLEBATCH_DEVICE": "cpu",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(ROOT),
-            "COLUMNS": "200",
-        }
-        self.workers: dict[str, Worker] = {}
-        self.store = JobStore.from_url(self.redis_url)
-
-    def start(self, names: list[str]) -> None:
-        started = worker_commands([], "test", "INFO", cpu_workers=2)
-        commands = {argv[argv.index("-n") + 1].split("@")[0]: (argv, env) for argv, env in started}
-        for name in names:
-            argv, env = commands[name]
-            self.workers[name] = Worker(argv, {**self.env, **env}, self.folder / f"{name}.log")
-        for name in names:
-            self.workers[name].wait_ready()
-
-    def stop(self) -> None:
-        for worker in self.workers.values():
-            worker.stop()
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "scheduler.cli", *args],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    def submit(self, manifest: Path, *extra: str) -> str:
-        result = self.cli("submit", str(manifest), *extra)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip().splitlines()[-1]
-
-    def wait_done(self, job_id: str, timeout: float = 240) -> None:
-        wait_for(
-            lambda: self.store.get(job_id).status in ("done", "cancelled"), timeout, f"job {job_id}"
-        )
-
-    def objects(self, prefix: str) -> dict[str, dict]:
-        s3 = self.s3_server.client()
-        found = {}
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="outputs", Prefix=prefix):
-            for obj in page.get("Contents", []):
-                found[obj["Key"]] = s3.head_object(Bucket="outputs", Key=obj["Key"])["Metadata"]
-        return found
-
-
-def manifest(
-    folder: Path, name: str, contents: list[str], styles: list[str], sizes=(40,), **params
-) -> Path:
-    data = {
-        "name": name,
-        "output": {"location": f"s3://outputs/{name}"},
-        "content": [f"s3://{INPUTS}/img/{c}.png" for c in contents],
-        "styles": [{"name": s, "image": f"s3://{INPUTS}/img/{s}.png"} for s in styles],
-        "params": {
-            "preset": "draft",
-            "sizes": list(sizes),
-            "pyramid": {"start": 32, "ratio": 1.5, "iterations": 4},
-            **params,
-        },
-    }
-    return write_manifest(folder / name, data)
 
 
 def test_submit_render_status_and_outputs_in_s3(fleet, tmp_path):

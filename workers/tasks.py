@@ -170,7 +170,16 @@ def render_failed(
             _end(job_id, render_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
-@app.task(name=FIRE_TASK)
+# Bookkeeping rides out S3 or Redis outages the same way renders do.
+RETRY_TRANSIENT = {
+    "autoretry_for": (TransientError,),
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "max_retries": TRANSIENT_RETRIES,
+}
+
+
+@app.task(name=FIRE_TASK, **RETRY_TRANSIENT)
 def fire(source: str, slot: str) -> str:
     """One cron slot of a scheduled manifest (sent by `stylebatch beat`)."""
     from common.schedule import parse_slot
@@ -179,7 +188,7 @@ def fire(source: str, slot: str) -> str:
     return fire_slot(source, parse_slot(slot), settings, app, store())
 
 
-@app.task(name=FINALIZE_TASK)
+@app.task(name=FINALIZE_TASK, **RETRY_TRANSIENT)
 def finalize(job_id: str) -> dict[str, Any]:
     """Write the job's summary.json and contact sheet once its last render has ended."""
     jobs = store()

@@ -1,0 +1,181 @@
+"""Faults thrown at a real fleet (Redis with an append-only file and a password, SeaweedFS,
+Celery worker processes): every render is accounted for and every error is clear."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from kombu import Producer
+
+from common.queue import make_app
+from common.settings import Settings
+from tests.fleet import Fleet, manifest, upload_inputs
+from tests.services import SECRET_KEY, RedisServer, S3Server, wait_for
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+REDIS_PASSWORD = "redis-pw-7f3a"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, weights_file, images):
+    folder = tmp_path_factory.mktemp("faults")
+    redis = RedisServer(folder, appendonly=True, password=REDIS_PASSWORD)
+    s3 = S3Server(folder)
+    upload_inputs(s3, images)
+    fleet = Fleet(folder, redis, s3, weights_file, db=0)
+    fleet.redis, fleet.s3 = redis, s3
+    fleet.start(["cpu0", "cpu1", "bookkeeping"])
+    yield fleet
+    fleet.stop()
+    s3.stop()
+    redis.stop()
+
+
+def counts(fleet: Fleet, job_id: str) -> dict[str, int]:
+    info = fleet.store.get(job_id)
+    return {s: info.count(s) for s in ("done", "skipped", "failed", "cancelled")}
+
+
+def outputs(fleet: Fleet, prefix: str) -> dict[str, dict]:
+    return {
+        k: m
+        for k, m in fleet.objects(prefix).items()
+        if k.endswith(".png") and "contact_sheet" not in k
+    }
+
+
+def test_redis_restart_mid_job(stack, tmp_path):
+    contents = ["tubingen", "shipwreck", "wave", "gradient"]
+    job_id = stack.submit(
+        manifest(tmp_path, "redis-restart", contents, ["wave", "starry_night"], sizes=(36, 40))
+    )
+    wait_for(lambda: counts(stack, job_id)["done"] >= 2, 120, "first renders")
+    stack.redis.stop()  # SIGTERM: Redis writes its append-only file and exits
+    time.sleep(3)
+    stack.redis.start()
+    stack.wait_done(job_id, timeout=240)
+    c = counts(stack, job_id)
+    assert c["failed"] == 0 and c["done"] + c["skipped"] == 16
+    assert len(outputs(stack, "redis-restart/")) == 16
+
+
+def test_s3_unreachable_for_twenty_seconds(stack, tmp_path):
+    contents = ["tubingen", "shipwreck", "wave", "gradient"]
+    job_id = stack.submit(
+        manifest(tmp_path, "s3-outage", contents, ["wave", "starry_night"], sizes=(36, 40))
+    )
+    wait_for(lambda: counts(stack, job_id)["done"] >= 2, 120, "first renders")
+    stack.s3.stop()
+    time.sleep(20)
+    stack.s3.start()
+    stack.wait_done(job_id, timeout=300)
+    c = counts(stack, job_id)
+    assert c["failed"] == 0 and c["done"] + c["skipped"] == 16
+    assert len(outputs(stack, "s3-outage/")) == 16
+    logs = "".join(w.log.read_text(errors="replace") for w in stack.workers.values())
+    assert "transient failure, retry" in logs and "S3 unreachable" in logs
+
+
+def test_a_render_that_kills_its_worker_is_capped(stack, tmp_path):
+    job_id = stack.submit(manifest(tmp_path, "killer", ["gradient", "tubingen"], ["wave"]))
+    target = next(r.id for r in stack.store.specs(job_id) if r.content_name == "gradient")
+    kills = 0
+    deadline = time.monotonic() + 180
+    while stack.store.state(job_id, target)["status"] not in ("failed", "done"):
+        assert time.monotonic() < deadline, "render neither capped nor finished"
+        state = stack.store.state(job_id, target)
+        if state["status"] == "running" and state.get("kill") is None:
+            worker = stack.workers[state["worker"].split("@")[0]]
+            children = subprocess.run(
+                ["pgrep", "-P", str(worker.proc.pid)], capture_output=True, text=True
+            ).stdout.split()
+            for pid in children:  # the pool process rendering it: as if the render crashed it
+                os.kill(int(pid), signal.SIGKILL)
+            if children:
+                kills += 1
+                stack.store.r.hset(
+                    f"sb:job:{job_id}:states", target, json.dumps({**state, "kill": kills})
+                )
+        time.sleep(0.1)
+    stack.wait_done(job_id, timeout=120)
+    state = stack.store.state(job_id, target)
+    assert state["status"] == "failed" and "worker died 3 times" in state["error"]
+    assert kills == 3
+    assert counts(stack, job_id) == {"done": 1, "skipped": 0, "failed": 1, "cancelled": 0}
+    status = stack.cli("status", job_id).stdout
+    assert "failed gradient x wave @ 40: the worker died 3 times" in status
+
+
+def test_soft_time_limit_is_a_clean_failure(stack, tmp_path):
+    path = manifest(tmp_path, "slow", ["tubingen"], ["wave"], sizes=(160,))
+    text = path.read_text().replace("iterations: 4", "iterations: 5000")
+    path.write_text(text)
+    job_id = stack.submit(path)
+    stack.wait_done(job_id, timeout=120)
+    state = next(iter(stack.store.states(job_id).values()))
+    assert state["status"] == "failed" and "soft time limit" in state["error"]
+    assert "no output written" in state["error"]
+    assert outputs(stack, "slow/") == {}
+
+
+def test_pickled_message_is_refused(stack, tmp_path):
+    before = [w.log.stat().st_size for w in stack.workers.values()]
+    app = make_app(Settings(redis_url=stack.redis_url))
+    with app.connection_for_write() as conn:
+        producer = Producer(conn.channel())
+        producer.publish(
+            {"payload": "os.system('touch /tmp/pwned')"},
+            exchange="render",
+            routing_key="render",
+            serializer="pickle",
+            declare=[app.amqp.queues["render"]],
+            headers={
+                "task": "stylebatch.render",
+                "id": "evil-1",
+                "lang": "py",
+                "argsrepr": "()",
+                "kwargsrepr": "{}",
+            },
+        )
+
+    def refused():
+        logs = "".join(
+            w.log.read_bytes()[n:].decode(errors="replace")
+            for w, n in zip(stack.workers.values(), before, strict=True)
+        )
+        return "ContentDisallowed" in logs or "Refusing to deserialize" in logs
+
+    wait_for(refused, 30, "refusal")
+    job_id = stack.submit(manifest(tmp_path, "after-pickle", ["wave"], ["starry_night"]))
+    stack.wait_done(job_id)  # the fleet keeps working
+    assert counts(stack, job_id)["done"] == 1
+
+
+def test_workers_refuse_local_files(stack, tmp_path, images):
+    path = manifest(tmp_path, "local-read", ["tubingen"], ["wave"])
+    path.write_text(
+        path.read_text().replace("s3://inputs/img/tubingen.png", str(images["tubingen"]))
+    )
+    job_id = stack.submit(path)  # valid where it was submitted: the file exists there
+    stack.wait_done(job_id)
+    state = next(iter(stack.store.states(job_id).values()))
+    assert state["status"] == "failed"
+    assert "not among the inputs this worker may read" in state["error"]
+
+
+def test_no_credentials_in_logs_summaries_or_results(stack):
+    texts = [w.log.read_text(errors="replace") for w in stack.workers.values()]
+    s3 = stack.s3.client()
+    for key in stack.objects(""):
+        if key.endswith("summary.json"):
+            texts.append(s3.get_object(Bucket="outputs", Key=key)["Body"].read().decode())
+    client = stack.store.r
+    texts += [str(client.get(k)) for k in client.keys("celery-task-meta-*")]
+    for text in texts:
+        assert SECRET_KEY not in text and REDIS_PASSWORD not in text
