@@ -81,7 +81,7 @@ def main() -> None:
         plan = plan_job(path, settings)
         planned = time.perf_counter() - t
         app = make_app(settings)
-        store = JobStore.from_url(settings.redis_url)
+        store = JobStore.from_url(settings.redis_url, settings.redis_tls_ca)
         t = time.perf_counter()
         result = submit(plan, settings, app, store)
         submitted = time.perf_counter() - t

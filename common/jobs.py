@@ -94,15 +94,19 @@ class JobStore:
         self._reset = client.register_script(_RESET_FAILED)
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        """A client that rides out a Redis restart: commands retry with backoff for ~60 s."""
-        retry = Retry(ExponentialBackoff(cap=4.0, base=0.1), retries=20)
+    def from_url(cls, url: str, tls_ca: str = "", retries: int = 20) -> JobStore:
+        """A client that rides out a Redis restart: commands retry with backoff (20 retries:
+        about a minute; the command line asks for fewer, to report a bad setting quickly).
+        ``rediss://`` URLs verify the server's certificate (against ``tls_ca`` if given)."""
+        retry = Retry(ExponentialBackoff(cap=4.0, base=0.1), retries=retries)
+        tls = {"ssl_cert_reqs": "required", "ssl_ca_certs": tls_ca or None}
         client = redis.Redis.from_url(
             url,
             decode_responses=True,
             health_check_interval=30,
             retry=retry,
             retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+            **(tls if url.startswith("rediss://") else {}),
         )
         return cls(client)
 

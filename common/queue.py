@@ -4,6 +4,7 @@ limits. Tasks are sent by name, so the scheduler never imports the workers (or t
 from __future__ import annotations
 
 import math
+import ssl
 from typing import Any
 
 from celery import Celery
@@ -67,6 +68,9 @@ def make_app(settings: Settings | None = None) -> Celery:
         "unacked_restore_throttle": 1,
     }
     app = Celery("stylebatch", broker=settings.redis_url, backend=settings.redis_url)
+    if settings.redis_url.startswith("rediss://"):
+        tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": settings.redis_tls_ca or None}
+        app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

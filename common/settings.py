@@ -14,7 +14,8 @@ def _env(name: str, default: str = "") -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS
+    redis_tls_ca: str = ""  # CA bundle that signed the Redis server's certificate (rediss://)
     s3_endpoint: str = ""  # empty: AWS itself
     s3_region: str = "us-east-1"
     s3_addressing: str = "path"  # path or virtual
@@ -37,6 +38,7 @@ class Settings:
         default = cls()
         return cls(
             redis_url=_env("STYLEBATCH_REDIS_URL", default.redis_url),
+            redis_tls_ca=_env("STYLEBATCH_REDIS_TLS_CA"),
             s3_endpoint=_env("STYLEBATCH_S3_ENDPOINT", _env("AWS_ENDPOINT_URL")),
             s3_region=_env("STYLEBATCH_S3_REGION", _env("AWS_DEFAULT_REGION", default.s3_region)),
             s3_addressing=_env("STYLEBATCH_S3_ADDRESSING", default.s3_addressing),

@@ -152,7 +152,11 @@ def _queue():
     from common.queue import make_app
 
     settings = Settings.from_env()
-    return settings, make_app(settings), JobStore.from_url(settings.redis_url)
+    return (
+        settings,
+        make_app(settings),
+        JobStore.from_url(settings.redis_url, settings.redis_tls_ca, retries=3),
+    )
 
 
 def _job_or_exit(store, job_id: str):
@@ -388,9 +392,19 @@ def worker(
     raise typer.Exit(run_workers(commands))
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:
+    """The console entry: an unreachable Redis or broker is a message, not a traceback."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    try:
+        app()
+    except (redis.RedisError, OperationalError) as exc:
+        url = Settings.from_env().redis_url
+        safe = url.split("@")[-1] if "@" in url else url.split("//")[-1]
+        err.print(f"[red]error:[/] Redis at {safe}: {type(exc).__name__}: {exc}", highlight=False)
+        sys.exit(EXIT_FAILED)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ class Fleet:
         self.env = {
             **os.environ,
             "STYLEBATCH_REDIS_URL": self.redis_url,
+            "STYLEBATCH_REDIS_TLS_CA": getattr(redis_server, "ca", ""),
             "STYLEBATCH_S3_ENDPOINT": s3_server.endpoint,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
@@ -36,7 +37,7 @@ class Fleet:
             "COLUMNS": "200",
         }
         self.workers: dict[str, Worker] = {}
-        self.store = JobStore.from_url(self.redis_url)
+        self.store = JobStore.from_url(self.redis_url, getattr(redis_server, "ca", ""))
 
     def start(self, names: list[str]) -> None:
         started = worker_commands([], "test", "INFO", cpu_workers=2)
@@ -51,10 +52,12 @@ class Fleet:
         for worker in self.workers.values():
             worker.stop()
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, env_extra: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "scheduler.cli", *args],
-            env=self.env,
+            env={**self.env, **(env_extra or {})},
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -52,8 +52,64 @@ def wait_for(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} not ready after {timeout} s ({last})")
 
 
+def make_certificates(folder: Path) -> str:
+    """A CA and a server certificate for 127.0.0.1 (openssl); returns the CA file."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stylebatch-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    )
+    return str(folder / "ca.crt")
+
+
 class RedisServer:
-    def __init__(self, folder: Path, appendonly: bool = False, password: str | None = None):
+    def __init__(
+        self, folder: Path, appendonly: bool = False, password: str | None = None, tls: bool = False
+    ):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -81,16 +137,39 @@ class RedisServer:
         ]
         if password:
             args += ["--requirepass", password]
+        self.ca = ""
+        if tls:  # TLS only, with a certificate for 127.0.0.1 signed by a CA made here
+            self.ca = make_certificates(folder)
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += [
+                "--tls-cert-file",
+                str(folder / "server.crt"),
+                "--tls-key-file",
+                str(folder / "server.key"),
+                "--tls-ca-cert-file",
+                self.ca,
+                "--tls-auth-clients",
+                "no",
+            ]
         self.args = args
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_for(lambda: redis.Redis(port=self.port, password=self.password).ping(), 15, "redis")
+        wait_for(
+            lambda: (
+                redis.Redis.from_url(self.url(), ssl_ca_certs=self.ca or None).ping()
+                if self.ca
+                else redis.Redis(port=self.port, password=self.password).ping()
+            ),
+            15,
+            "redis",
+        )
 
     def url(self, db: int = 0) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        scheme = "rediss" if self.ca else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/{db}"
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -179,3 +179,28 @@ def test_no_credentials_in_logs_summaries_or_results(stack):
     texts += [str(client.get(k)) for k in client.keys("celery-task-meta-*")]
     for text in texts:
         assert SECRET_KEY not in text and REDIS_PASSWORD not in text
+
+
+def test_redis_over_tls_with_a_password(tmp_path, weights_file, images, stack):
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    server = RedisServer(folder, password=REDIS_PASSWORD, tls=True)
+    try:
+        assert server.url().startswith("rediss://")
+        tls = Fleet(tmp_path, server, stack.s3, weights_file, db=0)
+        tls.start(["cpu0", "bookkeeping"])
+        try:
+            job_id = tls.submit(manifest(tmp_path, "over-tls", ["wave"], ["tubingen"]))
+            tls.wait_done(job_id)
+            assert tls.store.get(job_id).count("done") == 1
+            plain = tls.cli("status", job_id)
+            assert plain.returncode == 0
+            other_ca = tmp_path / "not-the-ca.crt"  # a certificate, but not the signing CA
+            other_ca.write_text((folder / "server.crt").read_text())
+            wrong = tls.cli("status", job_id, env_extra={"STYLEBATCH_REDIS_TLS_CA": str(other_ca)})
+            assert wrong.returncode == 1 and "error: Redis at 127.0.0.1" in wrong.stderr
+            assert REDIS_PASSWORD not in wrong.stderr + wrong.stdout
+        finally:
+            tls.stop()
+    finally:
+        server.stop()

@@ -37,7 +37,7 @@ _store: JobStore | None = None
 def store() -> JobStore:
     global _store
     if _store is None:
-        _store = JobStore.from_url(settings.redis_url)
+        _store = JobStore.from_url(settings.redis_url, settings.redis_tls_ca)
     return _store
 
 
