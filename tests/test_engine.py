@@ -166,3 +166,15 @@ def test_schedule():
         (32, 7),
         (64, 7),
     ]
+
+
+def test_engine_and_manifest_agree_on_layers_and_presets():
+    """The engine keeps its own copy (it imports nothing but torch); the copies must agree."""
+    from common.params import ALL_LAYERS, PRESETS, STYLE_LAYERS
+    from workers.engine.config import DEFAULT_STYLE_LAYERS, LAYERS
+
+    assert LAYERS == ALL_LAYERS
+    assert tuple(name for name, _ in DEFAULT_STYLE_LAYERS) == STYLE_LAYERS
+    for preset in PRESETS.values():
+        params = {**preset, "style_scale": 1.0, "color": "none", "init": "content"}
+        EngineConfig.from_params(params)  # every preset is a valid engine configuration
