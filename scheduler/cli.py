@@ -111,8 +111,13 @@ def run(
             f"pip install 'stylebatch[worker]' ({exc})[/]"
         )
         raise typer.Exit(EXIT_INVALID) from None
+    from workers.engine import WeightsError
+
     try:
         summary = run_with_progress(plan, _local_settings(), device, out)
+    except WeightsError as exc:
+        err.print(f"[red]weights:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted: finished outputs are kept; rerun to continue[/]")
         raise typer.Exit(EXIT_INTERRUPTED) from None

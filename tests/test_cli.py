@@ -135,3 +135,12 @@ def test_cli_never_imports_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_unloadable_weights_fail_the_run_up_front(tmp_path, images):
+    out = tmp_path / "out"
+    path = write_manifest(tmp_path, tiny_manifest(images, out))
+    result = cli("run", str(path), "--weights", str(tmp_path / "missing.pth"))
+    assert result.returncode == 1
+    assert "weights file not found" in result.stderr and "missing.pth" in result.stderr
+    assert not any(out.rglob("*.png"))

@@ -48,6 +48,8 @@ def run_local(
             record(Outcome(render, "skipped"))
         else:
             todo.append(render)
+    if todo:
+        renderer.engine  # noqa: B018 - weights that cannot be loaded fail the run up front
     if on_start:
         on_start(todo)
     try:
