@@ -333,9 +333,10 @@ class StyleEngine:
         return graph
 
     def _lbfgs(self, x, targets, config, iterations) -> None:
-        x.requires_grad_(True)
+        # L-BFGS flattens its parameters with .view(-1): optimise a contiguous copy.
+        param = x.detach().contiguous().requires_grad_(True)
         opt = torch.optim.LBFGS(
-            [x],
+            [param],
             lr=1,
             max_iter=iterations,
             history_size=20,
@@ -346,14 +347,13 @@ class StyleEngine:
 
         def closure():
             opt.zero_grad()
-            loss = self._objective(x, targets, config)["total"].sum()
+            loss = self._objective(param, targets, config)["total"].sum()
             loss.backward()
             return loss
 
         opt.step(closure)
-        x.requires_grad_(False)
         with torch.no_grad():
-            x.clamp_(0, 1)
+            x.copy_(param.detach().clamp_(0, 1))
 
     def _init(self, items, styles, guide, config, dims) -> torch.Tensor:
         if config.init == "content":
