@@ -143,6 +143,30 @@ class RenderParams(Strict):
         return values
 
 
+def schedule(params: dict[str, Any], long_side: int) -> list[tuple[int, int]]:
+    """(long side, iterations) per pyramid scale of a resolved parameter set, coarsest first.
+
+    The engine computes the same plan itself (it imports nothing but torch); a test keeps the
+    two in step. Here it sizes task time limits without importing the engine.
+    """
+    pyramid = params["pyramid"]
+    plan, sides, side = pyramid["iterations"], [], float(pyramid["start"])
+    while side < long_side * 0.95:
+        sides.append(round(side))
+        side *= pyramid["ratio"]
+    sides.append(long_side)
+    out = []
+    for i, s in enumerate(sides):
+        if isinstance(plan, int):
+            n = plan
+        elif isinstance(plan, list | tuple):
+            n = plan[min(i, len(plan) - 1)]
+        else:
+            n = max(plan.get("minimum", 1), round(plan["first"] * plan.get("decay", 1.0) ** i))
+        out.append((s, n))
+    return out
+
+
 _DEFAULT_LAYERS = {name: 1.0 for name in STYLE_LAYERS}
 
 PRESETS: dict[str, dict[str, Any]] = {

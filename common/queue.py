@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Celery
 
+from common.params import schedule
 from common.settings import Settings
 
 RENDER_QUEUE = "render"  # GPU work, one task at a time per process
@@ -32,21 +33,7 @@ def time_limits(
 ) -> tuple[int, int]:
     """(soft, hard) seconds for a task: the work in full-size-equivalent megapixel iterations,
     at ``settings.seconds_per_mpix_iteration``, with head room, capped by the hard maximum."""
-    pyramid = params["pyramid"]
-    plan, scales, side = pyramid["iterations"], [], float(pyramid["start"])
-    while side < size * 0.95:
-        scales.append(side)
-        side *= pyramid["ratio"]
-    scales.append(size)
-    work = 0.0
-    for i, s in enumerate(scales):
-        if isinstance(plan, int):
-            n = plan
-        elif isinstance(plan, list):
-            n = plan[min(i, len(plan) - 1)]
-        else:
-            n = max(plan.get("minimum", 1), round(plan["first"] * plan.get("decay", 1.0) ** i))
-        work += n * (s * s) / 1e6
+    work = sum(n * side * side / 1e6 for side, n in schedule(params, size))
     cost = 2 if params.get("style_loss") == "wasserstein" else 1
     estimate = work * cost * renders * settings.seconds_per_mpix_iteration
     soft = min(settings.max_time_limit * 0.8, 60 + 3 * estimate)

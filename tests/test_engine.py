@@ -175,6 +175,17 @@ def test_engine_and_manifest_agree_on_layers_and_presets():
 
     assert LAYERS == ALL_LAYERS
     assert tuple(name for name, _ in DEFAULT_STYLE_LAYERS) == STYLE_LAYERS
-    for preset in PRESETS.values():
-        params = {**preset, "style_scale": 1.0, "color": "none", "init": "content"}
-        EngineConfig.from_params(params)  # every preset is a valid engine configuration
+    from common.params import schedule
+
+    custom = {"start": 40, "ratio": 1.7, "iterations": [9, 5, 3]}
+    for pyramid in [p["pyramid"] for p in PRESETS.values()] + [custom]:
+        params = {
+            **PRESETS["standard"],
+            "pyramid": pyramid,
+            "style_scale": 1.0,
+            "color": "none",
+            "init": "content",
+        }
+        engine = EngineConfig.from_params(params)  # every preset is a valid engine configuration
+        for size in (16, 100, 512, 1000, 6144):
+            assert engine.schedule(size) == schedule(params, size)
