@@ -57,11 +57,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def fitted_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(width, height) with the longer side ``long_side`` and the aspect ratio kept."""
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def fit_long_side(img: Image.Image, long_side: int) -> Image.Image:
     """Resize so the longer side is ``long_side``, keeping the aspect ratio."""
-    width, height = img.size
-    scale = long_side / max(width, height)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = fitted_size(*img.size, long_side)
     return img if size == img.size else img.resize(size, Image.Resampling.LANCZOS)
 
 

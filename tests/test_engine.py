@@ -175,7 +175,21 @@ def test_engine_and_manifest_agree_on_layers_and_presets():
 
     assert LAYERS == ALL_LAYERS
     assert tuple(name for name, _ in DEFAULT_STYLE_LAYERS) == STYLE_LAYERS
+    from bench.engine_bench import PRESETS as BENCH_PRESETS
     from common.params import schedule
+
+    for name, bench in BENCH_PRESETS.items():  # the bench times what the manifests ask for
+        preset = PRESETS[name]
+        assert bench["iterations"] == preset["pyramid"]["iterations"]
+        assert (bench["start"], bench["ratio"]) == (
+            preset["pyramid"]["start"],
+            preset["pyramid"]["ratio"],
+        )
+        assert (bench["ema"], bench["lr"], bench["style_loss"]) == (
+            preset["ema"],
+            preset["lr"],
+            preset["style_loss"],
+        )
 
     custom = {"start": 40, "ratio": 1.7, "iterations": [9, 5, 3]}
     for pyramid in [p["pyramid"] for p in PRESETS.values()] + [custom]:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from common.errors import StylebatchError, TransientError
 from common.expand import Render
-from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side
+from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side, fitted_size
 from common.queue import MAX_BATCH_PIXELS
 from common.settings import Settings
 from common.storage import Storage
@@ -126,8 +126,9 @@ class Renderer:
         return fit_long_side(self.cache.get(render.content), render.size)
 
     def shape_of(self, render: Render) -> tuple[int, int]:
-        img = self.content_at_size(render)
-        return img.height, img.width
+        """The output's (height, width), from the decoded size alone (no resize)."""
+        width, height = fitted_size(*self.cache.get(render.content).size, render.size)
+        return height, width
 
     def render_batch(
         self,
@@ -145,9 +146,13 @@ class Renderer:
         started = time.perf_counter()
         try:
             config = EngineConfig.from_params(group[0].params)
+            contents: dict[tuple[str, int], Any] = {}  # a group shares one content: resize once
+            for r in group:
+                if (r.content, r.size) not in contents:
+                    contents[(r.content, r.size)] = to_tensor(self.content_at_size(r))
             items = [
                 RenderItem(
-                    to_tensor(self.content_at_size(r)),
+                    contents[(r.content, r.size)],
                     [(to_tensor(self.cache.get(u)), w) for u, w in r.style_images],
                     seed=int(r.params.get("seed", 0)),
                 )
