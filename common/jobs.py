@@ -1,8 +1,19 @@
 """Job state in Redis: the job record, each render's spec and state, and counters.
 
-A render's first terminal state (done, skipped, failed, cancelled) is recorded by one Lua
-script that also counts it, so a re-delivered render is never counted twice and exactly one
-caller learns that the job's last render has ended. No chords: counters only.
+Every render state change is one Lua script, so it is atomic and checked against the allowed
+transitions (``RENDER_TRANSITIONS``)::
+
+    pending -> running -> done | skipped | failed | cancelled
+    pending -> done | skipped | failed | cancelled      (an output found, a cancel, a give-up)
+    running -> pending                                   (released: a transient or device error,
+                                                          or its worker reaped after dying)
+    failed  -> pending                                   (only through `stylebatch retry`)
+
+A render "running" belongs to one worker process (its *owner*). The owner keeps a heartbeat
+in ``sb:heartbeats``; a task that finds the render running under a live owner is a duplicate
+delivery and is ignored, not counted as a crash. The first terminal state wins and is counted
+once, and exactly one caller learns that the job's last render has ended. Times come from the
+Redis server's clock, so workers' clocks may disagree.
 """
 
 from __future__ import annotations
@@ -21,32 +32,137 @@ from common.summary import RenderRecord, Summary
 from common.uris import Location
 
 TERMINAL = ("done", "skipped", "failed", "cancelled")
+JOB_TERMINAL = ("done", "cancelled", "failed")
 PREFIX = "sb"
+RENDER_TRANSITIONS = {
+    "pending": ("running", *TERMINAL),
+    "running": ("pending", *TERMINAL),
+    "failed": ("pending",),  # retry only
+}
+JOB_TRANSITIONS = {
+    "running": ("finalizing",),
+    "finalizing": JOB_TERMINAL,
+    "done": ("running",),  # retry of failed renders
+    "failed": ("running",),
+}
 
-_RECORD = """
-local current = redis.call('HGET', KEYS[2], ARGV[1])
-if current then
-  local status = cjson.decode(current)['status']
-  if status == 'done' or status == 'skipped' or status == 'failed' or status == 'cancelled' then
-    return 0
+# Shared by every script. `ended` counts a render's terminal state once and moves the job to
+# finalizing with its last; `crashed` counts a worker death during a render and gives up on it
+# at the cap.
+_LUA_PRELUDE = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function ended(job, status, t)
+  redis.call('HINCRBY', job, 'n_' .. status, 1)
+  redis.call('HSET', job, 'activity', t)
+  local n = redis.call('HINCRBY', job, 'ended', 1)
+  if n == tonumber(redis.call('HGET', job, 'total')) then
+    redis.call('HSET', job, 'status', 'finalizing', 'finalizing_since', t)
+    return 2
   end
+  return 1
 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'n_' .. ARGV[2], 1)
-local ended = redis.call('HINCRBY', KEYS[1], 'ended', 1)
-if ended == tonumber(redis.call('HGET', KEYS[1], 'total')) then
-  redis.call('HSET', KEYS[1], 'status', 'finalizing')
-  return 2
+local function leave_running(job, running, field)
+  redis.call('HINCRBY', job, 'n_running', -1)
+  redis.call('HDEL', running, field)
 end
+local function crashed(job, states, crashes, render, cap, t)
+  local n = redis.call('HINCRBY', crashes, render, 1)
+  if n >= tonumber(cap) then
+    local reason = 'the worker died ' .. n .. ' times while rendering this; given up'
+    redis.call('HSET', states, render, cjson.encode({status = 'failed', error = reason,
+                                                     ended_at = t}))
+    return n, ended(job, 'failed', t)
+  end
+  return n, 0
+end
+"""
+
+# KEYS: job, states, crashes, running, heartbeats
+# ARGV: render, owner, liveness, crash cap, owner known dead (or ''), running field
+_CLAIM = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return {'missing', ''} end
+local state = cjson.decode(raw)
+local status = state['status']
+if status ~= 'pending' and status ~= 'running' then return {'ended', status} end
+local t = now()
+local crashes = 0
+if status == 'running' and state['owner'] ~= ARGV[2] then
+  local owner = state['owner']
+  local beat = redis.call('ZSCORE', KEYS[5], owner)
+  if owner ~= ARGV[5] and beat and t - tonumber(beat) < tonumber(ARGV[3]) then
+    return {'busy', owner}
+  end
+  local gave_up
+  crashes, gave_up = crashed(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[4], t)
+  if gave_up > 0 then
+    leave_running(KEYS[1], KEYS[4], ARGV[6])
+    return {'gave_up', tostring(gave_up)}
+  end
+elseif status == 'pending' then
+  redis.call('HINCRBY', KEYS[1], 'n_running', 1)
+end
+redis.call('HSET', KEYS[2], ARGV[1],
+           cjson.encode({status = 'running', owner = ARGV[2], started = t}))
+redis.call('HSET', KEYS[4], ARGV[6], ARGV[2])
+redis.call('HSET', KEYS[1], 'activity', t)
+redis.call('ZADD', KEYS[5], t, ARGV[2])
+return {'claimed', tostring(crashes)}
+"""
+
+# KEYS: job, states, running; ARGV: render, status, record, running field
+_FINISH = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return -1 end
+local status = cjson.decode(raw)['status']
+if status ~= 'pending' and status ~= 'running' then return 0 end
+local t = now()
+if status == 'running' then leave_running(KEYS[1], KEYS[3], ARGV[4]) end
+local record = cjson.decode(ARGV[3])
+record['ended_at'] = t
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(record))
+return ended(KEYS[1], ARGV[2], t)
+"""
+
+# KEYS: job, states, running; ARGV: render, owner, running field
+_RELEASE = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return 0 end
+local state = cjson.decode(raw)
+if state['status'] ~= 'running' or state['owner'] ~= ARGV[2] then return 0 end
+leave_running(KEYS[1], KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], '{"status":"pending"}')
+redis.call('HSET', KEYS[1], 'activity', now())
 return 1
 """
 
+# KEYS: job, states, crashes, running; ARGV: render, dead owner, crash cap, running field
+_REAP = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+local state = raw and cjson.decode(raw)
+if not state or state['status'] ~= 'running' or state['owner'] ~= ARGV[2] then
+  if redis.call('HGET', KEYS[4], ARGV[4]) == ARGV[2] then redis.call('HDEL', KEYS[4], ARGV[4]) end
+  return {'gone', '0'}
+end
+local t = now()
+leave_running(KEYS[1], KEYS[4], ARGV[4])
+local crashes, gave_up = crashed(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], t)
+if gave_up > 0 then return {'gave_up', tostring(gave_up)} end
+redis.call('HSET', KEYS[2], ARGV[1], '{"status":"pending"}')
+redis.call('HSET', KEYS[1], 'activity', t)
+return {'requeued', tostring(crashes)}
+"""
+
+# KEYS: job, states, crashes, active; ARGV: job id
 _RESET_FAILED = """
 local reset = {}
 local states = redis.call('HGETALL', KEYS[2])
 for i = 1, #states, 2 do
   if cjson.decode(states[i + 1])['status'] == 'failed' then
-    redis.call('HSET', KEYS[2], states[i], cjson.encode({status = 'pending'}))
+    redis.call('HSET', KEYS[2], states[i], '{"status":"pending"}')
     redis.call('HDEL', KEYS[3], states[i])
     table.insert(reset, states[i])
   end
@@ -54,10 +170,31 @@ end
 if #reset > 0 then
   redis.call('HINCRBY', KEYS[1], 'n_failed', -#reset)
   redis.call('HINCRBY', KEYS[1], 'ended', -#reset)
-  redis.call('HSET', KEYS[1], 'status', 'running')
-  redis.call('HDEL', KEYS[1], 'finished')
+  redis.call('HSET', KEYS[1], 'status', 'running', 'activity', now())
+  redis.call('HDEL', KEYS[1], 'finished', 'reason', 'finalizing_since')
+  redis.call('SADD', KEYS[4], ARGV[1])
 end
 return reset
+"""
+
+# KEYS: job, active; ARGV: job id, terminal status, reason. Only a finalizing job ends.
+_END_JOB = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'finalizing' then return status or '' end
+local final = ARGV[2]
+if final == 'done' and redis.call('HGET', KEYS[1], 'cancelled') == '1' then final = 'cancelled' end
+redis.call('HSET', KEYS[1], 'status', final, 'finished', now())
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
+redis.call('SREM', KEYS[2], ARGV[1])
+return 'ok'
+"""
+
+# KEYS: heartbeats, workers; ARGV: owner, description (JSON)
+_BEAT = """
+local t = now()
+redis.call('ZADD', KEYS[1], t, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return tostring(t)
 """
 
 
@@ -78,8 +215,23 @@ class JobInfo:
     def cancelled(self) -> bool:
         return self.meta.get("cancelled") == "1"
 
+    @property
+    def terminal(self) -> bool:
+        return self.status in JOB_TERMINAL
+
     def count(self, status: str) -> int:
         return int(self.meta.get(f"n_{status}", 0))
+
+    @property
+    def running(self) -> int:
+        return max(0, self.count("running"))
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - int(self.meta.get("ended", 0)) - self.running)
+
+    def seconds_since(self, field: str, now: float) -> float:
+        return now - float(self.meta.get(field) or self.meta.get("created") or now)
 
     @property
     def location(self) -> Location:
@@ -87,11 +239,32 @@ class JobInfo:
         return Location(scheme, root, prefix)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a task may do with a render: ``claimed`` (render it), ``busy`` (a live worker
+    has it: a duplicate delivery, ignore), ``ended`` (already terminal: ignore), ``gave_up``
+    (its worker died too often: recorded failed; ``complete`` if that ended the job)."""
+
+    outcome: str
+    crashes: int = 0
+    detail: str = ""
+    complete: bool = False
+
+
+def running_field(job_id: str, render_id: str) -> str:
+    return f"{job_id} {render_id}"
+
+
 class JobStore:
     def __init__(self, client: redis.Redis):
         self.r = client
-        self._record = client.register_script(_RECORD)
-        self._reset = client.register_script(_RESET_FAILED)
+        self._claim = client.register_script(_LUA_PRELUDE + _CLAIM)
+        self._finish = client.register_script(_LUA_PRELUDE + _FINISH)
+        self._release = client.register_script(_LUA_PRELUDE + _RELEASE)
+        self._reap = client.register_script(_LUA_PRELUDE + _REAP)
+        self._reset = client.register_script(_LUA_PRELUDE + _RESET_FAILED)
+        self._end_job = client.register_script(_LUA_PRELUDE + _END_JOB)
+        self._beat = client.register_script(_LUA_PRELUDE + _BEAT)
 
     @classmethod
     def from_url(cls, url: str, tls_ca: str = "", retries: int = 20) -> JobStore:
@@ -123,9 +296,23 @@ class JobStore:
     def _crashes(self, job_id: str) -> str:
         return f"{PREFIX}:job:{job_id}:crashes"
 
+    def _devices(self, job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}:device_errors"
+
+    ACTIVE = f"{PREFIX}:active"  # jobs not yet ended: what the reconciler looks at
+    RUNNING = f"{PREFIX}:running"  # "job render" -> owner, for every running render
+    HEARTBEATS = f"{PREFIX}:heartbeats"  # owner -> last beat (Redis time)
+    WORKERS = f"{PREFIX}:workers"  # owner -> its description and health (JSON)
+
+    def now(self) -> float:
+        """The Redis server's clock, which every transition and heartbeat uses."""
+        seconds, micros = self.r.time()
+        return seconds + micros / 1e6
+
     # creation
     def create(self, plan: JobPlan, force: bool = False) -> bool:
-        """Record a new job; False if it already exists (and ``force`` is not set)."""
+        """Record a new job; False if it already exists (and ``force`` is not set). The job is
+        marked ``sent`` only once all its tasks are published (``mark_sent``)."""
         key = self._job(plan.job_id)
         if force:
             self.delete(plan.job_id)
@@ -146,6 +333,9 @@ class JobStore:
                 "weights": plan.weights,
                 "priority": plan.manifest.priority,
                 "ended": 0,
+                "n_running": 0,
+                "sent": 0,
+                "activity": repr(time.time()),
             },
         )
         for i in range(0, len(plan.renders), 1000):
@@ -158,14 +348,23 @@ class JobStore:
                 self._states(plan.job_id), mapping={r.id: '{"status":"pending"}' for r in chunk}
             )
         pipe.zadd(f"{PREFIX}:jobs", {plan.job_id: time.time()})
+        pipe.sadd(self.ACTIVE, plan.job_id)
         pipe.execute()
         return True
 
+    def mark_sent(self, job_id: str) -> None:
+        self.r.hset(self._job(job_id), mapping={"sent": 1, "activity": self.now()})
+
     def delete(self, job_id: str) -> None:
         self.r.delete(
-            self._job(job_id), self._specs(job_id), self._states(job_id), self._crashes(job_id)
+            self._job(job_id),
+            self._specs(job_id),
+            self._states(job_id),
+            self._crashes(job_id),
+            self._devices(job_id),
         )
         self.r.zrem(f"{PREFIX}:jobs", job_id)
+        self.r.srem(self.ACTIVE, job_id)
 
     # reading
     def get(self, job_id: str) -> JobInfo | None:
@@ -175,6 +374,9 @@ class JobStore:
     def jobs(self, limit: int = 50) -> list[JobInfo]:
         ids = self.r.zrevrange(f"{PREFIX}:jobs", 0, limit - 1)
         return [info for job_id in ids if (info := self.get(job_id))]
+
+    def active(self) -> list[str]:
+        return sorted(self.r.smembers(self.ACTIVE))
 
     def specs(self, job_id: str, render_ids: list[str] | None = None) -> list[Render]:
         if render_ids is None:
@@ -190,35 +392,97 @@ class JobStore:
         raw = self.r.hget(self._states(job_id), render_id)
         return json.loads(raw) if raw else None
 
-    def running(self, job_id: str) -> int:
-        return sum(1 for s in self.states(job_id).values() if s["status"] == "running")
+    def with_status(self, job_id: str, status: str) -> list[str]:
+        """Render ids in one state, read in pages (HSCAN) so a big job never blocks Redis."""
+        return [
+            rid
+            for rid, raw in self.r.hscan_iter(self._states(job_id), count=1000)
+            if json.loads(raw)["status"] == status
+        ]
 
-    # transitions
-    def crashed(self, job_id: str, render_id: str) -> int:
-        """Count one worker death during this render; returns how many there have been."""
-        return int(self.r.hincrby(self._crashes(job_id), render_id, 1))
+    # render transitions
+    def claim(
+        self,
+        job_id: str,
+        render_id: str,
+        owner: str,
+        liveness: float,
+        max_crashes: int,
+        dead_owner: str = "",
+    ) -> Claim:
+        """Take a render for ``owner``. A render running under another owner whose heartbeat
+        is older than ``liveness`` seconds (or ``dead_owner``, known dead) counts a crash."""
+        keys = [
+            self._job(job_id),
+            self._states(job_id),
+            self._crashes(job_id),
+            self.RUNNING,
+            self.HEARTBEATS,
+        ]
+        field = running_field(job_id, render_id)
+        args = [render_id, owner, liveness, max_crashes, dead_owner, field]
+        outcome, detail = self._claim(keys=keys, args=args)
+        if outcome == "claimed":
+            return Claim("claimed", crashes=int(detail))
+        if outcome == "gave_up":
+            return Claim("gave_up", crashes=max_crashes, complete=detail == "2")
+        return Claim(outcome, detail=detail)
+
+    def finish(self, job_id: str, render_id: str, status: str, **fields: Any) -> int:
+        """Record a terminal state: 0 already ended, 1 recorded, 2 recorded and job complete
+        (-1: no such render)."""
+        assert status in TERMINAL, status
+        record = json.dumps({"status": status, **fields})
+        keys = [self._job(job_id), self._states(job_id), self.RUNNING]
+        field = running_field(job_id, render_id)
+        return int(self._finish(keys=keys, args=[render_id, status, record, field]))
+
+    def release(self, job_id: str, render_id: str, owner: str) -> bool:
+        """Back to pending, if ``owner`` holds it (a transient or device error is no crash)."""
+        keys = [self._job(job_id), self._states(job_id), self.RUNNING]
+        return bool(
+            self._release(keys=keys, args=[render_id, owner, running_field(job_id, render_id)])
+        )
+
+    def reap(self, job_id: str, render_id: str, dead_owner: str, max_crashes: int) -> Claim:
+        """A render whose owner died: one crash, then pending again (or failed at the cap)."""
+        keys = [self._job(job_id), self._states(job_id), self._crashes(job_id), self.RUNNING]
+        field = running_field(job_id, render_id)
+        outcome, detail = self._reap(keys=keys, args=[render_id, dead_owner, max_crashes, field])
+        if outcome == "gave_up":
+            return Claim("gave_up", crashes=max_crashes, complete=detail == "2")
+        return Claim(outcome, crashes=int(detail))
 
     def crashes(self, job_id: str) -> dict[str, int]:
         return {k: int(v) for k, v in self.r.hgetall(self._crashes(job_id)).items()}
 
-    def requeue(self, job_id: str, render_id: str) -> None:
-        """Back to pending (a retry after a transient failure is not a crash)."""
-        state = self.state(job_id, render_id)
-        if state is not None and state["status"] == "running":
-            self.r.hset(self._states(job_id), render_id, '{"status":"pending"}')
+    def device_error(self, job_id: str, render_id: str) -> int:
+        """Count a device failure during a render (not a crash: the device was at fault)."""
+        return int(self.r.hincrby(self._devices(job_id), render_id, 1))
 
-    def start(self, job_id: str, render_id: str, worker: str) -> None:
-        state = self.state(job_id, render_id)
-        if state is None or state["status"] not in TERMINAL:
-            record = {"status": "running", "worker": worker, "started": time.time()}
-            self.r.hset(self._states(job_id), render_id, json.dumps(record))
+    def device_errors(self, job_id: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(self._devices(job_id)).items()}
 
-    def finish(self, job_id: str, render_id: str, status: str, **fields: Any) -> int:
-        """Record a terminal state: 0 already ended, 1 recorded, 2 recorded and job complete."""
-        assert status in TERMINAL, status
-        record = json.dumps({"status": status, "ended_at": time.time(), **fields})
-        keys = [self._job(job_id), self._states(job_id)]
-        return int(self._record(keys=keys, args=[render_id, status, record]))
+    def reset_failed(self, job_id: str) -> list[str]:
+        keys = [self._job(job_id), self._states(job_id), self._crashes(job_id), self.ACTIVE]
+        return list(self._reset(keys=keys, args=[job_id]))
+
+    # job transitions
+    def end_job(self, job_id: str, status: str = "done", reason: str = "") -> bool:
+        """finalizing -> done (cancelled if a cancel was asked for) or failed with a reason;
+        False if the job was not finalizing."""
+        assert status in ("done", "failed"), status
+        keys = [self._job(job_id), self.ACTIVE]
+        return self._end_job(keys=keys, args=[job_id, status, reason]) == "ok"
+
+    def mark_finished(self, job_id: str) -> None:
+        self.end_job(job_id, "done")
+
+    def touch_finalizing(self, job_id: str) -> None:
+        self.r.hset(self._job(job_id), "finalizing_since", self.now())
+
+    def touch(self, job_id: str) -> None:
+        self.r.hset(self._job(job_id), "activity", self.now())
 
     def claim_slot(self, name: str, label: str, job_id: str) -> str | None:
         """Claim a schedule slot for a job: None if claimed now, else the job that holds it."""
@@ -233,14 +497,36 @@ class JobStore:
         self.r.hset(self._job(job_id), "cancelled", "1")
         return True
 
-    def reset_failed(self, job_id: str) -> list[str]:
-        keys = [self._job(job_id), self._states(job_id), self._crashes(job_id)]
-        return list(self._reset(keys=keys))
+    # worker liveness
+    def beat(self, owner: str, description: dict[str, Any]) -> float:
+        """Record that ``owner`` (a worker process) is alive; returns the Redis time."""
+        keys = [self.HEARTBEATS, self.WORKERS]
+        return float(self._beat(keys=keys, args=[owner, json.dumps(description)]))
 
-    def mark_finished(self, job_id: str) -> None:
-        info = self.get(job_id)
-        status = "cancelled" if info and info.cancelled else "done"
-        self.r.hset(self._job(job_id), mapping={"status": status, "finished": repr(time.time())})
+    def forget(self, owner: str) -> None:
+        self.r.zrem(self.HEARTBEATS, owner)
+        self.r.hdel(self.WORKERS, owner)
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Every known worker process: its description, health and seconds since its beat."""
+        now = self.now()
+        beats = dict(self.r.zrange(self.HEARTBEATS, 0, -1, withscores=True))
+        out = {}
+        for owner, raw in self.r.hgetall(self.WORKERS).items():
+            out[owner] = {**json.loads(raw), "age": now - beats.get(owner, 0.0)}
+        return out
+
+    def silent_owners(self, liveness: float) -> list[str]:
+        """Owners whose last heartbeat is older than ``liveness`` seconds."""
+        return list(self.r.zrangebyscore(self.HEARTBEATS, "-inf", self.now() - liveness))
+
+    def running_renders(self) -> list[tuple[str, str, str]]:
+        """(job, render, owner) for every running render, fleet-wide."""
+        out = []
+        for field, owner in self.r.hscan_iter(self.RUNNING, count=1000):
+            job_id, render_id = field.split(" ", 1)
+            out.append((job_id, render_id, owner))
+        return out
 
     # reports
     def summary(self, job_id: str) -> Summary:
