@@ -45,3 +45,8 @@ class TransientError(StylebatchError):
 
 class TransientStorageError(StorageError, TransientError):
     """Object storage unreachable, timing out or answering 5xx."""
+
+
+class DeviceError(StylebatchError):
+    """The accelerator failed (a CUDA error, a lost device, memory exhausted at the smallest
+    batch): the render is not at fault and is retried elsewhere."""

@@ -4,6 +4,7 @@ limits. Tasks are sent by name, so the scheduler never imports the workers (or t
 from __future__ import annotations
 
 import math
+import os
 import ssl
 from typing import Any
 
@@ -17,7 +18,6 @@ BOOKKEEPING_QUEUE = "bookkeeping"  # summaries, contact sheets, failure records
 RENDER_TASK = "stylebatch.render"
 FINALIZE_TASK = "stylebatch.finalize"
 FAILED_TASK = "stylebatch.render_failed"
-FIRE_TASK = "stylebatch.fire"
 MAX_CRASHES = 3  # a render during which its worker died this often is marked failed
 TRANSIENT_RETRIES = 10  # S3 or Redis unreachable: retries with backoff (about 4 minutes)
 MAX_BATCH_PIXELS = 8 * 512 * 512  # renders optimised together, by total output pixels
@@ -28,16 +28,41 @@ def celery_priority(priority: int) -> int:
     return 9 - priority
 
 
-def time_limits(
-    size: int, params: dict[str, Any], renders: int, settings: Settings
-) -> tuple[int, int]:
-    """(soft, hard) seconds for a task: the work in full-size-equivalent megapixel iterations,
-    at ``settings.seconds_per_mpix_iteration``, with head room, capped by the hard maximum."""
+# Seconds per full-size megapixel-iteration (one Adam step over a 1-megapixel image), by device
+# type, with head room over what was measured (docs/reliability.md): an H200 ran ~0.01, the
+# 2-core CI machine's CPU ~25 with one worker. STYLEBATCH_SECONDS_PER_MPIX_ITERATION
+# overrides both.
+SECONDS_PER_MPIX_ITERATION = {"cuda": 0.05, "cpu": 60.0}
+
+
+def task_work(size: int, params: dict[str, Any], renders: int) -> float:
+    """A task's work in full-size megapixel-iterations (W2 style loss counted twice); sent with
+    the task, so the worker that takes it sets limits for its own device."""
     work = sum(n * side * side / 1e6 for side, n in schedule(params, size))
     cost = 2 if params.get("style_loss") == "wasserstein" else 1
-    estimate = work * cost * renders * settings.seconds_per_mpix_iteration
-    soft = min(settings.max_time_limit * 0.8, 60 + 3 * estimate)
-    hard = min(settings.max_time_limit, soft * 1.25)
+    return round(work * cost * renders, 6)
+
+
+def device_kind(device: str) -> str:
+    """'cuda' or 'cpu' for a device setting (auto means a GPU where one is visible)."""
+    if device.startswith("cuda"):
+        return "cuda"
+    if device == "auto" and os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1"):
+        return "cuda"
+    return "cpu"
+
+
+def seconds_per_unit(settings: Settings) -> float:
+    if settings.seconds_per_mpix_iteration > 0:
+        return settings.seconds_per_mpix_iteration
+    return SECONDS_PER_MPIX_ITERATION[device_kind(settings.device)]
+
+
+def time_limits(work: float, per_unit: float, max_time_limit: int) -> tuple[int, int]:
+    """(soft, hard) seconds for a task of ``work`` units on a device doing one unit in
+    ``per_unit`` seconds: three times the estimate plus a minute, capped by the maximum."""
+    soft = min(max_time_limit * 0.8, 60 + 3 * work * per_unit)
+    hard = min(max_time_limit, soft * 1.25)
     return math.ceil(soft), math.ceil(hard)
 
 
@@ -82,7 +107,6 @@ def make_app(settings: Settings | None = None) -> Celery:
             RENDER_TASK: {"queue": RENDER_QUEUE},
             FINALIZE_TASK: {"queue": BOOKKEEPING_QUEUE},
             FAILED_TASK: {"queue": BOOKKEEPING_QUEUE},
-            FIRE_TASK: {"queue": BOOKKEEPING_QUEUE},
         },
         task_default_priority=celery_priority(5),
         broker_connection_retry_on_startup=True,

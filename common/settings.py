@@ -30,8 +30,19 @@ class Settings:
     allowed_inputs: tuple[str, ...] = ("s3://",)
     input_cache_bytes: int = 2 << 30
     max_time_limit: int = 3 * 3600  # hard limit on any task, seconds
-    seconds_per_mpix_iteration: float = 0.05  # for time limits; ~0.01 on an H100/H200
+    # For time limits: 0 takes the device's figure from common.queue.SECONDS_PER_MPIX_ITERATION
+    seconds_per_mpix_iteration: float = 0.0
     result_expires: int = 7 * 24 * 3600
+    # Recovery (docs/reliability.md): a worker process silent this long is dead and its
+    # renders are re-driven; it beats every heartbeat_interval, also mid-render.
+    worker_timeout: float = 60.0
+    heartbeat_interval: float = 10.0
+    # A running job with pending renders, nothing running and no activity this long has its
+    # queue checked, and renders that have no task are enqueued again; the same for a job
+    # stuck finalizing.
+    stall_after: float = 300.0
+    watchdog_interval: float = 15.0  # how often the bookkeeping worker reaps and reconciles
+    max_device_errors: int = 3  # consecutive device errors before a worker steps aside
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -65,4 +76,15 @@ class Settings:
                 )
             ),
             result_expires=int(_env("STYLEBATCH_RESULT_EXPIRES", str(default.result_expires))),
+            worker_timeout=float(_env("STYLEBATCH_WORKER_TIMEOUT", str(default.worker_timeout))),
+            heartbeat_interval=float(
+                _env("STYLEBATCH_HEARTBEAT_INTERVAL", str(default.heartbeat_interval))
+            ),
+            stall_after=float(_env("STYLEBATCH_STALL_AFTER", str(default.stall_after))),
+            watchdog_interval=float(
+                _env("STYLEBATCH_WATCHDOG_INTERVAL", str(default.watchdog_interval))
+            ),
+            max_device_errors=int(
+                _env("STYLEBATCH_MAX_DEVICE_ERRORS", str(default.max_device_errors))
+            ),
         )

@@ -144,3 +144,18 @@ def test_unloadable_weights_fail_the_run_up_front(tmp_path, images):
     assert result.returncode == 1
     assert "weights file not found" in result.stderr and "missing.pth" in result.stderr
     assert not any(out.rglob("*.png"))
+
+
+def test_a_sick_render_worker_stops_the_unit_with_status_3():
+    """`stylebatch worker`: when one process exits 3 (its device failed), the others get a
+    warm SIGTERM and the whole unit exits 3, so an orchestrator restarts it."""
+    import time
+
+    from workers.launch import run_workers
+
+    sick = ([sys.executable, "-c", "import time, sys; time.sleep(0.5); sys.exit(3)"], {})
+    healthy = ([sys.executable, "-c", "import time; time.sleep(60)"], {})
+    started = time.monotonic()
+    assert run_workers([sick, healthy]) == 3
+    assert time.monotonic() - started < 20
+    assert run_workers([([sys.executable, "-c", "pass"], {})]) == 0

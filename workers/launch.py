@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from common.queue import BOOKKEEPING_QUEUE, RENDER_QUEUE
 
@@ -83,8 +84,13 @@ def worker_commands(
     return out
 
 
+EXIT_SICK = 3  # workers.tasks.EXIT_SICK (not imported: that module loads the Celery app)
+
+
 def run_workers(commands: list[Command]) -> int:
-    """Start every worker; forward SIGTERM/SIGINT; return when all have exited."""
+    """Start every worker; forward SIGTERM/SIGINT; return when all have exited. A render
+    worker that stepped aside (its device failed: exit status 3) stops the others too, and
+    this returns 3, so the orchestrator restarts the whole unit."""
     procs = [subprocess.Popen(argv, env={**os.environ, **env}) for argv, env in commands]
 
     def forward(signum, _frame):
@@ -92,7 +98,14 @@ def run_workers(commands: list[Command]) -> int:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [proc.wait() for proc in procs]
-    return max(codes, default=0)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    sick = False
+    while any(proc.poll() is None for proc in procs):
+        if not sick and any(proc.returncode == EXIT_SICK for proc in procs):
+            sick = True
+            forward(signal.SIGTERM, None)  # warm: running renders finish
+        time.sleep(0.5)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    codes = [proc.returncode for proc in procs]
+    return EXIT_SICK if EXIT_SICK in codes else max(codes, default=0)

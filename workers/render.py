@@ -8,6 +8,7 @@ render twice yields one output.
 from __future__ import annotations
 
 import json
+import re
 import time
 import traceback
 from collections import OrderedDict
@@ -18,7 +19,7 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
-from common.errors import StylebatchError, TransientError
+from common.errors import DeviceError, StylebatchError, TransientError
 from common.expand import Render
 from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side, fitted_size
 from common.queue import MAX_BATCH_PIXELS
@@ -27,6 +28,19 @@ from common.storage import Storage
 from workers.cache import InputCache
 
 ENGINE_VERSION = "stylebatch-engine/1"
+_DEVICE_TROUBLE = re.compile(
+    r"CUDA|cuDNN|CUBLAS|NCCL|NVIDIA|device-side assert|out of memory|no kernel image|"
+    r"ECC error|GPU is lost|illegal memory access|accelerator",
+    re.IGNORECASE,
+)
+
+
+def is_device_error(exc: BaseException) -> bool:
+    """A failure of the device, not of the render (torch raises these as RuntimeError,
+    torch.OutOfMemoryError or torch.AcceleratorError)."""
+    if type(exc).__name__ in ("OutOfMemoryError", "AcceleratorError", "CudaError"):
+        return True
+    return bool(_DEVICE_TROUBLE.search(f"{type(exc).__name__}: {exc}"))
 
 
 @dataclass
@@ -159,15 +173,17 @@ class Renderer:
                 for r in group
             ]
             results = self.engine.render_batch(items, config, progress)
-        except (SoftTimeLimitExceeded, TransientError):
-            raise  # the task handles these: a clean failure, or a retry later
+        except (SoftTimeLimitExceeded, TransientError, DeviceError):
+            raise  # the task handles these: a clean failure, or a retry (elsewhere) later
         except Exception as exc:
-            if len(group) > 1:  # find which render is at fault, and keep the rest
+            if len(group) > 1:  # find which render is at fault (or OOM at batch 1), keep the rest
                 return [
                     o
                     for r in group
                     for o in self.render_batch([r], storage, job_id, fmt, quality, progress)
                 ]
+            if is_device_error(exc):
+                raise DeviceError(_reason(exc)) from exc
             return [Outcome(group[0], "failed", time.perf_counter() - started, _reason(exc))]
         outcomes = []
         for render, result in zip(group, results, strict=True):

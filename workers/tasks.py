@@ -3,35 +3,49 @@ renders (never in a parent that forks), and the engine is then kept for the proc
 
 from __future__ import annotations
 
+import os
 import random
-import socket
+import signal
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Task
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from celery.utils.log import get_task_logger
+from celery.worker.request import Request
 
-from common.errors import TransientError
-from common.jobs import TERMINAL, JobStore
+from common.errors import DeviceError, StylebatchError, TransientError
+from common.jobs import JobStore
 from common.queue import (
+    BOOKKEEPING_QUEUE,
     FAILED_TASK,
     FINALIZE_TASK,
-    FIRE_TASK,
     MAX_CRASHES,
     RENDER_TASK,
     TRANSIENT_RETRIES,
     make_app,
+    seconds_per_unit,
+    time_limits,
 )
 from common.report import publish
 from common.settings import Settings
 from common.storage import open_storage
+from workers.liveness import Heartbeat, known_dead, owner_id
 from workers.render import ENGINE_VERSION, Renderer, is_done
+
+EXIT_SICK = 3  # a render worker that stepped aside after repeated device errors (launch.py)
+MAX_DEVICE_RETRIES = 5  # a render that meets device errors on this many tries fails
 
 settings = Settings.from_env()
 app = make_app(settings)
 log = get_task_logger(__name__)
 _renderers: dict[str, Renderer] = {}
 _store: JobStore | None = None
+_heartbeat: Heartbeat | None = None
+_device_errors = [0]  # consecutive, in this process
 
 
 def store() -> JobStore:
@@ -49,63 +63,184 @@ def renderer(weights: str) -> Renderer:
     return _renderers[weights]
 
 
+def heartbeat(node: str) -> Heartbeat:
+    """This process's heartbeat, started with its first render (after the fork)."""
+    global _heartbeat
+    if _heartbeat is None:
+        _heartbeat = Heartbeat(
+            store(), owner_id(node), settings.heartbeat_interval, settings.device
+        ).start()
+    return _heartbeat
+
+
+@worker_process_shutdown.connect
+def _leave(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+def limits_for(work: Any) -> tuple[int, int] | None:
+    """(soft, hard) seconds for a task's work on this worker's device."""
+    if not isinstance(work, int | float) or work < 0:
+        return None
+    return time_limits(float(work), seconds_per_unit(settings), settings.max_time_limit)
+
+
 def _end(job_id: str, render_id: str, status: str, **fields: Any) -> None:
     if store().finish(job_id, render_id, status, **fields) == 2:
         app.send_task(FINALIZE_TASK, args=[job_id])
 
 
-@app.task(name=RENDER_TASK, bind=True, max_retries=TRANSIENT_RETRIES)
+class RenderRequest(Request):
+    """Runs in the worker's main process: sets a task's time limits for this worker's device
+    from the work the task carries."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        limits = limits_for((self.kwargs or {}).get("work"))
+        if limits:
+            soft, hard = limits
+            self.time_limits = (hard, soft)  # Celery's order
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        """What `celery inspect active` shows: also the limits this worker set."""
+        hard, soft = self.time_limits
+        return {**super().info(safe), "soft_time_limit": soft, "time_limit": hard}
+
+
+def _sick_marker(main_pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"stylebatch-sick-{main_pid}"
+
+
+def _step_aside(reason: str) -> None:
+    """From the render process: leave a note for the main process, then ask it for a warm
+    shutdown (it stops taking tasks and waits for this one, which returns at once)."""
+    log.error("stepping aside, device unhealthy: %s", reason)
+    _sick_marker(os.getppid()).write_text(reason)
+    os.kill(os.getppid(), signal.SIGTERM)
+
+
+@worker_shutdown.connect
+def _exit_status(sender: Any = None, **_: Any) -> None:
+    """In the main process: exit with EXIT_SICK if a render process stepped aside."""
+    marker = _sick_marker(os.getpid())
+    if marker.exists() and sender is not None:
+        marker.unlink(missing_ok=True)
+        sender.exitcode = EXIT_SICK
+
+
+class RenderTask(Task):
+    Request = RenderRequest
+
+
+@app.task(name=RENDER_TASK, bind=True, base=RenderTask, max_retries=TRANSIENT_RETRIES)
 def render(
-    self, job_id: str, render_ids: list[str], size: int, styles: list[str], content: str
+    self,
+    job_id: str,
+    render_ids: list[str],
+    size: int,
+    styles: list[str],
+    content: str,
+    work: float | None = None,
 ) -> dict[str, Any]:
     """Render a group of compatible renders of one job (one content, one size).
 
-    A render found "running" when its task starts was being rendered by a worker that died:
-    that counts as a crash, and after MAX_CRASHES it is failed instead of tried again. S3 or
-    Redis being unreachable is not a crash: the renders go back to pending and the task is
-    retried with exponential backoff.
+    Each render is claimed atomically (common/jobs.py): one already ended, or running under a
+    live worker, is a duplicate delivery and is skipped; one running under a dead worker counts
+    a crash, and after MAX_CRASHES is failed instead of tried again. S3 or Redis being
+    unreachable, or the device failing, is not the render's fault: the renders go back to
+    pending, and are retried later (with backoff) or elsewhere.
     """
     jobs = store()
     info = jobs.get(job_id)
     if info is None:
         return {"ignored": "job not found"}
-    worker = self.request.hostname or socket.gethostname()
+    beat = heartbeat(self.request.hostname or "worker")
+    owner = beat.owner
     storage = open_storage(info.location, settings)
-    ready = []
+    claimed, ready, ignored = [], [], []
     try:
         for spec in jobs.specs(job_id, render_ids):
             state = jobs.state(job_id, spec.id) or {}
-            if state.get("status") in TERMINAL:
+            dead = known_dead(state.get("owner", "")) if state.get("status") == "running" else ""
+            claim = jobs.claim(
+                job_id, spec.id, owner, settings.worker_timeout, MAX_CRASHES, dead_owner=dead
+            )
+            if claim.outcome == "gave_up":
+                log.warning("render %s: its worker died %d times; failed", spec.id, MAX_CRASHES)
+                if claim.complete:
+                    app.send_task(FINALIZE_TASK, args=[job_id])
                 continue
+            if claim.outcome != "claimed":
+                ignored.append({"render": spec.id, "why": claim.outcome, "detail": claim.detail})
+                continue
+            claimed.append(spec)
+            beat.hold(job_id, spec.id)
+            if claim.crashes:
+                log.warning("render %s: its worker died (%d time(s))", spec.id, claim.crashes)
             if info.cancelled:
                 _end(job_id, spec.id, "cancelled", error="job cancelled")
                 continue
-            if state.get("status") == "running":
-                crashes = jobs.crashed(job_id, spec.id)
-                log.warning("render %s: its worker died (%d time(s))", spec.id, crashes)
-                if crashes >= MAX_CRASHES:
-                    reason = f"the worker died {crashes} times while rendering this; given up"
-                    _end(job_id, spec.id, "failed", error=reason)
-                    continue
             if is_done(storage, spec):
                 _end(job_id, spec.id, "skipped", error=None)
                 continue
-            jobs.start(job_id, spec.id, worker)
             ready.append(spec)
         if not ready:
-            return {"rendered": []}
-        return _render(self, job_id, info, ready, storage, size, worker)
+            return {"rendered": [], "ignored": ignored}
+        result = _render(self, job_id, info, ready, storage, size)
+        _device_errors[0] = 0
+        return {**result, "ignored": ignored}
     except TransientError as exc:
-        for spec in ready:
-            jobs.requeue(job_id, spec.id)
+        _release(job_id, claimed, owner)
         delay = min(30, 2**self.request.retries) + random.uniform(0, 1)
         log.warning(
             "transient failure, retry %d in %.0f s: %s", self.request.retries + 1, delay, exc
         )
         raise self.retry(exc=exc, countdown=delay) from None
+    except DeviceError as exc:
+        return _device_failed(job_id, claimed, owner, beat, exc)
+    except BaseException:
+        _release(job_id, claimed, owner)  # whatever went wrong, nothing stays held
+        raise
+    finally:
+        beat.drop(job_id, [s.id for s in claimed])
 
 
-def _render(task, job_id, info, ready, storage, size, worker) -> dict[str, Any]:
+def _release(job_id: str, specs: list, owner: str) -> None:
+    """Hand back what this task still holds (a no-op for renders it already ended)."""
+    for spec in specs:
+        store().release(job_id, spec.id, owner)
+
+
+def _device_failed(
+    job_id: str, claimed: list, owner: str, beat: Heartbeat, exc: DeviceError
+) -> dict[str, Any]:
+    """Hand the renders back (retried elsewhere, not counted against them); after
+    ``max_device_errors`` in a row, report this process unhealthy and step aside."""
+    from scheduler.recovery import redrive
+
+    jobs = store()
+    _device_errors[0] += 1
+    again = []
+    for spec in claimed:
+        if not jobs.release(job_id, spec.id, owner):
+            continue  # it had ended already
+        tries = jobs.device_error(job_id, spec.id)
+        if tries >= MAX_DEVICE_RETRIES:
+            _end(job_id, spec.id, "failed", error=f"device errors on {tries} tries: {exc}")
+        else:
+            again.append(spec.id)
+    log.error("device error (%d in a row): %s", _device_errors[0], exc)
+    sick = _device_errors[0] >= settings.max_device_errors
+    if sick:
+        beat.unhealthy(f"{_device_errors[0]} device errors in a row: {exc}")
+    redrive(job_id, again, jobs, app, settings)
+    if sick:
+        _step_aside(str(exc))
+    return {"rendered": [], "device_error": str(exc), "handed_back": again, "sick": sick}
+
+
+def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
     last = [0.0]
 
     def on_step(scale: int, scales: int, iteration: int, iterations: int) -> None:
@@ -130,7 +265,7 @@ def _render(task, job_id, info, ready, storage, size, worker) -> dict[str, Any]:
     try:
         outcomes = r.render_batch(ready, storage, job_id, fmt, quality, on_step)
     except SoftTimeLimitExceeded:
-        limit = task.request.timelimit[1] if task.request.timelimit else None
+        limit = (limits_for(task.request.kwargs.get("work")) or ("?",))[0]
         for spec in ready:
             _end(
                 job_id,
@@ -149,7 +284,7 @@ def _render(task, job_id, info, ready, storage, size, worker) -> dict[str, Any]:
             seconds=outcome.seconds,
             error=outcome.error,
             losses=outcome.losses,
-            worker=worker,
+            worker=task.request.hostname,
             weights_id=r.weights_id if ok else None,
         )
         if ok:
@@ -170,38 +305,63 @@ def render_failed(
             _end(job_id, render_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
-# Bookkeeping rides out S3 or Redis outages the same way renders do.
-RETRY_TRANSIENT = {
-    "autoretry_for": (TransientError,),
-    "retry_backoff": True,
-    "retry_backoff_max": 30,
-    "max_retries": TRANSIENT_RETRIES,
-}
-
-
-@app.task(name=FIRE_TASK, **RETRY_TRANSIENT)
-def fire(source: str, slot: str) -> str:
-    """One cron slot of a scheduled manifest (sent by `stylebatch beat`)."""
-    from common.schedule import parse_slot
-    from scheduler.beat import fire_slot
-
-    return fire_slot(source, parse_slot(slot), settings, app, store())
-
-
-@app.task(name=FINALIZE_TASK, **RETRY_TRANSIENT)
-def finalize(job_id: str) -> dict[str, Any]:
-    """Write the job's summary.json and contact sheet once its last render has ended."""
+@app.task(name=FINALIZE_TASK, bind=True, max_retries=TRANSIENT_RETRIES)
+def finalize(self, job_id: str) -> dict[str, Any]:
+    """Write the job's summary.json and contact sheet once its last render has ended. An
+    unreachable store is retried with backoff; after that, or on a permanent error (the
+    bucket gone, access denied), the job ends ``failed`` with the reason. Outputs are kept."""
     jobs = store()
     info = jobs.get(job_id)
     if info is None:
         return {"ignored": "job not found"}
+    if info.status != "finalizing":
+        return {"ignored": f"job is {info.status}"}
     summary = jobs.summary(job_id)
     summary.engine = ENGINE_VERSION
     summary.finished = time.time()
-    publish(open_storage(info.location, settings), summary, settings)
-    jobs.mark_finished(job_id)
+    try:
+        publish(open_storage(info.location, settings), summary, settings)
+    except TransientError as exc:
+        if self.request.retries < self.max_retries:
+            delay = min(30, 2**self.request.retries) + random.uniform(0, 1)
+            log.warning(
+                "finalize %s: retry %d in %.0f s: %s", job_id, self.request.retries + 1, delay, exc
+            )
+            raise self.retry(exc=exc, countdown=delay) from None
+        return _finalize_failed(
+            job_id, f"summary not written after {self.max_retries} retries: {exc}"
+        )
+    except StylebatchError as exc:
+        return _finalize_failed(job_id, f"summary not written: {exc}")
+    jobs.end_job(job_id, "done")
     return {
         "job": job_id,
         "counts": summary.counts(),
         "summary": info.location.uri_of("summary.json"),
     }
+
+
+def _finalize_failed(job_id: str, reason: str) -> dict[str, Any]:
+    log.error("job %s failed: %s", job_id, reason)
+    store().end_job(job_id, "failed", reason)
+    return {"job": job_id, "failed": reason}
+
+
+_watchdog: Any = None
+
+
+@worker_ready.connect
+def _start_watchdog(sender: Any = None, **_: Any) -> None:
+    """The bookkeeping worker reaps dead workers' renders and reconciles stalled jobs."""
+    global _watchdog
+    queues = {q.name for q in sender.task_consumer.queues} if sender is not None else set()
+    if BOOKKEEPING_QUEUE in queues and _watchdog is None:
+        from scheduler.recovery import Watchdog
+
+        _watchdog = Watchdog(store(), app, settings).start()
+
+
+@worker_shutdown.connect
+def _stop_watchdog(**_: Any) -> None:
+    if _watchdog is not None:
+        _watchdog.stop()
