@@ -75,9 +75,9 @@ class S3Storage:
                 raise StorageError(
                     f"s3://{self.bucket}: bucket {self.bucket!r} does not exist"
                 ) from None
-            raise _storage_error(exc, self.bucket, "") from None
+            raise storage_error(exc, self.bucket, "") from None
         except Exception as exc:
-            raise _storage_error(exc, self.bucket, "") from None
+            raise storage_error(exc, self.bucket, "") from None
         self._bucket_ok = True
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
@@ -91,7 +91,7 @@ class S3Storage:
                 Metadata=metadata,
             )
         except Exception as exc:
-            raise _storage_error(exc, self.bucket, self._key(key)) from None
+            raise storage_error(exc, self.bucket, self._key(key)) from None
 
     def metadata(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
@@ -101,9 +101,9 @@ class S3Storage:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise _storage_error(exc, self.bucket, self._key(key)) from None
+            raise storage_error(exc, self.bucket, self._key(key)) from None
         except Exception as exc:
-            raise _storage_error(exc, self.bucket, self._key(key)) from None
+            raise storage_error(exc, self.bucket, self._key(key)) from None
         return dict(head.get("Metadata", {}))
 
 
@@ -145,7 +145,7 @@ def s3_client(settings: Settings) -> Any:
     return session.client("s3", endpoint_url=settings.s3_endpoint or None, config=config)
 
 
-def _storage_error(exc: Exception, bucket: str, key: str) -> StorageError:
+def storage_error(exc: Exception, bucket: str, key: str) -> StorageError:
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
@@ -194,9 +194,9 @@ def s3_get(client: Any, bucket: str, key: str, missing_ok: bool = False) -> byte
         code = exc.response.get("Error", {}).get("Code")
         if missing_ok and code in ("NoSuchKey", "404"):
             return None
-        raise _storage_error(exc, bucket, key) from None
+        raise storage_error(exc, bucket, key) from None
     except Exception as exc:
-        raise _storage_error(exc, bucket, key) from None
+        raise storage_error(exc, bucket, key) from None
 
 
 def check_allowed(uri: str, settings: Settings) -> None:
@@ -225,7 +225,7 @@ def read_input(uri: str, settings: Settings) -> bytes:
         try:
             size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
         except Exception as exc:
-            error = _storage_error(exc, bucket, key)
+            error = storage_error(exc, bucket, key)
             if isinstance(error, TransientStorageError):
                 raise error from None
             raise InputError(str(error)) from None
@@ -264,7 +264,10 @@ def list_inputs(pattern: str, recursive_prefix: bool, settings: Settings) -> lis
                     if recursive_prefix or fnmatch.fnmatchcase(name, key):
                         found.append(f"s3://{bucket}/{name}")
         except Exception as exc:
-            raise InputError(str(_storage_error(exc, bucket, literal))) from None
+            error = storage_error(exc, bucket, literal)
+            if isinstance(error, TransientStorageError):
+                raise error from None  # S3 away: try again later, not a manifest problem
+            raise InputError(str(error)) from None
         return sorted(u for u in found if u.lower().endswith(IMAGE_SUFFIXES))
     root = Path(pattern)
     if recursive_prefix:

@@ -3,7 +3,10 @@ S3 prefix, notices added, changed and removed ones without a restart, and fires 
 
 Exactly once per slot: a fire for slot T submits the job whose id derives from the manifest
 and T, after claiming (name, T) with SET NX in Redis; a second beat, a restarted beat or a
-retried cron job finds the claim and submits nothing.
+retried cron job finds the claim and submits nothing new (a retry of the same job only adds
+what a failed attempt did not send). Beat fires in its own process and moves its marker past
+T only once the job is submitted: a transient error (S3 or Redis away) leaves the marker, and
+the slot is tried again at the next tick, for as long as the outage lasts.
 
 Missed slots: only the latest fires. After downtime, the most recent slot that is due and
 newer than the last fired one fires once; older missed slots are skipped. A manifest seen for
@@ -19,14 +22,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 from celery import beat
+from kombu.exceptions import OperationalError
 
-from common.errors import ManifestError
+from common.errors import ManifestError, TransientError
 from common.expand import plan_document
 from common.jobs import JobStore
 from common.manifest import parse_manifest
-from common.queue import BOOKKEEPING_QUEUE, FIRE_TASK
 from common.schedule import latest_slot, next_slot, slot_label
 from common.settings import Settings
 from common.storage import read_input, s3_client
@@ -97,6 +101,7 @@ class ManifestScheduler(beat.Scheduler):
     """A Celery beat scheduler whose entries are the scheduled manifests of one source."""
 
     reload_every = 30.0  # seconds between rescans of the manifest source
+    retry_every = 10.0  # seconds before a slot that met a transient error is tried again
 
     def __init__(self, *args: Any, source: str | None = None, clock: Any = None, **kwargs: Any):
         self.settings = Settings.from_env()
@@ -158,15 +163,29 @@ class ManifestScheduler(beat.Scheduler):
             if self.store.r.set(key, slot.timestamp(), nx=True):
                 pass  # first sight: this slot has passed already; start with the next
             elif slot.timestamp() > float(self.store.r.get(key) or 0):
-                self.fire(item, slot)
+                if not self.fire(item, slot):
+                    wait = min(wait, self.retry_every)
+                    continue
                 self.store.r.set(key, slot.timestamp())
             upcoming = (next_slot(item.cron, item.timezone, now) - now).total_seconds()
             wait = min(wait, max(1.0, upcoming))
         return wait
 
-    def fire(self, item: Scheduled, slot: datetime) -> None:
+    def fire(self, item: Scheduled, slot: datetime) -> bool:
+        """Claim and submit one slot. True once it is submitted, or can never be (an invalid
+        manifest: logged, and the slot passed over); False after a transient error."""
         log.info("firing %s slot %s", item.name, slot_label(slot))
-        self.app.send_task(FIRE_TASK, args=[item.source, slot.isoformat()], queue=BOOKKEEPING_QUEUE)
+        try:
+            job_id = fire_slot(item.source, slot, self.settings, self.app, self.store)
+        except (TransientError, OperationalError, redis.RedisError) as exc:
+            log.warning("slot %s of %s not submitted yet, will retry: %s", slot_label(slot),
+                        item.name, exc)  # fmt: skip
+            return False
+        except Exception as exc:
+            log.error("slot %s of %s not submitted: %s", slot_label(slot), item.name, exc)
+            return True
+        log.info("fired %s slot %s: job %s", item.name, slot_label(slot), job_id)
+        return True
 
     @property
     def info(self) -> str:

@@ -18,8 +18,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 out = Console()
 err = Console(stderr=True)
 
-EXIT_INVALID = 2  # the manifest or an argument is wrong; nothing was done
-EXIT_FAILED = 1  # the job ran and some renders failed
+EXIT_INVALID = 2  # the manifest, an argument or a preflight check is wrong; nothing was done
+EXIT_FAILED = 1  # the job ran and some renders failed, or the job failed
+EXIT_TIMEOUT = 124  # status --watch --timeout ran out before the job ended
 EXIT_INTERRUPTED = 130
 
 ManifestArg = Annotated[Path, typer.Argument(help="Job manifest (YAML or JSON).")]
@@ -36,10 +37,26 @@ def _plan(manifest: Path, weights: str | None, slot=None) -> JobPlan:
     try:
         return plan_job(manifest, Settings.from_env(), weights, slot)
     except ManifestError as exc:
-        err.print(f"[bold red]invalid manifest[/] {exc.source}", highlight=False)
-        for problem in exc.problems:
-            err.print(f"  - {problem}", highlight=False, markup=False)
-        raise typer.Exit(EXIT_INVALID) from None
+        _problems("invalid manifest", exc.source, exc.problems)
+    except StylebatchError as exc:  # S3 unreachable while listing inputs, say
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _problems(title: str, source: str, problems: list) -> None:
+    err.print(f"[bold red]{title}[/] {source}", highlight=False)
+    for problem in problems:
+        err.print(f"  - {problem}", highlight=False, markup=False)
+    raise typer.Exit(EXIT_INVALID)
+
+
+def _preflight(plan: JobPlan, settings: Settings, source: Path) -> None:
+    """Exit 2 listing every problem that would fail renders, before anything is enqueued."""
+    from scheduler.preflight import preflight
+
+    problems = preflight(plan, settings)
+    if problems:
+        _problems("preflight failed", str(source), problems)
 
 
 def _print_plan(plan: JobPlan) -> None:
@@ -89,9 +106,29 @@ def _local_settings() -> Settings:
 
 
 @app.command()
-def validate(manifest: ManifestArg, weights: WeightsOpt = None) -> None:
-    """Check a manifest and show what it expands to, or list every problem."""
-    _print_plan(_plan(manifest, weights))
+def validate(
+    manifest: ManifestArg,
+    weights: WeightsOpt = None,
+    offline: Annotated[
+        bool, typer.Option(help="Check the manifest alone: no output, input or weights checks.")
+    ] = False,
+) -> None:
+    """Check a manifest and show what it expands to, or list every problem. Where S3
+    credentials are present, also check the output location, every input and the weights."""
+    from scheduler.preflight import has_credentials, uses_s3
+
+    plan = _plan(manifest, weights)
+    _print_plan(plan)
+    if offline:
+        return
+    if uses_s3(plan) and not has_credentials():
+        out.print("note: S3 output, inputs and weights not checked: no S3 credentials")
+        return
+    # A job on local files alone is one for `run`, which may read them; `submit` checks again
+    # with the fleet's settings.
+    settings = Settings.from_env() if uses_s3(plan) else _local_settings()
+    _preflight(plan, settings, manifest)
+    out.print("preflight: output writable, every input and the weights readable")
 
 
 @app.command()
@@ -208,11 +245,18 @@ def submit(
         due = latest_slot(schedule.cron, schedule.timezone, datetime.now(UTC))
         plan = _plan(manifest, weights, due)
     settings, celery, store = _queue()
+    _preflight(plan, settings, manifest)
     result = submit_job(plan, settings, celery, store, force)
     if result.created:
         out.print(
             f"submitted {result.job_id}: {result.renders} renders in {result.tasks} "
             f"tasks, enqueued in {result.seconds:.2f} s",
+            highlight=False,
+        )
+    elif result.tasks:
+        out.print(
+            f"exists {result.job_id}: re-enqueued its pending renders that had no task "
+            f"({result.tasks} tasks)",
             highlight=False,
         )
     else:
@@ -223,12 +267,10 @@ def submit(
     out.print(result.job_id, highlight=False)
 
 
-def _counts(store, info) -> dict[str, int]:
-    running = store.running(info.job_id)
-    ended = sum(info.count(s) for s in ("done", "skipped", "failed", "cancelled"))
+def _counts(info) -> dict[str, int]:
     return {
-        "pending": max(0, info.total - ended - running),
-        "running": running,
+        "pending": info.pending,
+        "running": info.running,
         "done": info.count("done"),
         "skipped": info.count("skipped"),
         "failed": info.count("failed"),
@@ -242,48 +284,84 @@ def status(
     watch: Annotated[
         bool, typer.Option(help="Show a live progress bar until the job ends.")
     ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="With --watch: give up after this many seconds (exit 124)."),
+    ] = None,
 ) -> None:
-    """Counts per state, and every failure with its reason."""
+    """Counts per state, and every failure with its reason. Exits 0 when the job is done with
+    no failed render (or still running), 1 when renders failed or the job failed, 124 when
+    --watch --timeout ran out first."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     _, _, store = _queue()
     info = _job_or_exit(store, job)
+    timed_out = False
     if watch:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=out
         ) as bar:
             task = bar.add_task(job, total=info.total)
             while True:
-                info = store.get(job)
-                counts = _counts(store, info)
-                ended = info.total - counts["pending"] - counts["running"]
+                info = store.get(job) or info
+                counts = _counts(info)
                 bar.update(
                     task,
-                    completed=ended,
-                    description=(f"{job} running {counts['running']} failed {counts['failed']}"),
+                    completed=info.total - counts["pending"] - counts["running"],
+                    description=f"{job} running {counts['running']} failed {counts['failed']}",
                 )
-                if info.status in ("done", "cancelled"):
+                if info.terminal:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = True
                     break
                 time.sleep(1)
-    counts = _counts(store, info)
+    counts = _counts(info)
     out.print(
         f"job {job} ({info.meta['name']}): {info.status}"
         + (" [cancel requested]" if info.cancelled else ""),
         highlight=False,
     )
+    if info.meta.get("reason"):
+        out.print(f"  reason: {info.meta['reason']}", highlight=False, markup=False)
     out.print(
         "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  total {info.total}", highlight=False
     )
     out.print(f"output {info.location}", highlight=False)
-    failures = [(rid, s) for rid, s in store.states(job).items() if s["status"] == "failed"]
+    failures = (
+        [(rid, store.state(job, rid) or {}) for rid in store.with_status(job, "failed")[:50]]
+        if counts["failed"]
+        else []
+    )
     if failures:
-        specs = {r.id: r for r in store.specs(job, [rid for rid, _ in failures[:50]])}
-        for rid, state in failures[:50]:
+        specs = {r.id: r for r in store.specs(job, [rid for rid, _ in failures])}
+        for rid, state in failures:
             spec = specs.get(rid)
             what = f"{spec.content_name} x {spec.style} @ {spec.size}" if spec else rid
             out.print(f"  failed {what}: {state.get('error')}", highlight=False, markup=False)
+    if timed_out:
+        err.print(f"timed out after {timeout:g} s; job {job} is {info.status}", highlight=False)
+        raise typer.Exit(EXIT_TIMEOUT)
+    if info.status == "failed" or counts["failed"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command(name="workers")
+def workers_(
+    stale: Annotated[bool, typer.Option(help="Also list processes that stopped beating.")] = True,
+) -> None:
+    """Render worker processes: device, health, and seconds since their last heartbeat."""
+    _, _, store = _queue()
+    table = Table()
+    for column in ("process", "device", "health", "last beat"):
+        table.add_column(column)
+    for owner, info in sorted(store.workers().items()):
+        health = "ok" if info.get("healthy", True) else f"UNHEALTHY: {info.get('reason', '')}"
+        table.add_row(owner, str(info.get("device", "")), health, f"{info['age']:.0f} s ago")
+    out.print(table)
 
 
 @app.command()

@@ -16,7 +16,7 @@ from common.queue import (
     RENDER_QUEUE,
     RENDER_TASK,
     celery_priority,
-    time_limits,
+    task_work,
 )
 from common.schedule import slot_label
 from common.settings import Settings
@@ -50,7 +50,8 @@ def task_groups(renders: list[Render]) -> list[list[Render]]:
 def enqueue(
     app: Celery, job_id: str, renders: list[Render], priority: int, settings: Settings
 ) -> int:
-    """Send one task per group; returns the number of tasks. Messages and their task-sent
+    """Send one task per group; returns the number of tasks. The worker that takes a task sets
+    its time limits for its own device, from the task's ``work``. Messages and their task-sent
     events are buffered into Redis pipelines (kombu's publish batches): one round trip per
     thousand messages instead of two per task."""
     groups = task_groups(renders)
@@ -62,7 +63,6 @@ def enqueue(
     ):
         for group in groups:
             first = group[0]
-            soft, hard = time_limits(first.size, first.params, len(group), settings)
             ids = [r.id for r in group]
             styles = ",".join(r.style for r in group)
             app.send_task(
@@ -73,11 +73,10 @@ def enqueue(
                     "size": first.size,
                     "styles": [r.style for r in group],
                     "content": first.content_name,
+                    "work": task_work(first.size, first.params, len(group)),
                 },
                 queue=RENDER_QUEUE,
                 priority=celery_priority(priority),
-                soft_time_limit=soft,
-                time_limit=hard,
                 link_error=Signature(FAILED_TASK, args=(job_id, ids), app=app),
                 producer=producer,
                 event_dispatcher=events,
@@ -94,14 +93,21 @@ def enqueue(
 def submit(
     plan: JobPlan, settings: Settings, app: Celery, store: JobStore, force: bool = False
 ) -> Submitted:
+    """Record and enqueue a job. Submitting an existing job again enqueues what it lacks: the
+    pending renders of a job whose first submit died before all its tasks were sent, or that
+    have no queued or running task (see scheduler/recovery.py); otherwise nothing."""
+    from scheduler.recovery import recover_job
+
     started = time.perf_counter()
     if plan.slot is not None and not force:
         holder = store.claim_slot(plan.name, slot_label(plan.slot), plan.job_id)
-        if holder is not None:
+        if holder is not None and holder != plan.job_id:
             return Submitted(holder, False, len(plan.renders), 0, 0.0)
     if not store.create(plan, force):
-        return Submitted(plan.job_id, False, len(plan.renders), 0, 0.0)
+        tasks = recover_job(plan.job_id, store, app, settings)
+        return Submitted(plan.job_id, False, len(plan.renders), tasks, 0.0)
     tasks = enqueue(app, plan.job_id, plan.renders, plan.manifest.priority, settings)
+    store.mark_sent(plan.job_id)
     if not plan.renders:
         store.mark_finished(plan.job_id)
     return Submitted(plan.job_id, True, len(plan.renders), tasks, time.perf_counter() - started)

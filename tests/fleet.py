@@ -20,6 +20,7 @@ INPUTS = "inputs"
 class Fleet:
     def __init__(self, folder: Path, redis_server, s3_server, weights_file: Path, db: int):
         self.folder, self.s3_server, self.redis_url = folder, s3_server, redis_server.url(db)
+        self.redis_server, self.weights = redis_server, weights_file
         self.env = {
             **os.environ,
             "STYLEBATCH_REDIS_URL": self.redis_url,
@@ -30,6 +31,11 @@ class Fleet:
             "AWS_DEFAULT_REGION": "us-east-1",
             "STYLEBATCH_WEIGHTS": str(weights_file),
             "STYLEBATCH_MAX_TIME_LIMIT": str(MAX_TIME_LIMIT),
+            # recovery in seconds rather than minutes (defaults: 60, 10, 15, 300)
+            "STYLEBATCH_WORKER_TIMEOUT": "5",
+            "STYLEBATCH_HEARTBEAT_INTERVAL": "1",
+            "STYLEBATCH_WATCHDOG_INTERVAL": "1",
+            "STYLEBATCH_STALL_AFTER": "8",
             "STYLEBATCH_CACHE_DIR": str(folder / "cache"),
             "STYLEBATCH_DEVICE": "cpu",
             "OMP_NUM_THREADS": "1",

@@ -87,6 +87,18 @@ def test_compose_properties():
     assert services["flower"]["environment"]["STYLEBATCH_FLOWER_PASSWORD"]
 
 
+def test_busy_workers_are_given_longer_than_any_task_to_finish():
+    """Scale-in, drains and `compose stop` send SIGTERM; a warm shutdown finishes the render."""
+    config = {(d["kind"], d["metadata"]["name"]): d for d in k8s()}
+    limit = int(config[("ConfigMap", "stylebatch-config")]["data"]["STYLEBATCH_MAX_TIME_LIMIT"])
+    pod = config[("Deployment", "stylebatch-worker")]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > limit
+    services = compose()["services"]
+    env_limit = int(services["worker-gpu0"]["environment"]["STYLEBATCH_MAX_TIME_LIMIT"])
+    grace = services["worker-gpu0"]["stop_grace_period"]
+    assert grace.endswith("m") and int(grace[:-1]) * 60 > env_limit
+
+
 def test_k8s_properties():
     docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s()}
     worker = docs[("Deployment", "stylebatch-worker")]

@@ -125,7 +125,7 @@ def test_killed_worker_every_render_exactly_once(fleet, tmp_path):
         return [
             rid
             for rid, s in fleet.store.states(job_id).items()
-            if s["status"] == "running" and s["worker"].startswith("cpu0@")
+            if s["status"] == "running" and s["owner"].startswith("cpu0@")
         ]
 
     wait_for(lambda: fleet.store.get(job_id).count("done") >= 2 and busy_on_cpu0(), 120, "cpu0")
@@ -154,7 +154,9 @@ def test_two_beats_render_each_slot_once(fleet, tmp_path, monkeypatch):
     from common.settings import Settings
     from scheduler.beat import ManifestScheduler
 
-    monkeypatch.setenv("STYLEBATCH_REDIS_URL", fleet.redis_url)
+    for name, value in fleet.env.items():  # beat submits with the fleet's settings
+        if name.startswith(("STYLEBATCH_", "AWS_")):
+            monkeypatch.setenv(name, value)
     folder = tmp_path / "schedules"
     folder.mkdir()
     path = manifest(tmp_path, "nightly", ["tubingen"], ["wave", "starry_night"])

@@ -91,7 +91,7 @@ def test_a_render_that_kills_its_worker_is_capped(stack, tmp_path):
         assert time.monotonic() < deadline, "render neither capped nor finished"
         state = stack.store.state(job_id, target)
         if state["status"] == "running" and state.get("kill") is None:
-            worker = stack.workers[state["worker"].split("@")[0]]
+            worker = stack.workers[state["owner"].split("@")[0]]
             children = subprocess.run(
                 ["pgrep", "-P", str(worker.proc.pid)], capture_output=True, text=True
             ).stdout.split()
@@ -157,12 +157,22 @@ def test_pickled_message_is_refused(stack, tmp_path):
     assert counts(stack, job_id)["done"] == 1
 
 
-def test_workers_refuse_local_files(stack, tmp_path, images):
+def test_local_files_refused_at_submit_and_by_workers(stack, tmp_path, images):
     path = manifest(tmp_path, "local-read", ["tubingen"], ["wave"])
     path.write_text(
         path.read_text().replace("s3://inputs/img/tubingen.png", str(images["tubingen"]))
     )
-    job_id = stack.submit(path)  # valid where it was submitted: the file exists there
+    refused = stack.cli("submit", str(path))
+    assert refused.returncode == 2 and "not among the inputs this worker may read" in (
+        refused.stderr
+    )
+    # A hand-made job (no preflight): the worker refuses it again.
+    from common.expand import plan_job
+    from scheduler.submit import submit
+
+    settings = Settings(redis_url=stack.redis_url)
+    plan = plan_job(path, settings, stack.env["STYLEBATCH_WEIGHTS"])
+    job_id = submit(plan, settings, make_app(settings), stack.store).job_id
     stack.wait_done(job_id)
     state = next(iter(stack.store.states(job_id).values()))
     assert state["status"] == "failed"
@@ -204,3 +214,47 @@ def test_redis_over_tls_with_a_password(tmp_path, weights_file, images, stack):
             tls.stop()
     finally:
         server.stop()
+
+
+def test_a_scheduled_slot_rides_out_an_s3_outage(stack, tmp_path, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    import yaml
+
+    from scheduler.beat import ManifestScheduler
+
+    for name, value in stack.env.items():  # beat submits with the fleet's settings
+        if name.startswith(("STYLEBATCH_", "AWS_")):
+            monkeypatch.setenv(name, value)
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    data = yaml.safe_load(manifest(tmp_path, "outage-slot", ["tubingen"], ["wave"]).read_text())
+    data["content"] = [{"prefix": "s3://inputs/img/tub"}]  # listed when the slot fires
+    data["schedule"] = {"cron": "0 2 * * *", "timezone": "UTC"}
+    data["output"]["key"] = "{slot}/{content}/{style}.{ext}"
+    (folder / "outage.yaml").write_text(yaml.safe_dump(data))
+    now = [datetime(2026, 11, 27, 1, 0, tzinfo=UTC)]
+    beat = ManifestScheduler(
+        app=make_app(Settings.from_env()), source=str(folder), clock=lambda: now[0]
+    )
+    beat.tick()  # first sight: notes the schedule
+    marker = stack.store.r.get("sb:beat:last:outage-slot")
+    now[0] += timedelta(days=1)  # the 02:00 slot is due ...
+    stack.s3.stop()  # ... and S3 is down
+    try:
+        outage = time.monotonic()
+        for _ in range(2):
+            assert beat.tick() <= beat.retry_every  # not fired: again soon
+        assert stack.store.r.get("sb:beat:last:outage-slot") == marker  # the slot is not lost
+    finally:
+        stack.s3.start()
+    slot_key = "sb:slot:outage-slot:20261127T020000Z"
+    wait_for(lambda: beat.tick() and stack.store.r.get(slot_key), 60, "the slot fired")
+    fired = time.monotonic() - outage
+    job_id = stack.store.r.get(slot_key)
+    assert stack.store.r.get("sb:beat:last:outage-slot") != marker
+    stack.wait_done(job_id)
+    assert counts(stack, job_id)["done"] == 1
+    beat.tick()  # fired once: the marker has moved on
+    assert [i.job_id for i in stack.store.jobs(500) if i.meta["name"] == "outage-slot"] == [job_id]
+    print(f"slot submitted {fired:.1f} s after S3 went down (two ticks during the outage)")

@@ -51,6 +51,7 @@ class Recording(ManifestScheduler):
 
     def fire(self, item, slot):
         self.fired.append((item.name, slot))
+        return True
 
 
 @pytest.fixture
