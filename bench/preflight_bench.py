@@ -5,7 +5,8 @@
 Starts SeaweedFS on free loopback ports (as the tests do), uploads N tiny objects (spread over
 a few folders, and a few folders of under 20, which are HEADed instead of listed), then times
 `preflight` on a job that reads every one of them, plus one with a mistyped output bucket.
-Writes bench/results/preflight-<N>.json.
+Writes bench/results/preflight-<N>[-head-only][-scattered].json: --scattered puts the inputs
+in folders of 4 (found by listing what they share), --head-only HEADs every object.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ def plan_for(uris: list[str], output: str) -> JobPlan:
         {
             "name": "bench",
             "output": {"location": output},
-            "content": ["s3://in/x.png"],
-            "styles": [{"name": "s", "image": "s3://in/style.png"}],
+            "content": ["s3://bench-in/x.png"],
+            "styles": [{"name": "s", "image": "s3://bench-in/style.png"}],
         },
         "bench",
     )
     bucket, _, prefix = output[5:].partition("/")
     renders = [
-        Render(f"r{i}", u, f"c{i}", "s", (("s3://in/style.png", 1.0),), 64, {}, f"{i}.png", "x")
+        Render(
+            f"r{i}", u, f"c{i}", "s", (("s3://bench-in/style.png", 1.0),), 64, {}, f"{i}.png", "x"
+        )
         for i, u in enumerate(uris)
     ]
     return JobPlan("bench", "bench", "bench", manifest, Location("s3", bucket, prefix), renders,
@@ -51,7 +54,15 @@ def plan_for(uris: list[str], output: str) -> JobPlan:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--inputs", type=int, default=10_000)
+    parser.add_argument("--head-only", action="store_true", help="HEAD every object, no LIST")
+    parser.add_argument(
+        "--scattered", action="store_true", help="inputs in folders of 4 (e.g. one per product)"
+    )
     args = parser.parse_args()
+    if args.head_only:
+        import scheduler.preflight
+
+        scheduler.preflight.LIST_FROM = 10**9
     import os
 
     folder = Path(tempfile.mkdtemp(prefix="sb-preflight-"))
@@ -60,25 +71,37 @@ def main() -> None:
         os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         settings = Settings(s3_endpoint=server.endpoint)
         s3 = server.client()
-        for bucket in ("in", "out"):
+        for bucket in ("bench-in", "bench-out"):
             s3.create_bucket(Bucket=bucket)
-        keys = [f"shots/batch{i % 8}/{i:06d}.png" for i in range(args.inputs - 40)]
-        keys += [f"few/f{i % 4}/{i:03d}.png" for i in range(40)]  # 4 folders of 10: HEADed
+        if args.scattered:
+            keys = [f"products/p{i // 4:05d}/{i % 4}.png" for i in range(args.inputs)]
+        else:
+            keys = [f"shots/batch{i % 8}/{i:06d}.png" for i in range(args.inputs - 40)]
+            keys += [f"few/f{i % 4}/{i:03d}.png" for i in range(40)]  # 4 folders of 10: HEADed
         keys.append("style.png")
         started = time.perf_counter()
         with ThreadPoolExecutor(32) as pool:
-            list(pool.map(lambda k: s3.put_object(Bucket="in", Key=k, Body=b"x" * 64), keys))
+            list(pool.map(lambda k: s3.put_object(Bucket="bench-in", Key=k, Body=b"x" * 64), keys))
         upload = time.perf_counter() - started
-        uris = [f"s3://in/{k}" for k in keys[:-1]]
-        results = {"inputs": len(uris), "upload_seconds": round(upload, 1), "machine": "2 cores"}
-        for label, output in (("ok", "s3://out/bench"), ("mistyped bucket", "s3://outt/bench")):
+        uris = [f"s3://bench-in/{k}" for k in keys[:-1]]
+        results = {
+            "inputs": len(uris),
+            "upload_seconds": round(upload, 1),
+            "machine": "2 cores",
+            "head_only": args.head_only,
+        }
+        for label, output in (
+            ("ok", "s3://bench-out/bench"),
+            ("mistyped bucket", "s3://bench-outt/bench"),
+        ):
             plan = plan_for(uris, output)
             started = time.perf_counter()
             problems = preflight(plan, settings)
             took = time.perf_counter() - started
             results[label] = {"seconds": round(took, 2), "problems": [str(p) for p in problems]}
             print(f"{label}: {took:.2f} s, {len(problems)} problem(s) {problems[:2]}")
-        missing = plan_for([*uris[:-1], "s3://in/shots/batch0/missing.png"], "s3://out/bench")
+        missing_uri = uris[0].rsplit("/", 1)[0] + "/missing.png"
+        missing = plan_for([*uris[:-1], missing_uri], "s3://bench-out/bench")
         started = time.perf_counter()
         problems = preflight(missing, settings)
         results["one missing"] = {
@@ -86,7 +109,8 @@ def main() -> None:
             "problems": [str(p) for p in problems],
         }
         print(f"one missing: {results['one missing']}")
-        out = ROOT / "bench" / "results" / f"preflight-{args.inputs}.json"
+        mode = ("-head-only" if args.head_only else "") + ("-scattered" if args.scattered else "")
+        out = ROOT / "bench" / "results" / f"preflight-{args.inputs}{mode}.json"
         out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {out}")
     finally:

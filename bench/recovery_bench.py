@@ -8,7 +8,9 @@ bookkeeping worker) on loopback, then times:
 - node loss: every worker process SIGKILLed mid-job, restarted 5 s later; seconds from the
   restart until the job is done, and the renders' own time for comparison;
 - a mistyped output bucket, a missing style object and unreadable weights refused at submit;
-- an orphaned job (submit died before sending its tasks) recovered by a resubmit.
+- an orphaned job (submit died before sending its tasks) recovered by a resubmit;
+- CPU workers at default time limits: a 128 px draft render and the README demo (256 px
+  draft, two styles of the full-size example images) through the fleet.
 Writes bench/results/recovery-2core.json.
 """
 
@@ -115,6 +117,31 @@ def main() -> None:
             "stdout": again.stdout.strip().splitlines()[0],
         }
         print("orphan:", results["orphan_resubmit"])
+        s3_client = s3.client()
+        for name in ("tubingen", "starry_night", "wave"):
+            s3_client.upload_file(str(EXAMPLES / f"{name}.jpg"), "inputs", f"full/{name}.jpg")
+        cpu: dict = {}
+        for label, size, styles in (("draft_128", 128, ["wave"]),
+                                    ("demo_256", 256, ["starry_night", "wave"])):  # fmt: skip
+            path = manifest(folder / label, label, [], styles, sizes=(size,))
+            text = path.read_text().replace("img/", "full/").replace(".png", ".jpg")
+            path.write_text(text.replace("content: []", "content: [s3://inputs/full/tubingen.jpg]"))
+            data = __import__("yaml").safe_load(path.read_text())
+            data["params"] = {"preset": "draft", "sizes": [size], "seed": 7}
+            path.write_text(__import__("yaml").safe_dump(data))
+            started = time.monotonic()
+            job_id = fleet.submit(path)
+            fleet.wait_done(job_id, 1800)
+            info = fleet.store.get(job_id)
+            states = list(fleet.store.states(job_id).values())
+            cpu[label] = {
+                "seconds": round(time.monotonic() - started, 1),
+                "done": info.count("done"),
+                "failed": info.count("failed"),
+                "errors": [s.get("error") for s in states if s.get("error")],
+            }
+            print(label, cpu[label])
+        results["cpu_default_limits"] = cpu
         fleet.stop()
     finally:
         s3.stop()

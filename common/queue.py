@@ -29,10 +29,11 @@ def celery_priority(priority: int) -> int:
 
 
 # Seconds per full-size megapixel-iteration (one Adam step over a 1-megapixel image), by device
-# type, with head room over what was measured (docs/reliability.md): an H200 ran ~0.01, the
-# 2-core CI machine's CPU ~25 with one worker. STYLEBATCH_SECONDS_PER_MPIX_ITERATION
+# type, with head room over what was measured (docs/reliability.md): an H200 ran ~0.01; the
+# 2-core CI machine's CPU 10-12 with one render process (twice that with two sharing its
+# cores). The limits add 3x and a minute on top. STYLEBATCH_SECONDS_PER_MPIX_ITERATION
 # overrides both.
-SECONDS_PER_MPIX_ITERATION = {"cuda": 0.05, "cpu": 60.0}
+SECONDS_PER_MPIX_ITERATION = {"cuda": 0.05, "cpu": 30.0}
 
 
 def task_work(size: int, params: dict[str, Any], renders: int) -> float:

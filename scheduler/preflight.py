@@ -3,7 +3,8 @@ object exists (and is allowed and small enough), and the weights can be read.
 
 Inputs are checked in parallel. Objects are HEADed one by one, except where many share a
 folder: that folder is listed instead (1,000 keys a request), so 10,000 inputs cost about ten
-requests rather than 10,000.
+requests rather than 10,000. Many inputs scattered over small folders are found by listing
+what they share, unless that listing runs past ten times their number.
 """
 
 from __future__ import annotations
@@ -105,24 +106,41 @@ def check_inputs(inputs: dict[str, str], settings: Settings, pool: Any) -> list[
             bucket, key = parse_s3(uri)
             folders[(bucket, posixpath.dirname(key))].append(uri)
     jobs = []
+    scattered: dict[str, list[str]] = defaultdict(list)  # bucket -> inputs in small folders
     for (bucket, folder), uris in folders.items():
         if len(uris) >= LIST_FROM:
-            jobs.append(pool.submit(_listed, bucket, folder, uris, settings))
+            prefix = f"{folder}/" if folder else ""
+            jobs.append((pool.submit(_listed, bucket, prefix, uris, settings), uris))
         else:
-            jobs += [pool.submit(_headed, uri, settings) for uri in uris]
+            scattered[bucket] += uris
+    for bucket, uris in scattered.items():
+        if len(uris) >= LIST_FROM:  # many small folders: list what they share, within reason
+            keys = [parse_s3(u)[1] for u in uris]
+            common = os.path.commonprefix(keys)  # noqa: RUF071 (S3 prefixes are strings)
+            cap = 10 * len(uris)
+            jobs.append((pool.submit(_listed, bucket, common, uris, settings, cap), uris))
+        else:
+            jobs += [(pool.submit(_headed, uri, settings), [uri]) for uri in uris]
     limit = settings.max_input_bytes
-    for job in jobs:
-        for uri, size, error in job.result():
-            if error:
-                problems.append(Problem(inputs[uri], f"{uri}: {error}"))
-            elif size is not None and size > limit:
-                problems.append(
-                    Problem(
-                        inputs[uri],
-                        f"{uri}: {size} bytes exceeds the input limit of "
-                        f"{limit} (STYLEBATCH_MAX_INPUT_BYTES)",
-                    )
+    found: Found = []
+    for job, uris in jobs:
+        result = job.result()
+        if result is None:  # the listing would have been far larger than the inputs: HEAD
+            result = [
+                x for f in [pool.submit(_headed, u, settings) for u in uris] for x in f.result()
+            ]
+        found += result
+    for uri, size, error in found:
+        if error:
+            problems.append(Problem(inputs[uri], f"{uri}: {error}"))
+        elif size is not None and size > limit:
+            problems.append(
+                Problem(
+                    inputs[uri],
+                    f"{uri}: {size} bytes exceeds the input limit of {limit} "
+                    "(STYLEBATCH_MAX_INPUT_BYTES)",
                 )
+            )
     return problems
 
 
@@ -138,14 +156,20 @@ def _headed(uri: str, settings: Settings) -> Found:
     return [(uri, int(head.get("ContentLength", 0)), None)]
 
 
-def _listed(bucket: str, folder: str, uris: list[str], settings: Settings) -> Found:
-    prefix = f"{folder}/" if folder else ""
+def _listed(
+    bucket: str, prefix: str, uris: list[str], settings: Settings, cap: int | None = None
+) -> Found | list[str]:
+    """Sizes of ``uris`` from a listing of ``prefix``: one folder, or (with ``cap``) everything
+    under it, given up past ``cap`` keys (None: HEAD them instead)."""
     sizes: dict[str, int] = {}
     try:
         pages = s3_client(settings).get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        options = {"Delimiter": "/"} if cap is None else {}
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix, **options):
             for obj in page.get("Contents", []):
                 sizes[f"s3://{bucket}/{obj['Key']}"] = int(obj["Size"])
+            if cap is not None and len(sizes) > cap:
+                return None
     except Exception as exc:
         reason = _reason(exc, bucket, prefix)
         return [(uri, None, reason) for uri in uris]

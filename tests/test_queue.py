@@ -43,7 +43,7 @@ def test_a_cpu_worker_gives_a_small_draft_render_time_a_gpu_would_not():
     cpu_soft, _ = time_limits(work, cpu, 3 * 3600)
     gpu_soft, _ = time_limits(work, gpu, 3 * 3600)
     assert gpu_soft <= 61  # a hung GPU render is caught within about a minute
-    assert cpu_soft >= 3 * work * 25  # three times what this 2-core machine measured
+    assert cpu_soft >= 3 * 2 * work * 12  # 3x two processes sharing this 2-core machine
     assert seconds_per_unit(Settings(device="cpu", seconds_per_mpix_iteration=2.0)) == 2.0
     assert device_kind("cuda:1") == "cuda" and device_kind("cpu") == "cpu"
 

@@ -1,0 +1,101 @@
+"""Preflight against a real S3 server: inputs found by HEAD, by listing their folder, and by
+listing what scattered folders share; a missing, an oversized and a disallowed input, a
+missing or unwritable output, and weights, each named with its field."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from common.expand import JobPlan, Render
+from common.manifest import parse_manifest
+from common.settings import Settings
+from common.storage import s3_client
+from common.uris import parse_location
+from scheduler.preflight import LIST_FROM, preflight
+from tests.services import ACCESS_KEY, SECRET_KEY
+
+BUCKET = "preflight-in"
+
+
+def plan(contents: list[str], output: str, weights: str = "random:0") -> JobPlan:
+    manifest = parse_manifest(
+        {
+            "name": "pf",
+            "output": {"location": output},
+            "content": ["s3://x/y.png"],
+            "styles": [{"name": "look", "image": f"s3://{BUCKET}/look.png"}],
+        },
+        "pf",
+    )
+    style = ((f"s3://{BUCKET}/look.png", 1.0),)
+    renders = [
+        Render(f"r{i}", uri, f"c{i}", "look", style, 64, {}, f"{i}.png", weights)
+        for i, uri in enumerate(contents)
+    ]
+    location = parse_location(output, Path("/"))
+    return JobPlan("pf", "pf", "pf", manifest, location, renders, weights)
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server):
+    client = s3_server.client()
+    for bucket in (BUCKET, "preflight-out"):
+        client.create_bucket(Bucket=bucket)
+    keys = [f"folder/{i:03d}.png" for i in range(LIST_FROM + 5)]  # listed as one folder
+    keys += [f"products/p{i:03d}/front.png" for i in range(LIST_FROM + 5)]  # scattered
+    keys += ["few/a.png", "look.png"]  # HEADed
+    for key in keys:
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"x" * 10)
+    client.put_object(Bucket=BUCKET, Key="few/big.png", Body=b"x" * 5000)
+    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    with mock.patch.dict(os.environ, env):
+        yield Settings(s3_endpoint=s3_server.endpoint, max_input_bytes=1000), keys
+
+
+def test_every_input_found_however_it_is_looked_up(s3):
+    settings, keys = s3
+    uris = [f"s3://{BUCKET}/{k}" for k in keys if k != "look.png"]
+    assert preflight(plan(uris, "s3://preflight-out/job"), settings) == []
+
+
+def test_every_problem_named_with_its_field(s3):
+    settings, keys = s3
+    uris = [f"s3://{BUCKET}/{k}" for k in keys if k != "look.png"]
+    missing = [
+        f"s3://{BUCKET}/folder/nope.png",
+        f"s3://{BUCKET}/products/p999/front.png",
+        f"s3://{BUCKET}/few/nope.png",
+    ]
+    bad = plan(
+        [*uris, *missing, f"s3://{BUCKET}/few/big.png", "/etc/passwd"],
+        "s3://preflight-outt/job",
+        weights=f"s3://{BUCKET}/models/vgg19.pth",
+    )
+    problems = {str(p) for p in preflight(bad, settings)}
+    assert problems == {
+        "output.location: s3://preflight-outt/job: bucket 'preflight-outt' does not exist",
+        *(f"content: {uri}: no such object" for uri in missing),
+        f"content: s3://{BUCKET}/few/big.png: 5000 bytes exceeds the input limit of 1000 "
+        "(STYLEBATCH_MAX_INPUT_BYTES)",
+        "content: /etc/passwd: not among the inputs this worker may read "
+        "(STYLEBATCH_ALLOWED_INPUTS=s3://)",
+        f"weights: s3://{BUCKET}/models/vgg19.pth: no such object",
+    }
+
+
+def test_an_unwritable_output_and_a_local_folder(s3, tmp_path):
+    settings, _ = s3
+    look_only = [f"s3://{BUCKET}/few/a.png"]
+    with mock.patch.dict(os.environ, {"AWS_SECRET_ACCESS_KEY": "wrong"}):
+        s3_client.cache_clear()
+        problems = [str(p) for p in preflight(plan(look_only, "s3://preflight-out/j"), settings)]
+    s3_client.cache_clear()
+    assert problems and problems[0].startswith("output.location: s3://preflight-out/j: cannot")
+    assert preflight(plan(look_only, str(tmp_path / "new" / "dir")), settings) == []
+    (tmp_path / "file").write_text("not a folder")
+    blocked = preflight(plan(look_only, str(tmp_path / "file" / "out")), settings)
+    assert [p.where for p in blocked] == ["output.location"]
