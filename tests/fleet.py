@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 from common.jobs import JobStore
+from common.settings import Settings
 from tests.conftest import ROOT, write_manifest
 from tests.services import ACCESS_KEY, SECRET_KEY, Worker, wait_for
 from workers.launch import worker_commands
@@ -44,6 +46,14 @@ class Fleet:
         }
         self.workers: dict[str, Worker] = {}
         self.store = JobStore.from_url(self.redis_url, getattr(redis_server, "ca", ""))
+
+    def settings_env(self) -> dict[str, str]:
+        """The fleet's settings, for code the test runs itself (beat, a hand-made submit)."""
+        return {k: v for k, v in self.env.items() if k.startswith(("STYLEBATCH_", "AWS_"))}
+
+    def settings(self) -> Settings:
+        with mock.patch.dict(os.environ, self.settings_env()):
+            return Settings.from_env()
 
     def start(self, names: list[str]) -> None:
         started = worker_commands([], "test", "INFO", cpu_workers=2)

@@ -154,9 +154,8 @@ def test_two_beats_render_each_slot_once(fleet, tmp_path, monkeypatch):
     from common.settings import Settings
     from scheduler.beat import ManifestScheduler
 
-    for name, value in fleet.env.items():  # beat submits with the fleet's settings
-        if name.startswith(("STYLEBATCH_", "AWS_")):
-            monkeypatch.setenv(name, value)
+    for name, value in fleet.settings_env().items():  # beat submits with the fleet's settings
+        monkeypatch.setenv(name, value)
     folder = tmp_path / "schedules"
     folder.mkdir()
     path = manifest(tmp_path, "nightly", ["tubingen"], ["wave", "starry_night"])

@@ -223,9 +223,8 @@ def test_a_scheduled_slot_rides_out_an_s3_outage(stack, tmp_path, monkeypatch):
 
     from scheduler.beat import ManifestScheduler
 
-    for name, value in stack.env.items():  # beat submits with the fleet's settings
-        if name.startswith(("STYLEBATCH_", "AWS_")):
-            monkeypatch.setenv(name, value)
+    for name, value in stack.settings_env().items():  # beat submits with the fleet's settings
+        monkeypatch.setenv(name, value)
     folder = tmp_path / "schedules"
     folder.mkdir()
     data = yaml.safe_load(manifest(tmp_path, "outage-slot", ["tubingen"], ["wave"]).read_text())

@@ -34,15 +34,6 @@ def fleet(tmp_path_factory, redis_server, s3_server, weights_file, images):
     stack.stop()
 
 
-def settings_of(fleet: Fleet) -> Settings:
-    env = {k: v for k, v in fleet.env.items() if k.startswith(("STYLEBATCH_", "AWS_"))}
-    import os
-    from unittest import mock
-
-    with mock.patch.dict(os.environ, env):
-        return Settings.from_env()
-
-
 def outputs(fleet: Fleet, prefix: str) -> dict[str, dict]:
     return {k: m for k, m in fleet.objects(prefix).items() if k.endswith(("-36.png", "-40.png"))}
 
@@ -97,7 +88,7 @@ def test_a_duplicate_delivery_of_a_running_render_is_ignored(fleet, tmp_path):
     job_id = fleet.submit(path)
     wait_for(lambda: fleet.store.get(job_id).running == 1, 60, "running")
     spec = fleet.store.specs(job_id)[0]
-    app = make_app(settings_of(fleet))
+    app = make_app(fleet.settings())
     duplicate = app.send_task(  # what a broker reconnect re-delivers
         RENDER_TASK,
         kwargs={"job_id": job_id, "render_ids": [spec.id], "size": spec.size, "styles": ["wave"],
@@ -132,7 +123,7 @@ def test_force_resubmit_while_tasks_are_queued_renders_each_once(fleet, tmp_path
 
 
 def test_an_orphaned_job_is_recovered_by_resubmit_and_by_the_reconciler(fleet, tmp_path):
-    settings = settings_of(fleet)
+    settings = fleet.settings()
     # A submit that died after recording the job and before sending its tasks:
     first = plan_job(manifest(tmp_path / "a", "orphan-a", ["tubingen"], ["wave"]), settings)
     second = plan_job(manifest(tmp_path / "b", "orphan-b", ["shipwreck"], ["wave"]), settings)
@@ -163,7 +154,7 @@ def test_a_job_whose_queued_tasks_were_lost_is_re_driven(fleet, tmp_path):
 
 
 def test_a_failing_finalize_ends_the_job_failed_and_watch_returns(fleet, tmp_path):
-    settings = settings_of(fleet)
+    settings = fleet.settings()
     path = manifest(tmp_path, "typo", ["wave"], ["tubingen"])
     path.write_text(path.read_text().replace("s3://outputs/typo", "s3://outputz/typo"))
     refused = fleet.cli("submit", str(path))
@@ -213,7 +204,7 @@ def test_time_limits_are_the_devices(fleet, tmp_path):
     path.write_text(path.read_text().replace("iterations: 4", "iterations: 30"))
     job_id = fleet.submit(path)
     wait_for(lambda: fleet.store.get(job_id).running == 1, 60, "running")
-    app = make_app(settings_of(fleet))
+    app = make_app(fleet.settings())
     active = [t for ts in (app.control.inspect(timeout=5).active() or {}).values() for t in ts]
     task = next(t for t in active if t["kwargs"]["job_id"] == job_id)
     spec = fleet.store.specs(job_id)[0]
