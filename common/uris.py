@@ -54,7 +54,10 @@ def local_path(text: str, base_dir: Path) -> Path:
     elif "://" in text:
         raise ValueError(f"unsupported URI scheme in {text!r} (use a path, file:// or s3://)")
     else:
-        path = Path(text).expanduser()
+        try:
+            path = Path(text).expanduser()
+        except RuntimeError:  # "~someone" with no such user
+            raise ValueError(f"{text!r}: no home folder for {text.split('/')[0]!r}") from None
     return path if path.is_absolute() else (base_dir / path)
 
 
