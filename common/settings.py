@@ -12,6 +12,10 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()
 
 
+def _prefixes(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(p.strip() for p in _env(name, ",".join(default)).split(",") if p.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS
@@ -28,6 +32,11 @@ class Settings:
     # Where inputs may come from (URI or absolute-path prefixes). Workers read only these, so a
     # submitted manifest cannot make them read local files; `stylebatch run` adds "/".
     allowed_inputs: tuple[str, ...] = ("s3://",)
+    # Where outputs may go (common/access.py): local paths only if listed; the fleet's own
+    # locations (weights, schedules, code, cache) never, whatever this says. `run` adds "/".
+    allowed_outputs: tuple[str, ...] = ("s3://",)
+    schedules: str = ""  # where beat reads scheduled manifests (protected from outputs)
+    min_input_side: int = 16  # a shorter input side is refused (degenerate panoramas)
     input_cache_bytes: int = 2 << 30
     max_time_limit: int = 3 * 3600  # hard limit on any task, seconds
     # For time limits: 0 takes the device's figure from common.queue.SECONDS_PER_MPIX_ITERATION
@@ -61,11 +70,10 @@ class Settings:
             max_input_pixels=int(
                 _env("STYLEBATCH_MAX_INPUT_PIXELS", str(default.max_input_pixels))
             ),
-            allowed_inputs=tuple(
-                p.strip()
-                for p in _env("STYLEBATCH_ALLOWED_INPUTS", "s3://").split(",")
-                if p.strip()
-            ),
+            allowed_inputs=_prefixes("STYLEBATCH_ALLOWED_INPUTS", default.allowed_inputs),
+            allowed_outputs=_prefixes("STYLEBATCH_ALLOWED_OUTPUTS", default.allowed_outputs),
+            schedules=_env("STYLEBATCH_SCHEDULES"),
+            min_input_side=int(_env("STYLEBATCH_MIN_INPUT_SIDE", str(default.min_input_side))),
             input_cache_bytes=int(
                 _env("STYLEBATCH_INPUT_CACHE_BYTES", str(default.input_cache_bytes))
             ),

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.access import check_allowed, check_output
 from common.errors import InputError, StorageError, TransientStorageError
 from common.imageio import IMAGE_SUFFIXES, embedded_metadata
 from common.settings import Settings
@@ -28,9 +29,10 @@ class Storage(Protocol):
 
 
 class LocalStorage:
-    def __init__(self, location: Location):
+    def __init__(self, location: Location, settings: Settings):
         self.location = location
         self.root = Path(location.root)
+        self.settings = settings
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -39,6 +41,7 @@ class LocalStorage:
             return None
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        check_output(str(self.root / key), self.settings)
         atomic_write(self.root / key, data)
 
     def metadata(self, key: str) -> dict[str, Any] | None:
@@ -53,6 +56,7 @@ class S3Storage:
         self.location = location
         self.bucket = location.root
         self.client = s3_client(settings)
+        self.settings = settings
         self._bucket_ok = False
 
     def _key(self, key: str) -> str:
@@ -81,6 +85,7 @@ class S3Storage:
         self._bucket_ok = True
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        check_output(f"s3://{self.bucket}/{self._key(key)}", self.settings)
         self._check_bucket()
         try:
             self.client.put_object(
@@ -112,6 +117,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the usual mode
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -122,10 +128,23 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def open_storage(location: Location, settings: Settings) -> Storage:
     if location.scheme == "s3":
         return S3Storage(location, settings)
-    return LocalStorage(location)
+    return LocalStorage(location, settings)
 
 
 @lru_cache(maxsize=8)
@@ -197,22 +216,6 @@ def s3_get(client: Any, bucket: str, key: str, missing_ok: bool = False) -> byte
         raise storage_error(exc, bucket, key) from None
     except Exception as exc:
         raise storage_error(exc, bucket, key) from None
-
-
-def check_allowed(uri: str, settings: Settings) -> None:
-    """InputError unless ``uri`` is under one of the allowed prefixes (symlinks resolved)."""
-    target = uri if is_s3(uri) else str(Path(uri).resolve())
-    for prefix in settings.allowed_inputs:
-        if is_s3(prefix) and is_s3(target) and target.startswith(prefix):
-            return
-        if not is_s3(prefix) and not is_s3(target):
-            root = str(Path(prefix).resolve())
-            if target == root or target.startswith(root.rstrip("/") + "/"):
-                return
-    raise InputError(
-        f"{uri}: not among the inputs this worker may read "
-        f"(STYLEBATCH_ALLOWED_INPUTS={','.join(settings.allowed_inputs)})"
-    )
 
 
 def read_input(uri: str, settings: Settings) -> bytes:

@@ -94,15 +94,29 @@ def _print_weights(weights: str) -> None:
 
 
 def _local_settings() -> Settings:
-    """`run` renders the user's own manifest on their own machine: local files are allowed
-    unless STYLEBATCH_ALLOWED_INPUTS says otherwise."""
+    """`run` renders the user's own manifest on their own machine: local files may be read
+    and written unless STYLEBATCH_ALLOWED_INPUTS / _OUTPUTS say otherwise (the fleet's own
+    locations stay refused)."""
     import dataclasses
     import os
 
     settings = Settings.from_env()
-    if "STYLEBATCH_ALLOWED_INPUTS" in os.environ:
-        return settings
-    return dataclasses.replace(settings, allowed_inputs=(*settings.allowed_inputs, "/"))
+    if "STYLEBATCH_ALLOWED_INPUTS" not in os.environ:
+        settings = dataclasses.replace(settings, allowed_inputs=(*settings.allowed_inputs, "/"))
+    if "STYLEBATCH_ALLOWED_OUTPUTS" not in os.environ:
+        settings = dataclasses.replace(settings, allowed_outputs=(*settings.allowed_outputs, "/"))
+    return settings
+
+
+def _confine(plan: JobPlan, settings: Settings, source: Path) -> None:
+    """Exit 2 if the job's output location is one this fleet must not write."""
+    from common.access import OutputRefused, check_output
+    from common.errors import Problem
+
+    try:
+        check_output(str(plan.location), settings)
+    except OutputRefused as exc:
+        _problems("output refused", str(source), [Problem("output.location", str(exc))])
 
 
 @app.command()
@@ -119,14 +133,15 @@ def validate(
 
     plan = _plan(manifest, weights)
     _print_plan(plan)
+    # A job on local files alone is one for `run`, which may read and write them; `submit`
+    # checks again with the fleet's settings.
+    settings = Settings.from_env() if uses_s3(plan) else _local_settings()
+    _confine(plan, settings, manifest)
     if offline:
         return
     if uses_s3(plan) and not has_credentials():
         out.print("note: S3 output, inputs and weights not checked: no S3 credentials")
         return
-    # A job on local files alone is one for `run`, which may read them; `submit` checks again
-    # with the fleet's settings.
-    settings = Settings.from_env() if uses_s3(plan) else _local_settings()
     _preflight(plan, settings, manifest)
     out.print("preflight: output writable, every input and the weights readable")
 
@@ -140,6 +155,7 @@ def run(
     """Render a whole job in this process (no Redis or S3 needed for local paths)."""
     plan = _plan(manifest, weights)
     _print_plan(plan)
+    _confine(plan, _local_settings(), manifest)
     try:
         from workers.progress import run_with_progress
     except ImportError as exc:
@@ -444,13 +460,10 @@ def flower(
     if not user or not password:
         err.print("[red]set STYLEBATCH_FLOWER_USER and STYLEBATCH_FLOWER_PASSWORD[/]")
         raise typer.Exit(EXIT_INVALID)
-    # Passed through the environment, so the password is not on a command line.
-    _celery(
-        "flower",
-        f"--port={port}",
-        f"--address={address}",
-        env={"FLOWER_BASIC_AUTH": f"{user}:{password}"},
-    )
+    # Passed through the environment, so the password is not on a command line. /metrics
+    # asks for the same credentials (scheduler/flower_auth.py).
+    argv = [sys.executable, "-m", "scheduler.flower_auth", f"--port={port}", f"--address={address}"]
+    os.execve(sys.executable, argv, {**os.environ, "FLOWER_BASIC_AUTH": f"{user}:{password}"})
 
 
 @app.command()

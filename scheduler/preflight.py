@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from common.access import OutputRefused, check_allowed, check_output
 from common.errors import InputError, Problem, StylebatchError
 from common.expand import JobPlan
 from common.settings import Settings
-from common.storage import check_allowed, s3_client, storage_error
+from common.storage import s3_client, storage_error
 from common.uris import Location, is_s3, join_key, parse_s3
 
 LIST_FROM = 20  # inputs in one folder from which listing it beats HEADing each
@@ -46,14 +47,18 @@ def preflight(plan: JobPlan, settings: Settings) -> list[Problem]:
         for uri, _ in render.style_images:
             inputs.setdefault(uri, f"styles[{render.style}]")
     with ThreadPoolExecutor(THREADS) as pool:
-        problems = check_output(plan.location, settings)
+        problems = check_location(plan.location, settings)
         problems += check_weights(plan.weights, settings)
         problems += check_inputs(inputs, settings, pool)
     return problems
 
 
-def check_output(location: Location, settings: Settings) -> list[Problem]:
+def check_location(location: Location, settings: Settings) -> list[Problem]:
     where = "output.location"
+    try:
+        check_output(str(location), settings)
+    except OutputRefused as exc:
+        return [Problem(where, str(exc))]
     if location.scheme != "s3":
         folder = Path(location.root)
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)

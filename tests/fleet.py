@@ -86,9 +86,7 @@ class Fleet:
         return result.stdout.strip().splitlines()[-1]
 
     def wait_done(self, job_id: str, timeout: float = 240) -> None:
-        wait_for(
-            lambda: self.store.get(job_id).status in ("done", "cancelled"), timeout, f"job {job_id}"
-        )
+        wait_for(lambda: self.store.get(job_id).terminal, timeout, f"job {job_id}")
 
     def objects(self, prefix: str) -> dict[str, dict]:
         s3 = self.s3_server.client()

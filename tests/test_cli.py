@@ -109,7 +109,7 @@ def test_interrupted_run_keeps_whole_outputs_and_resumes(tmp_path, images, weigh
     plan = plan_job(
         write_manifest(tmp_path, tiny_manifest(images, out)), Settings(), str(weights_file)
     )
-    settings = Settings(allowed_inputs=("/",))
+    settings = Settings(allowed_inputs=("/",), allowed_outputs=("/",))
 
     def ctrl_c_in_second_scale(scale, scales, iteration, iterations):
         if scale == 1:

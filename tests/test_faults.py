@@ -257,3 +257,24 @@ def test_a_scheduled_slot_rides_out_an_s3_outage(stack, tmp_path, monkeypatch):
     beat.tick()  # fired once: the marker has moved on
     assert [i.job_id for i in stack.store.jobs(500) if i.meta["name"] == "outage-slot"] == [job_id]
     print(f"slot submitted {fired:.1f} s after S3 went down (two ticks during the outage)")
+
+
+def test_a_hand_made_job_writing_where_it_may_not_ends_failed_and_writes_nothing(stack, tmp_path):
+    """No validate, no submit checks: the worker refuses the write itself."""
+    from common.expand import plan_job
+    from scheduler.submit import submit
+
+    target = tmp_path / "site-packages"
+    path = manifest(tmp_path, "local-write", ["wave"], ["tubingen"])
+    path.write_text(path.read_text().replace("s3://outputs/local-write", str(target)))
+    settings = stack.settings()
+    job_id = submit(plan_job(path, settings), settings, make_app(settings), stack.store).job_id
+    stack.wait_done(job_id)
+    info = stack.store.get(job_id)
+    state = next(iter(stack.store.states(job_id).values()))
+    assert state["status"] == "failed"
+    assert (
+        "not among the outputs this fleet may write (STYLEBATCH_ALLOWED_OUTPUTS" in state["error"]
+    )
+    assert info.status == "failed" and "STYLEBATCH_ALLOWED_OUTPUTS" in info.meta["reason"]
+    assert not target.exists()

@@ -4,6 +4,7 @@ missing or unwritable output, and weights, each named with its field."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from unittest import mock
@@ -95,7 +96,11 @@ def test_an_unwritable_output_and_a_local_folder(s3, tmp_path):
         problems = [str(p) for p in preflight(plan(look_only, "s3://preflight-out/j"), settings)]
     s3_client.cache_clear()
     assert problems and problems[0].startswith("output.location: s3://preflight-out/j: cannot")
-    assert preflight(plan(look_only, str(tmp_path / "new" / "dir")), settings) == []
+    local = dataclasses.replace(settings, allowed_outputs=("/",))  # as `stylebatch run`
+    assert preflight(plan(look_only, str(tmp_path / "new" / "dir")), local) == []
     (tmp_path / "file").write_text("not a folder")
-    blocked = preflight(plan(look_only, str(tmp_path / "file" / "out")), settings)
+    blocked = preflight(plan(look_only, str(tmp_path / "file" / "out")), local)
     assert [p.where for p in blocked] == ["output.location"]
+    refused = preflight(plan(look_only, str(tmp_path / "new" / "dir")), settings)
+    assert [p.where for p in refused] == ["output.location"]
+    assert "STYLEBATCH_ALLOWED_OUTPUTS" in refused[0].message

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from common.access import check_allowed
 from common.errors import InputError
 from common.settings import Settings
-from common.storage import atomic_write, check_allowed, read_input
+from common.storage import atomic_write, read_input
 from common.uris import is_s3
 
 
