@@ -18,36 +18,68 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 
-def decode(data: bytes, name: str, max_pixels: int = 64_000_000) -> Image.Image:
-    """Bytes to an upright 8-bit RGB image, or an InputError naming ``name``."""
+# What inputs may be: Pillow knows dozens of formats, and each decoder is attack surface.
+# JPEG includes the multi-picture JPEGs (MPO) that phones write.
+FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP")
+
+
+def decode(data: bytes, name: str, max_pixels: int = 64_000_000, min_side: int = 1) -> Image.Image:
+    """Bytes to an upright 8-bit RGB image, or an InputError naming ``name`` (and the setting
+    that refused it)."""
     if not data:
         raise InputError(f"{name}: empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             width, height = img.size
             if width * height > max_pixels:
                 raise InputError(
-                    f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels}"
+                    f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels} "
+                    "(STYLEBATCH_MAX_INPUT_PIXELS)"
+                )
+            if min(width, height) < min_side:
+                raise InputError(
+                    f"{name}: {width}x{height} pixels: a side shorter than {min_side} "
+                    "(STYLEBATCH_MIN_INPUT_SIDE)"
                 )
             img.load()
             img = ImageOps.exif_transpose(img)
     except InputError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(
+            f"{name}: refused as a decompression bomb (more pixels than the limit of "
+            f"{max_pixels}, STYLEBATCH_MAX_INPUT_PIXELS)"
+        ) from None
     except UnidentifiedImageError:
-        raise InputError(f"{name}: not a recognised image format") from None
+        raise InputError(
+            f"{name}: not a recognised image format (accepted: {', '.join(FORMATS)})"
+        ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{name}: corrupt or truncated image ({exc})") from None
-    return to_rgb(img)
+    return to_rgb(img, name)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode to RGB; transparency is flattened onto white, 16-bit depth is scaled down."""
+def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:
+    """Any mode to RGB: 16-bit depth scaled down, floats in [0, 1] scaled up, transparency
+    flattened onto white. What cannot be mapped to 8 bits faithfully is refused."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        low, high = img.getextrema()
+        if low < 0 or high > 65535:
+            raise InputError(
+                f"{name}: {img.mode} image with values {low}..{high}: not an 8- or 16-bit "
+                "image; convert it to 8 or 16 bits per channel"
+            )
         img = img.point(lambda v: v / 257).convert("L")
+    elif img.mode == "F":
+        low, high = img.getextrema()
+        if not (low >= 0.0 and high <= 1.0):
+            raise InputError(
+                f"{name}: floating-point image with values {low:g}..{high:g}, outside 0..1; "
+                "convert it to 8 or 16 bits per channel"
+            )
+        img = img.point(lambda v: v * 255).convert("L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):

@@ -86,3 +86,41 @@ def test_animated_gif_uses_its_first_frame():
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50)
     out = decode(buf.getvalue(), NAME)
     assert out.getpixel((5, 5))[0] > 200 and out.getpixel((5, 5))[1] < 60
+
+
+def test_only_the_accepted_formats_are_decoded():
+    for fmt in ("ICO", "TGA", "PCX", "PPM"):  # Pillow reads these; the fleet does not
+        with pytest.raises(InputError, match="not a recognised image format") as info:
+            decode(encoded(Image.new("RGB", (32, 32), (10, 20, 30)), fmt), NAME)
+        assert "accepted: JPEG, PNG, WEBP, TIFF, GIF, BMP" in str(info.value)
+    for fmt in ("JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP"):
+        assert decode(encoded(Image.new("RGB", (32, 32), (200, 20, 30)), fmt), NAME).size == (
+            32,
+            32,
+        )
+
+
+def test_float_and_wide_integer_images_scale_into_8_bits_or_are_refused():
+    ramp = Image.linear_gradient("L").resize((64, 64)).point(lambda v: v / 255.0, "F")
+    out = decode(encoded(ramp, "TIFF"), NAME)  # a 32-bit float TIFF in 0..1
+    assert out.getpixel((0, 0))[0] <= 2 and out.getpixel((0, 63))[0] >= 253  # not black
+    assert len({out.getpixel((0, y))[0] for y in range(64)}) > 32  # not a uniform grey
+    hdr = Image.new("F", (32, 32), 40.0)  # linear light, no meaning in 0..255
+    with pytest.raises(InputError, match=r"floating-point image with values 40\.\.40"):
+        decode(encoded(hdr, "TIFF"), NAME)
+    wide = Image.new("I", (32, 32), 1_000_000)  # 32-bit integers
+    with pytest.raises(InputError, match="not an 8- or 16-bit image"):
+        decode(encoded(wide, "TIFF"), NAME)
+
+
+def test_degenerate_and_huge_images_name_the_projects_setting():
+    strip = encoded(Image.new("RGB", (4000, 1), (1, 2, 3)), "PNG")
+    with pytest.raises(
+        InputError,
+        match=r"4000x1 pixels: a side shorter than 16 "
+        r"\(STYLEBATCH_MIN_INPUT_SIDE\)",
+    ):
+        decode(strip, NAME, min_side=16)
+    bomb = encoded(Image.new("L", (20_000, 20_000)), "PNG")
+    with pytest.raises(InputError, match="STYLEBATCH_MAX_INPUT_PIXELS"):
+        decode(bomb, NAME)

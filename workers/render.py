@@ -65,7 +65,8 @@ class ImageCache:
         if uri in self.items:
             self.items.move_to_end(uri)
             return self.items[uri]
-        img = decode(self.inputs.read(uri), uri, self.settings.max_input_pixels)
+        limits = self.settings.max_input_pixels, self.settings.min_input_side
+        img = decode(self.inputs.read(uri), uri, *limits)
         self.items[uri] = img
         while sum(i.width * i.height for i in self.items.values()) > self.max_pixels:
             self.items.popitem(last=False)
