@@ -3,6 +3,7 @@ options, every setting it passes is read by the code, and the key properties hol
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -115,3 +116,61 @@ def test_images_keep_torch_out_of_the_scheduler():
     worker = (DEPLOY / "Dockerfile.worker").read_text()
     assert "pip install --no-cache-dir ." in scheduler and "[worker]" not in scheduler
     assert '".[worker]"' in worker and "pytorch/pytorch" in worker
+
+
+def test_least_privilege_each_component_its_own_object_store_user():
+    services = compose()["services"]
+    ours = {n: s for n, s in services.items() if s.get("image", "").startswith("stylebatch-")}
+    keys = {}
+    for name, service in ours.items():
+        env = service["environment"]
+        assert not any("MINIO_ROOT" in str(v) for v in env.values()), name  # never the root
+        keys[name] = env.get("AWS_ACCESS_KEY_ID")
+    assert keys["flower"] is None  # Flower needs no object store
+    assert keys["worker-gpu0"] == keys["worker-gpu1"] == "${WORKER_S3_KEY}"
+    assert keys["bookkeeping"] == "${BOOKKEEPING_S3_KEY}"
+    assert keys["beat"] == "${SCHEDULER_S3_KEY}"
+    init = " ".join(services["minio-init"]["command"])
+    policies = {p.stem: json.loads(p.read_text()) for p in (DEPLOY / "minio").glob("*.json")}
+    assert set(policies) == {"worker", "bookkeeping", "scheduler"}
+    assert all(f"{name}:" in init for name in policies) and "mc admin policy attach" in init
+
+    def granted(policy: dict, action: str) -> set[str]:
+        return {r for s in policy["Statement"] if action in s["Action"] for r in s["Resource"]}
+
+    for name, policy in policies.items():
+        actions = {a for s in policy["Statement"] for a in s["Action"]}
+        assert all(a.startswith("s3:") and "*" not in a for a in actions), name
+        assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+        writes = granted(policy, "s3:PutObject") | granted(policy, "s3:DeleteObject")
+        assert all(r.startswith("arn:aws:s3:::stylebatch-outputs/") for r in writes), name
+    assert granted(policies["scheduler"], "s3:PutObject") == {
+        "arn:aws:s3:::stylebatch-outputs/*.stylebatch-write-check"  # the preflight probe only
+    }
+    assert "arn:aws:s3:::stylebatch-models/*" in granted(policies["worker"], "s3:GetObject")
+    assert not granted(policies["bookkeeping"], "s3:GetObject") - {
+        "arn:aws:s3:::stylebatch-outputs/*"
+    }
+
+
+def test_k8s_one_secret_per_component():
+    docs = k8s()
+    secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
+    refs = {}
+    for doc in docs:
+        spec = doc.get("spec", {})
+        pod = spec.get("template", spec.get("jobTemplate", {}).get("spec", {}).get("template"))
+        for c in (pod or {}).get("spec", {}).get("containers", []):
+            refs[doc["metadata"]["name"]] = [
+                e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e
+            ]
+    assert refs["stylebatch-worker"] == ["stylebatch-worker-secrets"]
+    assert refs["stylebatch-bookkeeping"] == ["stylebatch-bookkeeping-secrets"]
+    assert refs["stylebatch-beat"] == ["stylebatch-scheduler-secrets"]
+    assert refs["stylebatch-flower"] == ["stylebatch-flower-secrets"]
+    assert "AWS_ACCESS_KEY_ID" not in secrets["stylebatch-flower-secrets"]
+    s3_keys = [s["AWS_ACCESS_KEY_ID"] for s in secrets.values() if "AWS_ACCESS_KEY_ID" in s]
+    assert len(s3_keys) == len(set(s3_keys)) == 3
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert config["STYLEBATCH_ALLOWED_OUTPUTS"] == "s3://stylebatch-outputs"
+    assert config["STYLEBATCH_SCHEDULES"].startswith("s3://stylebatch-manifests/")

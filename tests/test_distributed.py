@@ -230,9 +230,10 @@ def test_flower_shows_workers_tasks_and_metrics_behind_auth(fleet, tmp_path):
         assert any(name.startswith("cpu") for name in workers)
         status, metrics = get("/metrics")
         assert status == 200 and "flower_events_total" in metrics
-        with pytest.raises(urllib.error.HTTPError) as denied:
-            get("/api/tasks", authorised=False)
-        assert denied.value.code == 401
+        for path in ("/api/tasks", "/metrics", "/"):
+            with pytest.raises(urllib.error.HTTPError) as denied:
+                get(path, authorised=False)
+            assert denied.value.code == 401, path
         assert "s3cret-pw" not in log.read_text() and SECRET_KEY not in json.dumps(task)
     finally:
         proc.terminate()
