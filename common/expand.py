@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -94,8 +95,14 @@ def canonical_weights(spec: str, base_dir: Path) -> str:
 
 
 def content_name(uri: str) -> str:
+    """A key-safe name that keeps the stem's letters: accents are dropped from Latin letters
+    (``ümlaut`` -> ``umlaut``), other scripts' letters are kept, anything else becomes ``_``."""
     stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return re.sub(r"[^A-Za-z0-9._\-]", "_", stem).strip("._") or "image"
+    plain = "".join(c for c in unicodedata.normalize("NFKD", stem) if not unicodedata.combining(c))
+    safe = "".join(
+        c if c.isalnum() or c in "._-" else "_" for c in unicodedata.normalize("NFC", plain)
+    )
+    return safe.strip("._") or "image"
 
 
 def plan_job(

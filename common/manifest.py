@@ -6,14 +6,15 @@ collisions) is checked by ``common.expand``. Both report every problem with its 
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from common.errors import ManifestError, Problem
 from common.params import RenderParams, Strict
@@ -36,10 +37,23 @@ class Output(Strict):
     @field_validator("key")
     @classmethod
     def _template_fields(cls, key: str) -> str:
+        """Plain ``{field}`` only: a format spec (``{size:>20000000}``) or a conversion
+        (``{content!r}``) could make keys of any length, or odd ones."""
         try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(key) if name is not None}
+            parsed = [p for p in string.Formatter().parse(key) if p[1] is not None]
         except ValueError as exc:
             raise ValueError(f"malformed key template: {exc}") from None
+        fancy = [
+            f"{{{n}{'!' + c if c else ''}{':' + f if f else ''}}}"
+            for _, n, f, c in parsed
+            if f or c
+        ]
+        if fancy:
+            raise ValueError(
+                f"key fields take no format spec or conversion: {', '.join(fancy)}; "
+                "write them as {field}"
+            )
+        fields = {name for _, name, _, _ in parsed}
         unknown = sorted(fields - set(KEY_FIELDS))
         if unknown:
             raise ValueError(f"unknown key field(s) {unknown}; use {list(KEY_FIELDS)}")
@@ -134,13 +148,47 @@ def _where(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _models_at(loc: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The manifest models that the location ``loc`` (without its last part) points into."""
+    models: list[type[BaseModel]] = [Manifest]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        named = [m for m in models if m.__name__ == part]  # a union branch label
+        if named:
+            models = named
+            continue
+        found: list[type[BaseModel]] = []
+        for model in models:
+            field = model.model_fields.get(part)
+            if field is not None:
+                found += _model_types(field.annotation)
+        models = found or models
+    return models
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _model_types(arg)]
+
+
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    """'; did you mean ...?' for a misspelt field name (``size`` -> ``sizes``)."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    known = [name for model in _models_at(loc) for name in model.model_fields]
+    close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def problems_of(exc: ValidationError) -> list[Problem]:
     seen: dict[str, list[str]] = {}
     for err in exc.errors(include_url=False):
         where = _where(tuple(err["loc"]))
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = "unknown field"
+            message = "unknown field" + _suggestion(tuple(err["loc"]))
         seen.setdefault(where, [])
         if message not in seen[where]:
             seen[where].append(message)

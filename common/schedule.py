@@ -10,15 +10,16 @@ from croniter import croniter
 
 
 def check(cron: str, timezone: str) -> None:
-    """ValueError naming what is wrong with a cron expression or time zone."""
+    """ValueError naming everything wrong with a cron expression and time zone, together."""
+    problems = []
     if not croniter.is_valid(cron):
-        raise ValueError(f"invalid cron expression {cron!r} (five fields: min hour day month dow)")
+        problems.append(f"invalid cron expression {cron!r} (five fields: min hour day month dow)")
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {timezone!r} (use an IANA name, e.g. Europe/Berlin)"
-        ) from None
+        problems.append(f"unknown time zone {timezone!r} (use an IANA name, e.g. Europe/Berlin)")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def latest_slot(cron: str, timezone: str, now: datetime) -> datetime:

@@ -189,3 +189,55 @@ def test_required_fields(tmp_path):
     assert {"output: Field required", "content: Field required", "styles: Field required"} <= set(
         found
     )
+
+
+def problem_map(tmp_path, data) -> dict[str, str]:
+    with pytest.raises(ManifestError) as info:
+        plan_job(write_manifest(tmp_path, data), Settings())
+    return {p.where: p.message for p in info.value.problems}
+
+
+@pytest.mark.parametrize(
+    "key", ["{content}/{size:>20000000}.{ext}", "{content!r}.{ext}", "{style:.3}/{content}.{ext}"]
+)
+def test_key_fields_take_no_format_spec_or_conversion(tmp_path, images, key):
+    data = tiny_manifest(images, tmp_path / "out")
+    data["output"]["key"] = key
+    found = problem_map(tmp_path, data)
+    assert "key fields take no format spec or conversion" in found["output.key"]
+
+
+def test_misspelt_fields_get_a_suggestion(tmp_path, images):
+    data = tiny_manifest(images, tmp_path / "out")
+    data["params"]["size"] = data["params"].pop("sizes")
+    data["output"]["formt"] = "png"
+    data["styles"][0]["parms"] = {}
+    data["content"].append({"globb": "*.png"})
+    found = problem_map(tmp_path, data)
+    assert found["params.size"] == "unknown field; did you mean 'sizes'?"
+    assert found["output.formt"] == "unknown field; did you mean 'format'?"
+    assert found["styles[0].parms"] == "unknown field; did you mean 'params'?"
+    assert any("did you mean 'glob'?" in m for w, m in found.items() if w.startswith("content"))
+
+
+def test_a_bad_cron_and_a_bad_time_zone_reported_together(tmp_path, images):
+    data = tiny_manifest(images, tmp_path / "out")
+    data["schedule"] = {"cron": "61 * * * *", "timezone": "Mars/Olympus"}
+    message = problem_map(tmp_path, data)["schedule"]
+    assert "invalid cron expression" in message and "unknown time zone" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("ümlaut.JPG", "umlaut"),
+        ("Crème brûlée.jpg", "Creme_brulee"),
+        ("東京 タワー.png", "東京_タワー"),
+        ("a+b (1).png", "a_b__1"),
+        ("...png", "image"),
+    ],
+)
+def test_names_keep_their_letters(name, slug):
+    from common.expand import content_name
+
+    assert content_name(f"s3://bucket/shots/{name}") == slug
