@@ -371,8 +371,9 @@ class JobStore:
         meta = self.r.hgetall(self._job(job_id))
         return JobInfo(job_id, meta) if meta else None
 
-    def jobs(self, limit: int = 50) -> list[JobInfo]:
-        ids = self.r.zrevrange(f"{PREFIX}:jobs", 0, limit - 1)
+    def jobs(self, limit: int = 50, offset: int = 0) -> list[JobInfo]:
+        """Newest first, one page."""
+        ids = self.r.zrevrange(f"{PREFIX}:jobs", offset, offset + limit - 1)
         return [info for job_id in ids if (info := self.get(job_id))]
 
     def active(self) -> list[str]:

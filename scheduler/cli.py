@@ -304,6 +304,9 @@ def status(
         float | None,
         typer.Option(help="With --watch: give up after this many seconds (exit 124)."),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object, for scripts (same exit codes).")
+    ] = False,
 ) -> None:
     """Counts per state, and every failure with its reason. Exits 0 when the job is done with
     no failed render (or still running), 1 when renders failed or the job failed, 124 when
@@ -318,7 +321,11 @@ def status(
     if watch:
         deadline = None if timeout is None else time.monotonic() + timeout
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=out
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=out,
+            disable=as_json,
         ) as bar:
             task = bar.add_task(job, total=info.total)
             while True:
@@ -336,6 +343,31 @@ def status(
                     break
                 time.sleep(1)
     counts = _counts(info)
+    failures = (
+        [(rid, store.state(job, rid) or {}) for rid in store.with_status(job, "failed")[:50]]
+        if counts["failed"]
+        else []
+    )
+    specs = {r.id: r for r in store.specs(job, [rid for rid, _ in failures])} if failures else {}
+    if as_json:
+        import json
+
+        record = _job_record(info) | {"output": str(info.location), "timed_out": timed_out}
+        record["failures"] = [
+            {
+                "render": rid,
+                **(
+                    {"content": s.content_name, "style": s.style, "size": s.size}
+                    if (s := specs.get(rid))
+                    else {}
+                ),
+                "error": state.get("error"),
+            }
+            for rid, state in failures
+        ]
+        print(json.dumps(record, indent=1))
+        _status_exit(info, counts, timed_out)
+        return
     out.print(
         f"job {job} ({info.meta['name']}): {info.status}"
         + (" [cancel requested]" if info.cancelled else ""),
@@ -347,19 +379,18 @@ def status(
         "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  total {info.total}", highlight=False
     )
     out.print(f"output {info.location}", highlight=False)
-    failures = (
-        [(rid, store.state(job, rid) or {}) for rid in store.with_status(job, "failed")[:50]]
-        if counts["failed"]
-        else []
-    )
     if failures:
-        specs = {r.id: r for r in store.specs(job, [rid for rid, _ in failures])}
         for rid, state in failures:
             spec = specs.get(rid)
             what = f"{spec.content_name} x {spec.style} @ {spec.size}" if spec else rid
             out.print(f"  failed {what}: {state.get('error')}", highlight=False, markup=False)
     if timed_out:
         err.print(f"timed out after {timeout:g} s; job {job} is {info.status}", highlight=False)
+    _status_exit(info, counts, timed_out)
+
+
+def _status_exit(info, counts: dict[str, int], timed_out: bool) -> None:
+    if timed_out:
         raise typer.Exit(EXIT_TIMEOUT)
     if info.status == "failed" or counts["failed"]:
         raise typer.Exit(EXIT_FAILED)
@@ -380,14 +411,38 @@ def workers_(
     out.print(table)
 
 
+def _job_record(info) -> dict:
+    return {
+        "job": info.job_id,
+        "name": info.meta.get("name"),
+        "status": info.status,
+        "reason": info.meta.get("reason"),
+        "total": info.total,
+        **_counts(info),
+        "created": float(info.meta["created"]) if "created" in info.meta else None,
+        "finished": float(info.meta["finished"]) if "finished" in info.meta else None,
+    }
+
+
 @app.command()
-def jobs(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20) -> None:
-    """Recent jobs and their progress."""
+def jobs(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    offset: Annotated[int, typer.Option(help="Skip this many newer jobs (paging).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON list, for scripts.")] = False,
+) -> None:
+    """Recent jobs and their progress, with full ids."""
+    import json
+
     _, _, store = _queue()
+    found = store.jobs(limit, offset)
+    if as_json:
+        print(json.dumps([_job_record(info) for info in found], indent=1))
+        return
     table = Table()
-    for column in ("job", "status", "total", "done", "skipped", "failed", "cancelled"):
+    table.add_column("job", no_wrap=True, overflow="fold")
+    for column in ("status", "total", "done", "skipped", "failed", "cancelled"):
         table.add_column(column)
-    for info in store.jobs(limit):
+    for info in found:
         table.add_row(
             info.job_id,
             info.status,
@@ -395,6 +450,8 @@ def jobs(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 2
             *(str(info.count(s)) for s in ("done", "skipped", "failed", "cancelled")),
         )
     out.print(table)
+    if len(found) == limit:
+        out.print(f"more: stylebatch jobs --offset {offset + limit}", highlight=False)
 
 
 @app.command()

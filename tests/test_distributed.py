@@ -48,6 +48,9 @@ def test_submit_render_status_and_outputs_in_s3(fleet, tmp_path):
     status = fleet.cli("status", job_id)
     assert "done" in status.stdout and "done 4" in status.stdout and "failed 0" in status.stdout
     assert job_id in fleet.cli("jobs").stdout
+    listed = json.loads(fleet.cli("jobs", "--json", "--limit", "200").stdout)
+    mine = next(j for j in listed if j["job"] == job_id)
+    assert (mine["status"], mine["total"], mine["done"], mine["pending"]) == ("done", 4, 4, 0)
 
     again = fleet.cli("submit", str(path))
     assert again.returncode == 0 and f"exists {job_id}" in again.stdout
@@ -82,7 +85,16 @@ def test_failed_render_listed_and_retried(fleet, tmp_path):
     info = fleet.store.get(job_id)
     assert (info.count("done"), info.count("failed")) == (1, 1)
     status = fleet.cli("status", job_id)
+    assert status.returncode == 1  # renders failed
     assert "failed broken x wave @ 40: s3://inputs/img/broken.png:" in status.stdout
+    record = json.loads(fleet.cli("status", job_id, "--json").stdout)
+    assert (record["status"], record["done"], record["failed"]) == ("done", 1, 1)
+    [failure] = record["failures"]
+    assert (failure["content"], failure["style"], failure["size"]) == ("broken", "wave", 40)
+    assert failure["error"].startswith("s3://inputs/img/broken.png:")
+    newest = json.loads(fleet.cli("jobs", "--json", "--limit", "1").stdout)
+    older = json.loads(fleet.cli("jobs", "--json", "--limit", "1", "--offset", "1").stdout)
+    assert newest[0]["job"] == job_id and len(older) == 1 and older[0]["job"] != job_id
     summary = json.loads(s3.get_object(Bucket="outputs", Key="retry/summary.json")["Body"].read())
     assert summary["counts"]["failed"] == 1
 
