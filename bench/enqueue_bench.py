@@ -91,6 +91,11 @@ def main() -> None:
             "renders": len(plan.renders), "tasks": result.tasks, "messages_in_redis": queued,
             "validate_expand_s": round(planned, 3), "submit_s": round(submitted, 3),
             "total_s": round(planned + submitted, 3),
+            # job state (record, specs, states), not the queued messages
+            "job_state_bytes_per_render": round(store.memory(plan.job_id) / len(plan.renders)),
+            "queue_bytes_per_render": round(sum(
+                client.memory_usage(k) or 0 for k in client.keys(f"{RENDER_QUEUE}*")
+            ) / len(plan.renders)),
         }  # fmt: skip
         print(json.dumps(report, indent=2))
     finally:

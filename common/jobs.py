@@ -156,7 +156,8 @@ redis.call('HSET', KEYS[1], 'activity', t)
 return {'requeued', tostring(crashes)}
 """
 
-# KEYS: job, states, crashes, active; ARGV: job id
+# KEYS: job, states, crashes, active, specs, device errors; ARGV: job id. A job that ended and
+# is retried lasts again until it ends.
 _RESET_FAILED = """
 local reset = {}
 local states = redis.call('HGETALL', KEYS[2])
@@ -173,11 +174,15 @@ if #reset > 0 then
   redis.call('HSET', KEYS[1], 'status', 'running', 'activity', now())
   redis.call('HDEL', KEYS[1], 'finished', 'reason', 'finalizing_since')
   redis.call('SADD', KEYS[4], ARGV[1])
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]}) do
+    redis.call('PERSIST', key)
+  end
 end
 return reset
 """
 
-# KEYS: job, active; ARGV: job id, terminal status, reason. Only a finalizing job ends.
+# KEYS: job, active, then the job's other keys; ARGV: job id, terminal status, reason, seconds
+# its state is kept. Only a finalizing job ends.
 _END_JOB = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'finalizing' then return status or '' end
@@ -186,6 +191,9 @@ if final == 'done' and redis.call('HGET', KEYS[1], 'cancelled') == '1' then fina
 redis.call('HSET', KEYS[1], 'status', final, 'finished', now())
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
 redis.call('SREM', KEYS[2], ARGV[1])
+for i = 1, #KEYS do
+  if i ~= 2 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
+end
 return 'ok'
 """
 
@@ -256,8 +264,9 @@ def running_field(job_id: str, render_id: str) -> str:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis):
+    def __init__(self, client: redis.Redis, job_ttl: int = 30 * 24 * 3600):
         self.r = client
+        self.job_ttl = job_ttl  # seconds an ended job's state is kept (STYLEBATCH_JOB_TTL)
         self._claim = client.register_script(_LUA_PRELUDE + _CLAIM)
         self._finish = client.register_script(_LUA_PRELUDE + _FINISH)
         self._release = client.register_script(_LUA_PRELUDE + _RELEASE)
@@ -267,7 +276,9 @@ class JobStore:
         self._beat = client.register_script(_LUA_PRELUDE + _BEAT)
 
     @classmethod
-    def from_url(cls, url: str, tls_ca: str = "", retries: int = 20) -> JobStore:
+    def from_url(
+        cls, url: str, tls_ca: str = "", retries: int = 20, job_ttl: int = 30 * 24 * 3600
+    ) -> JobStore:
         """A client that rides out a Redis restart: commands retry with backoff (20 retries:
         about a minute; the command line asks for fewer, to report a bad setting quickly).
         ``rediss://`` URLs verify the server's certificate (against ``tls_ca`` if given)."""
@@ -281,7 +292,7 @@ class JobStore:
             retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
             **(tls if url.startswith("rediss://") else {}),
         )
-        return cls(client)
+        return cls(client, job_ttl)
 
     # keys
     def _job(self, job_id: str) -> str:
@@ -356,13 +367,7 @@ class JobStore:
         self.r.hset(self._job(job_id), mapping={"sent": 1, "activity": self.now()})
 
     def delete(self, job_id: str) -> None:
-        self.r.delete(
-            self._job(job_id),
-            self._specs(job_id),
-            self._states(job_id),
-            self._crashes(job_id),
-            self._devices(job_id),
-        )
+        self.r.delete(*self._job_keys(job_id))
         self.r.zrem(f"{PREFIX}:jobs", job_id)
         self.r.srem(self.ACTIVE, job_id)
 
@@ -465,7 +470,14 @@ class JobStore:
         return {k: int(v) for k, v in self.r.hgetall(self._devices(job_id)).items()}
 
     def reset_failed(self, job_id: str) -> list[str]:
-        keys = [self._job(job_id), self._states(job_id), self._crashes(job_id), self.ACTIVE]
+        keys = [
+            self._job(job_id),
+            self._states(job_id),
+            self._crashes(job_id),
+            self.ACTIVE,
+            self._specs(job_id),
+            self._devices(job_id),
+        ]
         return list(self._reset(keys=keys, args=[job_id]))
 
     # job transitions
@@ -473,8 +485,40 @@ class JobStore:
         """finalizing -> done (cancelled if a cancel was asked for) or failed with a reason;
         False if the job was not finalizing."""
         assert status in ("done", "failed"), status
-        keys = [self._job(job_id), self.ACTIVE]
-        return self._end_job(keys=keys, args=[job_id, status, reason]) == "ok"
+        keys = [self._job(job_id), self.ACTIVE, *self._job_keys(job_id)[1:]]
+        args = [job_id, status, reason, self.job_ttl]
+        return self._end_job(keys=keys, args=args) == "ok"
+
+    def _job_keys(self, job_id: str) -> list[str]:
+        return [
+            self._job(job_id),
+            self._specs(job_id),
+            self._states(job_id),
+            self._crashes(job_id),
+            self._devices(job_id),
+        ]
+
+    def memory(self, job_id: str) -> int:
+        """Bytes the job's state takes in Redis."""
+        return sum(self.r.memory_usage(key) or 0 for key in self._job_keys(job_id))
+
+    def gc(self, older_than: float | None = None) -> dict[str, int]:
+        """Delete now every ended job that finished more than ``older_than`` seconds ago
+        (default: the retention, ``job_ttl``), and drop ids of jobs already expired from the
+        index. Running jobs are never touched. Returns what was freed."""
+        older_than = self.job_ttl if older_than is None else older_than
+        cutoff = self.now() - older_than
+        freed = {"jobs": 0, "bytes": 0, "expired_ids": 0}
+        for job_id in self.r.zrange(f"{PREFIX}:jobs", 0, -1):
+            info = self.get(job_id)
+            if info is None:
+                self.r.zrem(f"{PREFIX}:jobs", job_id)
+                freed["expired_ids"] += 1
+            elif info.terminal and float(info.meta.get("finished") or 0) <= cutoff:
+                freed["bytes"] += self.memory(job_id)
+                self.delete(job_id)
+                freed["jobs"] += 1
+        return freed
 
     def mark_finished(self, job_id: str) -> None:
         self.end_job(job_id, "done")

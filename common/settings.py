@@ -42,6 +42,7 @@ class Settings:
     # For time limits: 0 takes the device's figure from common.queue.SECONDS_PER_MPIX_ITERATION
     seconds_per_mpix_iteration: float = 0.0
     result_expires: int = 7 * 24 * 3600
+    job_ttl: int = 30 * 24 * 3600  # an ended job's state is kept this long in Redis
     # Recovery (docs/reliability.md): a worker process silent this long is dead and its
     # renders are re-driven; it beats every heartbeat_interval, also mid-render.
     worker_timeout: float = 60.0
@@ -84,6 +85,7 @@ class Settings:
                 )
             ),
             result_expires=int(_env("STYLEBATCH_RESULT_EXPIRES", str(default.result_expires))),
+            job_ttl=int(_env("STYLEBATCH_JOB_TTL", str(default.job_ttl))),
             worker_timeout=float(_env("STYLEBATCH_WORKER_TIMEOUT", str(default.worker_timeout))),
             heartbeat_interval=float(
                 _env("STYLEBATCH_HEARTBEAT_INTERVAL", str(default.heartbeat_interval))

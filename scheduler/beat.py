@@ -107,7 +107,9 @@ class ManifestScheduler(beat.Scheduler):
         self.settings = Settings.from_env()
         self.source = ManifestSource(source or os.environ["STYLEBATCH_SCHEDULES"], self.settings)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.store = JobStore.from_url(self.settings.redis_url, self.settings.redis_tls_ca)
+        self.store = JobStore.from_url(
+            self.settings.redis_url, self.settings.redis_tls_ca, job_ttl=self.settings.job_ttl
+        )
         self.manifests: dict[str, Scheduled] = {}
         self._scanned_at: datetime | None = None
         super().__init__(*args, **kwargs)

@@ -213,7 +213,9 @@ def _queue():
     return (
         settings,
         make_app(settings),
-        JobStore.from_url(settings.redis_url, settings.redis_tls_ca, retries=3),
+        JobStore.from_url(
+            settings.redis_url, settings.redis_tls_ca, retries=3, job_ttl=settings.job_ttl
+        ),
     )
 
 
@@ -452,6 +454,25 @@ def jobs(
     out.print(table)
     if len(found) == limit:
         out.print(f"more: stylebatch jobs --offset {offset + limit}", highlight=False)
+
+
+@app.command()
+def gc(
+    older_than_days: Annotated[
+        float | None,
+        typer.Option(help="Delete ended jobs finished this long ago (default STYLEBATCH_JOB_TTL)."),
+    ] = None,
+) -> None:
+    """Delete the state of ended jobs now (Redis also expires it by itself after
+    STYLEBATCH_JOB_TTL); running jobs are never touched. Outputs and summaries stay."""
+    _, _, store = _queue()
+    seconds = None if older_than_days is None else older_than_days * 86400
+    freed = store.gc(seconds)
+    out.print(
+        f"deleted {freed['jobs']} ended job(s), {freed['bytes'] / 1e6:.2f} MB; dropped "
+        f"{freed['expired_ids']} expired id(s) from the job list",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -177,6 +177,9 @@ def test_status_watch_gives_up_at_its_timeout(fleet, tmp_path):
     watched = idle.cli("status", job_id, "--watch", "--timeout", "2")
     assert watched.returncode == 124 and "timed out after 2 s" in watched.stderr
     assert time.monotonic() - started < 30
+    swept = idle.cli("gc", "--older-than-days", "0")
+    assert swept.returncode == 0 and "deleted 0 ended job(s)" in swept.stdout
+    assert idle.store.get(job_id).status == "running"  # gc never touches a running job
 
 
 def test_preflight_names_every_problem_before_anything_is_enqueued(fleet, tmp_path):

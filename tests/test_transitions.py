@@ -154,3 +154,24 @@ def test_racing_claims_and_finishes_released_together(job, racers):
     assert sorted(claims) == ["busy"] * (racers - 1) + ["claimed"]
     assert sorted(finishes) == [0] * (racers - 1) + [2]  # one count, one completion
     assert store.get(job_id).count("done") == 1 and store.crashes(job_id) == {}
+
+
+def test_an_ended_job_expires_a_retried_one_lasts_and_gc_frees_ended_jobs(job):
+    store, job_id, rid = job
+    keys = store._job_keys(job_id)
+    store.claim(job_id, rid, "A", LIVE, CAP)
+    assert store.finish(job_id, rid, "failed", error="bad input") == 2
+    assert all(store.r.ttl(k) == -1 for k in keys if store.r.exists(k))  # running: kept
+    assert store.end_job(job_id, "done")
+    ttls = [store.r.ttl(k) for k in keys if store.r.exists(k)]
+    assert ttls and all(0 < t <= store.job_ttl for t in ttls)  # ended: expires
+    store.reset_failed(job_id)  # retried: it lasts again until it ends
+    assert all(store.r.ttl(k) == -1 for k in keys if store.r.exists(k))
+    store.claim(job_id, rid, "A", LIVE, CAP)
+    store.finish(job_id, rid, "done")
+    store.end_job(job_id, "done")
+    store.r.zadd("sb:jobs", {"long-gone-job": 1.0})  # its keys expired already
+    assert store.gc(older_than=3600) == {"jobs": 0, "bytes": 0, "expired_ids": 1}
+    freed = store.gc(older_than=0)
+    assert freed["jobs"] == 1 and freed["bytes"] > 0
+    assert not any(store.r.exists(k) for k in keys) and store.jobs() == []

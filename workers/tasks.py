@@ -51,7 +51,9 @@ _device_errors = [0]  # consecutive, in this process
 def store() -> JobStore:
     global _store
     if _store is None:
-        _store = JobStore.from_url(settings.redis_url, settings.redis_tls_ca)
+        _store = JobStore.from_url(
+            settings.redis_url, settings.redis_tls_ca, job_ttl=settings.job_ttl
+        )
     return _store
 
 
