@@ -135,6 +135,24 @@ class ManifestScheduler(beat.Scheduler):
             if manifest.schedule is None:
                 self.manifests.pop(source, None)
                 continue
+            holder = next(
+                (
+                    m.source
+                    for m in self.manifests.values()
+                    if m.name == manifest.name and m.source != source
+                ),
+                None,
+            )
+            if holder is not None:  # slots and markers go by name: one source per name
+                log.error(
+                    "schedule ignored: %s is named %r, like %s, which is scheduled already; "
+                    "rename one of them",
+                    source,
+                    manifest.name,
+                    holder,
+                )
+                self.manifests.pop(source, None)
+                continue
             self.manifests[source] = Scheduled(
                 source, version, manifest.name, manifest.schedule.cron, manifest.schedule.timezone
             )
@@ -180,8 +198,9 @@ class ManifestScheduler(beat.Scheduler):
         try:
             job_id = fire_slot(item.source, slot, self.settings, self.app, self.store)
         except (TransientError, OperationalError, redis.RedisError) as exc:
-            log.warning("slot %s of %s not submitted yet, will retry: %s", slot_label(slot),
-                        item.name, exc)  # fmt: skip
+            log.warning(
+                "slot %s of %s not submitted yet, will retry: %s", slot_label(slot), item.name, exc
+            )
             return False
         except Exception as exc:
             log.error("slot %s of %s not submitted: %s", slot_label(slot), item.name, exc)

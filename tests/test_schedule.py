@@ -134,3 +134,25 @@ def test_submit_with_slot_claims_it_once(tmp_path, images, env):
     other = submit(plan_job(path, settings, "random", slot + timedelta(days=1)), settings, app,
                    store)  # fmt: skip
     assert other.created and other.job_id != first.job_id
+
+
+def test_two_sources_with_one_name_the_second_is_refused_naming_both(tmp_path, images, env, caplog):
+    settings, _ = env
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    first = scheduled(images, folder, "daily")
+    now = [T0]
+    beat = Recording(app=make_app(settings), source=str(folder), clock=lambda: now[0])
+    beat.tick()
+    copy = folder / "daily-copy.yaml"
+    copy.write_text(first.read_text().replace("0 2 * * *", "30 3 * * *"))
+    now[0] += timedelta(seconds=beat.reload_every)
+    with caplog.at_level("ERROR", logger="stylebatch.beat"):
+        beat.tick()
+    assert [m.source for m in beat.manifests.values()] == [str(first)]  # it keeps its slots
+    [record] = [r for r in caplog.records if "schedule ignored" in r.getMessage()]
+    assert str(copy) in record.getMessage() and str(first) in record.getMessage()
+    first.unlink()  # once the name is free, the other takes it
+    now[0] += timedelta(seconds=beat.reload_every)
+    beat.tick()
+    assert [m.source for m in beat.manifests.values()] == [str(copy)]
