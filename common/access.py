@@ -17,6 +17,7 @@ import posixpath
 import site
 import sys
 import sysconfig
+from functools import lru_cache
 from pathlib import Path
 
 from common.errors import InputError, StorageError
@@ -66,8 +67,10 @@ def _folder_of(spec: str) -> str:
     return str(Path(spec).expanduser().resolve().parent)
 
 
-def protected(settings: Settings) -> list[tuple[str, str]]:
-    """(prefix, what it holds): the fleet's weights, schedules, code and configuration."""
+@lru_cache(maxsize=8)
+def protected(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """(prefix, what it holds): the fleet's weights, schedules, code and configuration.
+    Worked out once per settings: every output write asks."""
     out: list[tuple[str, str]] = []
     if settings.weights not in ("imagenet",) and not settings.weights.startswith("random"):
         out.append((_folder_of(settings.weights), "the fleet's weights (STYLEBATCH_WEIGHTS)"))
@@ -84,7 +87,7 @@ def protected(settings: Settings) -> list[tuple[str, str]]:
     system = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/dev", "/proc",
               "/sys", str(Path.home() / ".ssh"), str(Path.home() / ".config"))  # fmt: skip
     out += [(path, "the system's programs and configuration") for path in system]
-    return out
+    return tuple(out)
 
 
 def check_output(uri: str, settings: Settings) -> None:

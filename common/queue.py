@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import ssl
 from typing import Any
 
@@ -20,7 +21,13 @@ FINALIZE_TASK = "stylebatch.finalize"
 FAILED_TASK = "stylebatch.render_failed"
 MAX_CRASHES = 3  # a render during which its worker died this often is marked failed
 TRANSIENT_RETRIES = 10  # S3 or Redis unreachable: retries with backoff (about 4 minutes)
+EXIT_SICK = 3  # exit status of a render worker that stepped aside after device errors
 MAX_BATCH_PIXELS = 8 * 512 * 512  # renders optimised together, by total output pixels
+
+
+def retry_delay(retries: int) -> float:
+    """Seconds before retry ``retries + 1`` after a transient error: 1, 2, 4 .. 30, jittered."""
+    return min(30, 2**retries) + random.uniform(0, 1)
 
 
 def celery_priority(priority: int) -> int:

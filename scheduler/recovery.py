@@ -44,8 +44,8 @@ def redrive(
     info = store.get(job_id)
     if info is None or info.terminal or not render_ids:
         return 0
-    pending = set(store.with_status(job_id, "pending")) & set(render_ids)
-    specs = store.specs(job_id, sorted(pending))
+    pending = store.with_status(job_id, "pending", among=sorted(set(render_ids)))
+    specs = store.specs(job_id, pending) if pending else []
     if not specs:
         return 0
     tasks = enqueue(app, job_id, specs, int(info.meta.get("priority", 5)), settings)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from common.queue import BOOKKEEPING_QUEUE, RENDER_QUEUE
+from common.queue import BOOKKEEPING_QUEUE, EXIT_SICK, RENDER_QUEUE
 
 
 def visible_gpus() -> list[str]:
@@ -82,9 +82,6 @@ def worker_commands(
             )
         )
     return out
-
-
-EXIT_SICK = 3  # workers.tasks.EXIT_SICK (not imported: that module loads the Celery app)
 
 
 def run_workers(commands: list[Command]) -> int:

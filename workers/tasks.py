@@ -4,7 +4,6 @@ renders (never in a parent that forks), and the engine is then kept for the proc
 from __future__ import annotations
 
 import os
-import random
 import signal
 import tempfile
 import time
@@ -21,12 +20,14 @@ from common.errors import DeviceError, StylebatchError, TransientError
 from common.jobs import JobStore
 from common.queue import (
     BOOKKEEPING_QUEUE,
+    EXIT_SICK,
     FAILED_TASK,
     FINALIZE_TASK,
     MAX_CRASHES,
     RENDER_TASK,
     TRANSIENT_RETRIES,
     make_app,
+    retry_delay,
     seconds_per_unit,
     time_limits,
 )
@@ -36,7 +37,6 @@ from common.storage import open_storage
 from workers.liveness import Heartbeat, known_dead, owner_id
 from workers.render import ENGINE_VERSION, Renderer, is_done
 
-EXIT_SICK = 3  # a render worker that stepped aside after repeated device errors (launch.py)
 MAX_DEVICE_RETRIES = 5  # a render that meets device errors on this many tries fails
 
 settings = Settings.from_env()
@@ -194,7 +194,7 @@ def render(
         return {**result, "ignored": ignored}
     except TransientError as exc:
         _release(job_id, claimed, owner)
-        delay = min(30, 2**self.request.retries) + random.uniform(0, 1)
+        delay = retry_delay(self.request.retries)
         log.warning(
             "transient failure, retry %d in %.0f s: %s", self.request.retries + 1, delay, exc
         )
@@ -325,7 +325,7 @@ def finalize(self, job_id: str) -> dict[str, Any]:
         publish(open_storage(info.location, settings), summary, settings)
     except TransientError as exc:
         if self.request.retries < self.max_retries:
-            delay = min(30, 2**self.request.retries) + random.uniform(0, 1)
+            delay = retry_delay(self.request.retries)
             log.warning(
                 "finalize %s: retry %d in %.0f s: %s", job_id, self.request.retries + 1, delay, exc
             )
