@@ -32,51 +32,51 @@ from common.settings import Settings
 from scheduler.submit import submit
 
 
+def start_redis() -> tuple[subprocess.Popen, int]:
+    """A redis-server of its own on a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+    for _ in range(50):
+        try:
+            redis.Redis(port=port).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    return server, port
+
+
+def bulk_manifest(folder: Path, renders: int, size: int) -> Path:
+    """About ``renders`` renders: sqrt(renders) tiny content files x as many styles."""
+    side = math.isqrt(renders)
+    for kind in ("content", "style"):
+        (folder / kind).mkdir()
+        for i in range(side):
+            Image.new("RGB", (8, 8), (i % 256, i // 256, 0)).save(folder / kind / f"{i:04d}.png")
+    manifest = {
+        "name": "bulk",
+        "output": {"location": str(folder / "out")},
+        "content": [{"glob": "content/*.png"}],
+        "styles": [{"name": f"s{i:04d}", "image": f"style/{i:04d}.png"} for i in range(side)],
+        "params": {"preset": "draft", "sizes": [size]},
+    }
+    path = folder / "bulk.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--renders", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=512, help="2048: one render per task")
     args = parser.parse_args()
-    side = math.isqrt(args.renders)
     folder = Path(tempfile.mkdtemp(prefix="sb-enqueue-"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    server, port = start_redis()
     try:
-        for _ in range(50):
-            try:
-                redis.Redis(port=port).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
-        for kind in ("content", "style"):
-            (folder / kind).mkdir()
-            for i in range(side):
-                Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / kind / f"{i:04d}.png")
-        manifest = {
-            "name": "bulk",
-            "output": {"location": str(folder / "out")},
-            "content": [{"glob": "content/*.png"}],
-            "styles": [{"name": f"s{i:04d}", "image": f"style/{i:04d}.png"} for i in range(side)],
-            "params": {"preset": "draft", "sizes": [args.size]},
-        }
-        path = folder / "bulk.yaml"
-        path.write_text(yaml.safe_dump(manifest))
-        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0")
+        path = bulk_manifest(folder, args.renders, args.size)
+        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", allowed_inputs=("/",))
         t = time.perf_counter()
         plan = plan_job(path, settings)
         planned = time.perf_counter() - t

@@ -54,8 +54,9 @@ local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local function ended(job, status, t)
+local function ended(job, status, t, render)
   redis.call('HINCRBY', job, 'n_' .. status, 1)
+  if status == 'failed' then redis.call('SADD', job .. ':failed', render) end
   redis.call('HSET', job, 'activity', t)
   local n = redis.call('HINCRBY', job, 'ended', 1)
   if n == tonumber(redis.call('HGET', job, 'total')) then
@@ -74,7 +75,7 @@ local function crashed(job, states, crashes, render, cap, t)
     local reason = 'the worker died ' .. n .. ' times while rendering this; given up'
     redis.call('HSET', states, render, cjson.encode({status = 'failed', error = reason,
                                                      ended_at = t}))
-    return n, ended(job, 'failed', t)
+    return n, ended(job, 'failed', t, render)
   end
   return n, 0
 end
@@ -124,7 +125,7 @@ if status == 'running' then leave_running(KEYS[1], KEYS[3], ARGV[4]) end
 local record = cjson.decode(ARGV[3])
 record['ended_at'] = t
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(record))
-return ended(KEYS[1], ARGV[2], t)
+return ended(KEYS[1], ARGV[2], t, ARGV[1])
 """
 
 # KEYS: job, states, running; ARGV: render, owner, running field
@@ -156,19 +157,16 @@ redis.call('HSET', KEYS[1], 'activity', t)
 return {'requeued', tostring(crashes)}
 """
 
-# KEYS: job, states, crashes, active, specs, device errors; ARGV: job id. A job that ended and
-# is retried lasts again until it ends.
+# KEYS: job, states, crashes, active, specs, device errors, failed; ARGV: job id. Reads only
+# the job's failed set, never the whole job. A job that ended and is retried lasts again.
 _RESET_FAILED = """
-local reset = {}
-local states = redis.call('HGETALL', KEYS[2])
-for i = 1, #states, 2 do
-  if cjson.decode(states[i + 1])['status'] == 'failed' then
-    redis.call('HSET', KEYS[2], states[i], '{"status":"pending"}')
-    redis.call('HDEL', KEYS[3], states[i])
-    table.insert(reset, states[i])
-  end
+local reset = redis.call('SMEMBERS', KEYS[7])
+for _, render in ipairs(reset) do
+  redis.call('HSET', KEYS[2], render, '{"status":"pending"}')
+  redis.call('HDEL', KEYS[3], render)
 end
 if #reset > 0 then
+  redis.call('DEL', KEYS[7])
   redis.call('HINCRBY', KEYS[1], 'n_failed', -#reset)
   redis.call('HINCRBY', KEYS[1], 'ended', -#reset)
   redis.call('HSET', KEYS[1], 'status', 'running', 'activity', now())
@@ -310,6 +308,10 @@ class JobStore:
     def _devices(self, job_id: str) -> str:
         return f"{PREFIX}:job:{job_id}:device_errors"
 
+    def _failed(self, job_id: str) -> str:
+        """The ids of its failed renders (the Lua prelude derives the same name)."""
+        return f"{PREFIX}:job:{job_id}:failed"
+
     ACTIVE = f"{PREFIX}:active"  # jobs not yet ended: what the reconciler looks at
     RUNNING = f"{PREFIX}:running"  # "job render" -> owner, for every running render
     HEARTBEATS = f"{PREFIX}:heartbeats"  # owner -> last beat (Redis time)
@@ -385,14 +387,31 @@ class JobStore:
         return sorted(self.r.smembers(self.ACTIVE))
 
     def specs(self, job_id: str, render_ids: list[str] | None = None) -> list[Render]:
+        """Of ``render_ids`` (HMGET, a thousand at a time), or all (HSCAN, in pages): no single
+        command grows with the job, so a 100,000-render job never blocks Redis."""
         if render_ids is None:
-            raw = list(self.r.hgetall(self._specs(job_id)).values())
+            raw = [v for _, v in self.r.hscan_iter(self._specs(job_id), count=500)]
         else:
-            raw = [x for x in self.r.hmget(self._specs(job_id), render_ids) if x]
+            raw = [
+                x
+                for i in range(0, len(render_ids), 1000)
+                for x in self.r.hmget(self._specs(job_id), render_ids[i : i + 1000])
+                if x
+            ]
         return [Render.from_dict(json.loads(x)) for x in raw]
 
     def states(self, job_id: str) -> dict[str, dict[str, Any]]:
-        return {k: json.loads(v) for k, v in self.r.hgetall(self._states(job_id)).items()}
+        return {k: json.loads(v) for k, v in self.r.hscan_iter(self._states(job_id), count=1000)}
+
+    def failed(self, job_id: str, limit: int = 50) -> list[str]:
+        """Up to ``limit`` failed render ids, sorted, read from the job's failed set in small
+        pages: what ``status`` shows costs the same for any size of job."""
+        found: list[str] = []
+        for render_id in self.r.sscan_iter(self._failed(job_id), count=100):
+            found.append(render_id)
+            if len(found) >= limit:
+                break
+        return sorted(found)
 
     def state(self, job_id: str, render_id: str) -> dict[str, Any] | None:
         raw = self.r.hget(self._states(job_id), render_id)
@@ -486,6 +505,7 @@ class JobStore:
             self.ACTIVE,
             self._specs(job_id),
             self._devices(job_id),
+            self._failed(job_id),
         ]
         return list(self._reset(keys=keys, args=[job_id]))
 
@@ -505,6 +525,7 @@ class JobStore:
             self._states(job_id),
             self._crashes(job_id),
             self._devices(job_id),
+            self._failed(job_id),
         ]
 
     def memory(self, job_id: str) -> int:
@@ -599,6 +620,7 @@ class JobStore:
             record.error = state.get("error")
             record.weights_id = state.get("weights_id")
             record.losses = state.get("losses")
+            record.rendered_by = state.get("rendered_by")
             records.append(record)
         return Summary(
             job_id=job_id,

@@ -1,0 +1,95 @@
+"""Job state at 100,000 renders: what status, jobs, retry and the workers' updates send to Redis
+stays small. Checked with Redis's own SLOWLOG (nothing over 20 ms) and command counts; the
+times are in bench/state_bench.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from common.expand import plan_job
+from common.jobs import JobStore
+from common.settings import Settings
+from tests.conftest import ROOT, tiny_manifest, write_manifest
+
+SLOW_US = 20_000
+
+
+def big_job(plan, n: int):
+    """The plan with ``n`` distinct renders (ids and keys made up, as submit would store)."""
+    first = plan.renders[0]
+    renders = [
+        dataclasses.replace(first, id=f"{i:024x}", key=f"big/{i}.png", size=48 + i % 7)
+        for i in range(n)
+    ]
+    return dataclasses.replace(plan, job_id=f"big-{n}", renders=renders)
+
+
+def cli(*args: str, url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "STYLEBATCH_REDIS_URL": url}
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def calls(r) -> int:
+    return sum(v["calls"] for k, v in r.info("commandstats").items() if "slowlog" not in k)
+
+
+@pytest.fixture
+def store(redis_server):
+    url = redis_server.url(11)
+    s = JobStore.from_url(url)
+    s.r.flushdb()
+    yield s, url
+    s.r.flushdb()
+    s.r.config_set("slowlog-log-slower-than", 10_000)
+
+
+def test_status_jobs_retry_and_updates_stay_fast_on_100k_renders(store, tmp_path, images):
+    s, url = store
+    plan = plan_job(write_manifest(tmp_path, tiny_manifest(images, tmp_path / "o")), Settings())
+    small, big = big_job(plan, 100), big_job(plan, 100_000)
+    for p in (small, big):
+        assert s.create(p)
+        s.mark_sent(p.job_id)
+        for render in p.renders[:40]:  # a worker's updates: claims, then ends, some failures
+            assert s.claim(p.job_id, render.id, "node|h|1|t", 60, 3).outcome == "claimed"
+            status = "failed" if int(render.id, 16) % 2 else "done"
+            s.finish(p.job_id, render.id, status, error="bad input" if status == "failed" else None)
+    s.r.config_set("slowlog-log-slower-than", SLOW_US)
+    s.r.slowlog_reset()
+
+    cost = {}
+    for p in (small, big):
+        before = calls(s.r)
+        result = cli("status", p.job_id, "--json", url=url)
+        cost[p.job_id] = calls(s.r) - before
+        assert result.returncode == 1, result.stderr  # renders failed
+        record = json.loads(result.stdout)
+        assert record["failed"] == 20 and len(record["failures"]) == 20
+        assert record["failures"][0]["error"] == "bad input"
+    assert cost[small.job_id] == cost[big.job_id]  # a refresh costs the same at any size
+
+    result = cli("jobs", "--json", "--limit", "1", url=url)
+    assert result.returncode == 0, result.stderr
+    assert [j["job"] for j in json.loads(result.stdout)] == [big.job_id]
+    for render in big.renders[40:60]:  # more worker updates while the job is that big
+        s.claim(big.job_id, render.id, "node|h|2|t", 60, 3)
+        s.finish(big.job_id, render.id, "done", seconds=1.0)
+    assert len(s.reset_failed(big.job_id)) == 20  # reads the failed set, not the job
+    assert s.failed(big.job_id) == []
+    assert len(s.summary(small.job_id).renders) == 100
+
+    slow = s.r.slowlog_get(128)
+    assert slow == [], [(e["duration"], e["command"][:80]) for e in slow]
