@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.expand import JobPlan, Render  # noqa: E402
+from common.inputs import identify  # noqa: E402
 from common.manifest import parse_manifest  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from common.uris import Location  # noqa: E402
@@ -43,12 +44,30 @@ def plan_for(uris: list[str], output: str) -> JobPlan:
     bucket, _, prefix = output[5:].partition("/")
     renders = [
         Render(
-            f"r{i}", u, f"c{i}", "s", (("s3://bench-in/style.png", 1.0),), 64, {}, f"{i}.png", "x"
+            f"r{i}",
+            u,
+            f"c{i}",
+            "s",
+            (("s3://bench-in/style.png", 1.0),),
+            64,
+            {},
+            f"{i}.png",
+            "x",
+            {},
         )
         for i, u in enumerate(uris)
     ]
     return JobPlan("bench", "bench", "bench", manifest, Location("s3", bucket, prefix), renders,
                    "random:0")  # fmt: skip
+
+
+def check(uris: list[str], output: str, settings: Settings) -> list:
+    """What `submit` does before enqueueing: identify (and check) every input, then preflight."""
+    plan = plan_for(uris, output)
+    plan.problems = identify(
+        dict.fromkeys([*uris, "s3://bench-in/style.png"], "content"), settings
+    )[1]
+    return preflight(plan, settings)
 
 
 def main() -> None:
@@ -60,9 +79,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.head_only:
-        import scheduler.preflight
+        import common.inputs
 
-        scheduler.preflight.LIST_FROM = 10**9
+        common.inputs.LIST_FROM = 10**9
     import os
 
     folder = Path(tempfile.mkdtemp(prefix="sb-preflight-"))
@@ -94,16 +113,14 @@ def main() -> None:
             ("ok", "s3://bench-out/bench"),
             ("mistyped bucket", "s3://bench-outt/bench"),
         ):
-            plan = plan_for(uris, output)
             started = time.perf_counter()
-            problems = preflight(plan, settings)
+            problems = check(uris, output, settings)
             took = time.perf_counter() - started
             results[label] = {"seconds": round(took, 2), "problems": [str(p) for p in problems]}
             print(f"{label}: {took:.2f} s, {len(problems)} problem(s) {problems[:2]}")
         missing_uri = uris[0].rsplit("/", 1)[0] + "/missing.png"
-        missing = plan_for([*uris[:-1], missing_uri], "s3://bench-out/bench")
         started = time.perf_counter()
-        problems = preflight(missing, settings)
+        problems = check([*uris[:-1], missing_uri], "s3://bench-out/bench", settings)
         results["one missing"] = {
             "seconds": round(time.perf_counter() - started, 2),
             "problems": [str(p) for p in problems],

@@ -14,6 +14,7 @@ from typing import Any
 
 from common.errors import InputError, ManifestError, Problem
 from common.imageio import EXTENSIONS
+from common.inputs import identify, require_s3_access, weights_identity
 from common.manifest import Glob, Manifest, Prefix, load_document, parse_manifest
 from common.schedule import slot_label
 from common.settings import Settings
@@ -22,7 +23,8 @@ from common.uris import Location, canonical_uri, check_relative_key, is_s3, pars
 
 # Bump when the engine's output for the same inputs and parameters changes.
 ENGINE_GENERATION = 1
-RESERVED_KEYS = ("summary.json", "contact_sheet.png")
+RESERVED_KEYS = ("summary.json", "contact_sheet.png")  # the latest job's, beside the outputs
+RECORDS = "_jobs"  # each job's own summary and contact sheet: _jobs/<job id>/...
 RANDOM_WEIGHTS = re.compile(r"^random(:\d{1,10})?$")
 
 
@@ -37,6 +39,8 @@ class Render:
     params: dict[str, Any] = field(hash=False)
     key: str
     weights: str
+    # uri -> content identity (common/inputs.py) of the content, style images and S3 weights
+    identities: dict[str, str] = field(hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow (``dataclasses.asdict`` deep-copies params: slow for 10,000 renders)."""
@@ -46,6 +50,7 @@ class Render:
     def from_dict(cls, data: dict[str, Any]) -> Render:
         data = dict(data)
         data["style_images"] = tuple((u, float(w)) for u, w in data["style_images"])
+        data.setdefault("identities", {})  # recorded before inputs were identified
         return cls(**data)
 
 
@@ -60,6 +65,7 @@ class JobPlan:
     weights: str
     duplicates: int = 0
     slot: datetime | None = None
+    problems: list[Problem] = field(default_factory=list)  # inputs missing, too big, refused
 
     @property
     def format(self) -> str:
@@ -72,15 +78,19 @@ def render_id(
     size: int,
     params: dict[str, Any],
     weights: str,
+    identities: dict[str, str],
 ) -> str:
+    """Names the inputs by URI and by content: a replaced object is a new render."""
     total = sum(w for _, w in style_images)
     canonical = {
         "generation": ENGINE_GENERATION,
-        "content": content,
-        "style": sorted([uri, round(w / total, 9)] for uri, w in style_images),
+        "content": [content, identities.get(content, "")],
+        "style": sorted(
+            [uri, round(w / total, 9), identities.get(uri, "")] for uri, w in style_images
+        ),
         "size": size,
         "params": params,
-        "weights": weights,
+        "weights": [weights, identities.get(weights, "")],
     }
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -183,6 +193,7 @@ def expand(
         "weights", canonical_weights, weights or manifest.weights or settings.weights, base_dir
     )
     contents = _contents(manifest, base_dir, settings, attempt, problems)
+    inputs = dict(contents)  # uri -> where the manifest names it
     styles = []
     for i, style in enumerate(manifest.styles):
         images = []
@@ -193,6 +204,7 @@ def expand(
                 problems.append(problem)
                 continue
             images.append((canonical_uri(uri, base_dir), weight))
+            inputs.setdefault(images[-1][0], where)
         styles.append((style, tuple(images), manifest.params.merged(style.params)))
 
     total = len(contents) * sum(len(params.sizes) for _, _, params in styles)
@@ -205,6 +217,11 @@ def expand(
         )
     if problems:
         raise ManifestError(source, problems)
+    identities, found = identify(inputs, settings)
+    weights_id, problem = weights_identity(weights_spec, settings)
+    if weights_id:
+        identities[weights_spec] = weights_id
+    found += [problem] if problem else []
 
     renders, by_key, seen = [], {}, set()
     ext = EXTENSIONS[manifest.output.format]
@@ -213,7 +230,12 @@ def expand(
         for style, images, params in styles:
             resolved = params.resolved()
             for size in params.sizes:
-                rid = render_id(content, images, size, resolved, weights_spec)
+                ids = {
+                    u: identities[u]
+                    for u in (content, *(u for u, _ in images), weights_spec)
+                    if u in identities
+                }
+                rid = render_id(content, images, size, resolved, weights_spec, ids)
                 if rid in seen:
                     continue
                 seen.add(rid)
@@ -229,7 +251,7 @@ def expand(
                 )
                 try:
                     check_relative_key(key)
-                    if key in RESERVED_KEYS:
+                    if key in RESERVED_KEYS or key.split("/", 1)[0] == RECORDS:
                         raise ValueError(f"output key {key!r} is reserved for the job's own files")
                 except ValueError as exc:
                     problems.append(Problem("output.key", str(exc)))
@@ -244,11 +266,20 @@ def expand(
                 by_key[key] = f"{content} x {style.name} @ {size}"
                 renders.append(
                     Render(
-                        rid, content, cname, style.name, images, size, resolved, key, weights_spec
+                        rid,
+                        content,
+                        cname,
+                        style.name,
+                        images,
+                        size,
+                        resolved,
+                        key,
+                        weights_spec,
+                        ids,
                     )
                 )
     return JobPlan(
-        job_id=job_id(manifest, weights_spec, slot),
+        job_id=job_id(manifest, weights_spec, slot, [r.id for r in renders]),
         name=manifest.name,
         source=source,
         manifest=manifest,
@@ -257,21 +288,28 @@ def expand(
         weights=weights_spec,
         duplicates=total - len(renders),
         slot=slot,
+        problems=found,
     )
 
 
-def job_id(manifest: Manifest, weights: str, slot: datetime | None = None) -> str:
-    """From the manifest's content (and the schedule slot): resubmitting finds the same job."""
+def job_id(
+    manifest: Manifest, weights: str, slot: datetime | None = None, render_ids: list[str] = ()
+) -> str:
+    """From the manifest, the slot and the renders (whose ids name their inputs' content):
+    resubmitting finds the same job, unless an input was replaced since."""
     label = slot_label(slot) if slot else None
-    blob = json.dumps([manifest.model_dump(mode="json"), weights, label], sort_keys=True)
+    blob = json.dumps(
+        [manifest.model_dump(mode="json"), weights, label, sorted(render_ids)], sort_keys=True
+    )
     digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
     return f"{manifest.name}-{label}-{digest}" if label else f"{manifest.name}-{digest}"
 
 
 def _contents(
     manifest: Manifest, base_dir: Path, settings: Settings, attempt: Any, problems: list[Problem]
-) -> list[str]:
-    out: list[str] = []
+) -> dict[str, str]:
+    """Every content image's canonical URI, in order, with where the manifest names it."""
+    out: dict[str, str] = {}
     for i, entry in enumerate(manifest.content):
         where = f"content[{i}]"
         if isinstance(entry, str):
@@ -279,7 +317,7 @@ def _contents(
             if problem:
                 problems.append(problem)
             else:
-                out.append(canonical_uri(entry, base_dir))
+                out.setdefault(canonical_uri(entry, base_dir), where)
             continue
         pattern = entry.glob if isinstance(entry, Glob) else entry.prefix
         label = "glob" if isinstance(entry, Glob) else "prefix"
@@ -289,8 +327,11 @@ def _contents(
             canon = attempt(f"{where}.{label}", canonical_uri, pattern, base_dir)
         if canon is None:
             continue
+        if is_s3(canon):
+            require_s3_access()
         found = attempt(f"{where}.{label}", list_inputs, canon, isinstance(entry, Prefix), settings)
         if found == []:
             problems.append(Problem(f"{where}.{label}", f"matches no image: {pattern}"))
-        out.extend(found or [])
-    return list(dict.fromkeys(out))
+        for uri in found or []:
+            out.setdefault(uri, f"{where}.{label}")
+    return out

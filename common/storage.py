@@ -218,25 +218,41 @@ def s3_get(client: Any, bucket: str, key: str, missing_ok: bool = False) -> byte
         raise storage_error(exc, bucket, key) from None
 
 
-def read_input(uri: str, settings: Settings) -> bytes:
-    """The bytes of an allowed input named by a canonical URI, within the size limit."""
+def read_input(uri: str, settings: Settings, etag: str = "") -> bytes:
+    """The bytes of an allowed input named by a canonical URI, within the size limit. With
+    ``etag``, only that content: an S3 object replaced since then is an InputError."""
     check_allowed(uri, settings)
     limit = settings.max_input_bytes
     if is_s3(uri):
         bucket, key = parse_s3(uri)
         client = s3_client(settings)
         try:
-            size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+            if etag:
+                got = client.get_object(Bucket=bucket, Key=key, IfMatch=f'"{etag}"')
+                found = got.get("ETag", "").strip('"')
+                if found != etag:  # a server that ignores If-Match
+                    got["Body"].close()
+                    raise InputError(changed(uri, etag, found))
+            else:
+                got = client.get_object(Bucket=bucket, Key=key)
+        except InputError:
+            raise
         except Exception as exc:
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("PreconditionFailed", "412"):
+                raise InputError(changed(uri, etag, "another")) from None
             error = storage_error(exc, bucket, key)
             if isinstance(error, TransientStorageError):
                 raise error from None
             raise InputError(str(error)) from None
+        size = int(got.get("ContentLength", 0))
         if size > limit:
+            got["Body"].close()
             raise InputError(f"{uri}: {size} bytes exceeds the input limit of {limit}")
-        data = s3_get(client, bucket, key)
-        assert data is not None
-        return data
+        try:
+            return got["Body"].read()
+        except Exception as exc:
+            raise storage_error(exc, bucket, key) from None
     path = Path(uri)
     try:
         size = path.stat().st_size
@@ -249,6 +265,13 @@ def read_input(uri: str, settings: Settings) -> bytes:
         raise InputError(f"{uri}: is a directory, not an image") from None
     except PermissionError:
         raise InputError(f"{uri}: permission denied") from None
+
+
+def changed(uri: str, expected: str, found: str) -> str:
+    return (
+        f"{uri} changed after the job was planned (expected {expected}, found {found}); "
+        "submit again to render the new version"
+    )
 
 
 def list_inputs(pattern: str, recursive_prefix: bool, settings: Settings) -> list[str]:

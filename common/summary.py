@@ -27,6 +27,8 @@ class RenderRecord:
     error: str | None = None
     weights_id: str | None = None
     losses: dict[str, float] | None = None
+    inputs: dict[str, str] = field(default_factory=dict)  # uri -> content identity
+    rendered_by: str | None = None  # for a skipped render: the job that made its output
 
     @classmethod
     def of(cls, render: Render, uri: str) -> RenderRecord:
@@ -39,6 +41,7 @@ class RenderRecord:
             params=render.params,
             key=render.key,
             uri=uri,
+            inputs=render.identities,
         )
 
 

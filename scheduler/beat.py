@@ -29,6 +29,7 @@ from kombu.exceptions import OperationalError
 
 from common.errors import ManifestError, TransientError
 from common.expand import plan_document
+from common.inputs import CannotCheck
 from common.jobs import JobStore
 from common.manifest import parse_manifest
 from common.schedule import latest_slot, next_slot, slot_label
@@ -89,11 +90,17 @@ class Scheduled:
 
 
 def fire_slot(source: str, slot: datetime, settings: Settings, app: Any, store: JobStore) -> str:
-    """Submit the job of one slot (claimed atomically); returns its job id."""
+    """Submit the job of one slot (claimed atomically); returns its job id. Its inputs are
+    identified now, so a shot replaced since the last slot renders again. A slot that would
+    fail renders (a missing input, an unwritable output) is refused like an invalid manifest."""
+    from scheduler.preflight import preflight
     from scheduler.submit import submit
 
     data, base = load_manifest(source, settings)
     plan = plan_document(data, source, base, settings, None, slot)
+    problems = preflight(plan, settings)
+    if problems:
+        raise ManifestError(source, problems)
     return submit(plan, settings, app, store).job_id
 
 
@@ -197,7 +204,7 @@ class ManifestScheduler(beat.Scheduler):
         log.info("firing %s slot %s", item.name, slot_label(slot))
         try:
             job_id = fire_slot(item.source, slot, self.settings, self.app, self.store)
-        except (TransientError, OperationalError, redis.RedisError) as exc:
+        except (TransientError, CannotCheck, OperationalError, redis.RedisError) as exc:
             log.warning(
                 "slot %s of %s not submitted yet, will retry: %s", slot_label(slot), item.name, exc
             )

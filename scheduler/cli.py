@@ -12,6 +12,7 @@ from rich.table import Table
 
 from common.errors import ManifestError, StylebatchError
 from common.expand import JobPlan, plan_job
+from common.report import record_key
 from common.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -21,6 +22,7 @@ err = Console(stderr=True)
 EXIT_INVALID = 2  # the manifest, an argument or a preflight check is wrong; nothing was done
 EXIT_FAILED = 1  # the job ran and some renders failed, or the job failed
 EXIT_TIMEOUT = 124  # status --watch --timeout ran out before the job ended
+EXIT_UNCHECKED = 3  # the manifest could not be checked here (no S3 credentials, S3 away)
 EXIT_INTERRUPTED = 130
 
 ManifestArg = Annotated[Path, typer.Argument(help="Job manifest (YAML or JSON).")]
@@ -33,12 +35,19 @@ WeightsOpt = Annotated[
 ]
 
 
-def _plan(manifest: Path, weights: str | None, slot=None) -> JobPlan:
+def _plan(
+    manifest: Path, weights: str | None, slot=None, settings: Settings | None = None
+) -> JobPlan:
+    from common.inputs import CannotCheck
+
     try:
-        return plan_job(manifest, Settings.from_env(), weights, slot)
+        return plan_job(manifest, settings or Settings.from_env(), weights, slot)
     except ManifestError as exc:
         _problems("invalid manifest", exc.source, exc.problems)
-    except StylebatchError as exc:  # S3 unreachable while listing inputs, say
+    except CannotCheck as exc:  # the environment, not the manifest
+        err.print(f"{manifest}: {exc}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_UNCHECKED) from None
+    except StylebatchError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from None
 
@@ -108,13 +117,27 @@ def _local_settings() -> Settings:
     return settings
 
 
-def _confine(plan: JobPlan, settings: Settings, source: Path) -> None:
+def _confine_location(location: str, source: Path) -> None:
+    """Exit 2 if a manifest's output location is one this fleet must not write (settings
+    alone: no network)."""
+    from common.errors import Problem
+    from common.uris import parse_location
+
+    try:
+        where = parse_location(location, source.resolve().parent)
+    except ValueError as exc:
+        _problems("invalid manifest", str(source), [Problem("output.location", str(exc))])
+    settings = Settings.from_env() if where.scheme == "s3" else _local_settings()
+    _confine(where, settings, source)
+
+
+def _confine(location, settings: Settings, source: Path) -> None:
     """Exit 2 if the job's output location is one this fleet must not write."""
     from common.access import OutputRefused, check_output
     from common.errors import Problem
 
     try:
-        check_output(str(plan.location), settings)
+        check_output(str(location), settings)
     except OutputRefused as exc:
         _problems("output refused", str(source), [Problem("output.location", str(exc))])
 
@@ -127,21 +150,42 @@ def validate(
         bool, typer.Option(help="Check the manifest alone: no output, input or weights checks.")
     ] = False,
 ) -> None:
-    """Check a manifest and show what it expands to, or list every problem. Where S3
-    credentials are present, also check the output location, every input and the weights."""
-    from scheduler.preflight import has_credentials, uses_s3
+    """Check a manifest and show what it expands to, or list every problem: its structure,
+    then every input (present, allowed, small enough), the output location and the weights.
+    Exit 0 valid, 2 invalid, 3 when this machine cannot check it (no S3 credentials)."""
+    import json
 
-    plan = _plan(manifest, weights)
-    _print_plan(plan)
+    from common.inputs import NO_CREDENTIALS, has_credentials
+    from common.manifest import load_document, parse_manifest
+
+    try:
+        document = load_document(manifest)
+        parsed = parse_manifest(document, str(manifest))
+    except ManifestError as exc:
+        if not offline:  # the full check below also names missing local inputs
+            document = None
+        else:
+            _problems("invalid manifest", exc.source, exc.problems)
+    if offline:
+        _confine_location(parsed.output.location, manifest)
+        sizes = {n for style in parsed.styles for n in parsed.params.merged(style.params).sizes}
+        out.print(
+            f"well-formed: {len(parsed.content)} content entries, {len(parsed.styles)} "
+            f"style(s), {len(sizes)} size(s); inputs, output and weights not checked (--offline)",
+            highlight=False,
+        )
+        return
     # A job on local files alone is one for `run`, which may read and write them; `submit`
     # checks again with the fleet's settings.
-    settings = Settings.from_env() if uses_s3(plan) else _local_settings()
-    _confine(plan, settings, manifest)
-    if offline:
-        return
-    if uses_s3(plan) and not has_credentials():
-        out.print("note: S3 output, inputs and weights not checked: no S3 credentials")
-        return
+    fleet = Settings.from_env()
+    on_s3 = "s3://" in json.dumps(document) or (weights or fleet.weights).startswith("s3://")
+    settings = fleet if on_s3 else _local_settings()
+    plan = _plan(manifest, weights, settings=settings)
+    _print_plan(plan)
+    _confine(plan.location, settings, manifest)
+    if on_s3 and not has_credentials():
+        err.print(f"{manifest}: cannot check the s3 output: {NO_CREDENTIALS}", highlight=False)
+        raise typer.Exit(EXIT_UNCHECKED)
     _preflight(plan, settings, manifest)
     out.print("preflight: output writable, every input and the weights readable")
 
@@ -153,9 +197,11 @@ def run(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
 ) -> None:
     """Render a whole job in this process (no Redis or S3 needed for local paths)."""
-    plan = _plan(manifest, weights)
+    plan = _plan(manifest, weights, settings=_local_settings())
     _print_plan(plan)
-    _confine(plan, _local_settings(), manifest)
+    _confine(plan.location, _local_settings(), manifest)
+    if plan.problems:
+        _problems("invalid inputs", str(manifest), plan.problems)
     try:
         from workers.progress import run_with_progress
     except ImportError as exc:
@@ -192,8 +238,8 @@ def run(
             )
     out.print(
         f"outputs:       {plan.location}\nsummary:       "
-        f"{plan.location.uri_of('summary.json')}\ncontact sheet: "
-        f"{plan.location.uri_of('contact_sheet.png')}",
+        f"{plan.location.uri_of(record_key(plan.job_id, 'summary.json'))}\ncontact sheet: "
+        f"{plan.location.uri_of(record_key(plan.job_id, 'contact_sheet.png'))}",
         highlight=False,
     )
     if counts["failed"]:
@@ -346,7 +392,7 @@ def status(
                 time.sleep(1)
     counts = _counts(info)
     failures = (
-        [(rid, store.state(job, rid) or {}) for rid in store.with_status(job, "failed")[:50]]
+        [(rid, store.state(job, rid) or {}) for rid in store.failed(job, 50)]
         if counts["failed"]
         else []
     )
@@ -374,6 +420,7 @@ def status(
         f"job {job} ({info.meta['name']}): {info.status}"
         + (" [cancel requested]" if info.cancelled else ""),
         highlight=False,
+        markup=False,
     )
     if info.meta.get("reason"):
         out.print(f"  reason: {info.meta['reason']}", highlight=False, markup=False)

@@ -37,7 +37,14 @@ def task_groups(renders: list[Render]) -> list[list[Render]]:
     groups: dict[str, list[Render]] = {}
     for render in renders:
         key = json.dumps(
-            [render.content, render.size, render.params, render.weights], sort_keys=True
+            [
+                render.content,
+                render.identities.get(render.content, ""),
+                render.size,
+                render.params,
+                render.weights,
+            ],
+            sort_keys=True,
         )
         groups.setdefault(key, []).append(render)
     out = []

@@ -37,6 +37,26 @@ def weights_file(tmp_path_factory) -> Path:
     return path
 
 
+def local_settings():
+    """What `stylebatch run` plans with: local files may be read and written."""
+    import dataclasses
+
+    from common.settings import Settings
+
+    return dataclasses.replace(Settings(), allowed_inputs=("/",), allowed_outputs=("/",))
+
+
+def distance(output: bytes, picture: Image.Image) -> float:
+    """Mean absolute pixel difference between an output and a picture at the output's size."""
+    import io
+
+    import numpy as np
+
+    out = Image.open(io.BytesIO(output)).convert("RGB")
+    ref = picture.convert("RGB").resize(out.size, Image.Resampling.LANCZOS)
+    return float(np.abs(np.asarray(out, float) - np.asarray(ref, float)).mean())
+
+
 def write_manifest(folder: Path, data: dict, suffix: str = ".yaml") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"job{suffix}"

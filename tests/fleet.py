@@ -55,6 +55,19 @@ class Fleet:
         with mock.patch.dict(os.environ, self.settings_env()):
             return Settings.from_env()
 
+    def plan(self, path: Path, weights: str | None = None):
+        """Plan a manifest as `submit` would (inputs identified with the fleet's S3), without
+        its checks: for hand-made jobs that the workers must refuse themselves."""
+        from common.expand import plan_job
+        from common.storage import s3_client
+
+        with mock.patch.dict(os.environ, self.settings_env()):
+            s3_client.cache_clear()
+            try:
+                return plan_job(path, Settings.from_env(), weights)
+            finally:
+                s3_client.cache_clear()
+
     def start(self, names: list[str]) -> None:
         started = worker_commands([], "test", "INFO", cpu_workers=2)
         commands = {argv[argv.index("-n") + 1].split("@")[0]: (argv, env) for argv, env in started}

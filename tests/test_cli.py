@@ -13,8 +13,7 @@ from PIL import Image
 
 from common.expand import plan_job
 from common.imageio import embedded_metadata
-from common.settings import Settings
-from tests.conftest import ROOT, tiny_manifest, write_manifest
+from tests.conftest import ROOT, local_settings, tiny_manifest, write_manifest
 
 pytest.importorskip("torch")
 
@@ -60,7 +59,7 @@ def test_run_renders_outputs_summary_and_sheet_then_skips(tmp_path, images, weig
     assert [p.name for p in outputs] == ["starry-48.png", "wave-48.png"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["done"] == 2
-    plan = plan_job(path, Settings(), str(weights_file))
+    plan = plan_job(path, local_settings(), str(weights_file))
     assert {r["id"] for r in summary["renders"]} == {r.id for r in plan.renders}
     record = summary["renders"][0]
     assert record["status"] == "done" and record["seconds"] > 0 and record["error"] is None
@@ -106,10 +105,10 @@ def test_interrupted_run_keeps_whole_outputs_and_resumes(tmp_path, images, weigh
     from workers.local import run_local
 
     out = tmp_path / "out"
+    settings = local_settings()
     plan = plan_job(
-        write_manifest(tmp_path, tiny_manifest(images, out)), Settings(), str(weights_file)
+        write_manifest(tmp_path, tiny_manifest(images, out)), settings, str(weights_file)
     )
-    settings = Settings(allowed_inputs=("/",), allowed_outputs=("/",))
 
     def ctrl_c_in_second_scale(scale, scales, iteration, iterations):
         if scale == 1:
@@ -117,8 +116,8 @@ def test_interrupted_run_keeps_whole_outputs_and_resumes(tmp_path, images, weigh
 
     with pytest.raises(KeyboardInterrupt):
         run_local(plan, settings, "cpu", on_step=ctrl_c_in_second_scale)
-    files = sorted(p.name for p in out.rglob("*") if p.is_file())
-    assert files == ["summary.json"]  # no partial outputs, no sheet
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == [f"_jobs/{plan.job_id}/summary.json", "summary.json"]  # no partial outputs
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["pending"] == 2 and summary["finished"]
 

@@ -12,6 +12,7 @@ import time
 import pytest
 from PIL import Image
 
+from common.imageio import fitted_size
 from tests.conftest import ROOT
 from tests.fleet import INPUTS, Fleet, manifest, upload_inputs
 from tests.services import SECRET_KEY, wait_for
@@ -98,14 +99,23 @@ def test_failed_render_listed_and_retried(fleet, tmp_path):
     summary = json.loads(s3.get_object(Bucket="outputs", Key="retry/summary.json")["Body"].read())
     assert summary["counts"]["failed"] == 1
 
+    # A retry re-drives the renders as they were planned: the replaced input is not theirs.
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 80, 20)).save(buf, "PNG")
     s3.put_object(Bucket=INPUTS, Key="img/broken.png", Body=buf.getvalue())
     result = fleet.cli("retry", job_id)
     assert "re-enqueued 1 failed render(s)" in result.stdout
     fleet.wait_done(job_id)
-    info = fleet.store.get(job_id)
-    assert (info.count("done"), info.count("failed")) == (2, 0)
+    [state] = [s for s in fleet.store.states(job_id).values() if s["status"] == "failed"]
+    # the planned bytes, from the workers' input cache (a cold cache would say "changed after
+    # the job was planned ... submit again"), never the replacement
+    assert "corrupt or truncated image" in state["error"]
+    # Submitting again renders the fixed input as a new job, and skips what was done.
+    again = fleet.submit(path)
+    assert again != job_id
+    fleet.wait_done(again)
+    info = fleet.store.get(again)
+    assert (info.count("done"), info.count("skipped"), info.count("failed")) == (1, 1, 0)
     assert len([k for k in fleet.objects("retry/") if "-40." in k]) == 2
 
 
@@ -194,9 +204,55 @@ def test_two_beats_render_each_slot_once(fleet, tmp_path, monkeypatch):
     assert len(set(job_ids)) == 2 and all(s in j for s, j in zip(slots, job_ids, strict=True))
     nightly = [i for i in fleet.store.jobs(200) if i.meta["name"] == "nightly"]
     assert len(nightly) == 2 and all(i.count("done") == 2 for i in nightly)
-    keys = [k for k in fleet.objects("nightly/") if k.endswith(".png") and "contact" not in k]
+    objects = fleet.objects("nightly/")
+    keys = [k for k in objects if k.endswith(".png") and "/_jobs/" not in k and "contact" not in k]
     assert sorted(keys) == sorted(f"nightly/{s}/tubingen/{st}.png" for s in slots
                                   for st in ("starry_night", "wave"))  # fmt: skip
+
+    # Each slot keeps its own records; a rerun of the first keeps what it measured.
+    def record(job_id: str) -> dict:
+        key = f"nightly/_jobs/{job_id}/summary.json"
+        body = fleet.s3_server.client().get_object(Bucket="outputs", Key=key)["Body"]
+        return json.loads(body.read())
+
+    assert all(f"nightly/_jobs/{j}/contact_sheet.png" in objects for j in job_ids)
+    before = [record(j) for j in job_ids]
+    assert [r["counts"]["done"] for r in before] == [2, 2]
+    rerun = fleet.submit(folder / "nightly.yaml", "--slot", slots[0], "--force")
+    assert rerun == job_ids[0]
+    fleet.wait_done(rerun)
+    after = record(rerun)
+    assert after["counts"]["skipped"] == 2 and after["finished"] > before[0]["finished"]
+    assert [(r["seconds"], r["losses"]) for r in after["renders"]] == [
+        (r["seconds"], r["losses"]) for r in before[0]["renders"]
+    ]
+    assert {r["rendered_by"] for r in after["renders"]} == {job_ids[0]}
+    assert record(job_ids[1]) == before[1]  # the other slot's record is untouched
+
+
+def test_a_replaced_input_renders_again_on_resubmit(fleet, tmp_path, images):
+    s3 = fleet.s3_server.client()
+    for name in ("shot_a", "shot_b"):
+        s3.upload_file(str(images["tubingen"]), INPUTS, f"img/{name}.png")
+    path = manifest(tmp_path, "reshoot", ["shot_a", "shot_b"], ["wave"])
+    first = fleet.submit(path)
+    fleet.wait_done(first)
+    s3.upload_file(str(images["shipwreck"]), INPUTS, "img/shot_b.png")  # a new product shot
+    second = fleet.submit(path)
+    assert second != first  # not "exists": the manifest reads other content now
+    fleet.wait_done(second)
+    info = fleet.store.get(second)
+    assert (info.count("done"), info.count("skipped")) == (1, 1)  # only the replaced shot
+    etag = s3.head_object(Bucket=INPUTS, Key="img/shot_b.png")["ETag"].strip('"')
+    assert fleet.objects("reshoot/shot_b/")["reshoot/shot_b/wave-40.png"]["content-id"] == (
+        f"etag:{etag}"
+    )
+    output = s3.get_object(Bucket="outputs", Key="reshoot/shot_b/wave-40.png")["Body"].read()
+    new, old = Image.open(images["shipwreck"]), Image.open(images["tubingen"])
+    assert fitted_size(*new.size, 40) != fitted_size(*old.size, 40)  # their shapes tell them apart
+    assert Image.open(io.BytesIO(output)).size == fitted_size(*new.size, 40)
+    states = fleet.store.states(second).values()
+    assert {s.get("rendered_by") for s in states if s["status"] == "skipped"} == {first}
 
 
 def test_flower_shows_workers_tasks_and_metrics_behind_auth(fleet, tmp_path):

@@ -167,11 +167,11 @@ def test_local_files_refused_at_submit_and_by_workers(stack, tmp_path, images):
         refused.stderr
     )
     # A hand-made job (no preflight): the worker refuses it again.
-    from common.expand import plan_job
     from scheduler.submit import submit
 
     settings = Settings(redis_url=stack.redis_url)
-    plan = plan_job(path, settings, stack.env["STYLEBATCH_WEIGHTS"])
+    plan = stack.plan(path, stack.env["STYLEBATCH_WEIGHTS"])
+    assert "not among the inputs this worker may read" in str(plan.problems)
     job_id = submit(plan, settings, make_app(settings), stack.store).job_id
     stack.wait_done(job_id)
     state = next(iter(stack.store.states(job_id).values()))
@@ -261,14 +261,13 @@ def test_a_scheduled_slot_rides_out_an_s3_outage(stack, tmp_path, monkeypatch):
 
 def test_a_hand_made_job_writing_where_it_may_not_ends_failed_and_writes_nothing(stack, tmp_path):
     """No validate, no submit checks: the worker refuses the write itself."""
-    from common.expand import plan_job
     from scheduler.submit import submit
 
     target = tmp_path / "site-packages"
     path = manifest(tmp_path, "local-write", ["wave"], ["tubingen"])
     path.write_text(path.read_text().replace("s3://outputs/local-write", str(target)))
     settings = stack.settings()
-    job_id = submit(plan_job(path, settings), settings, make_app(settings), stack.store).job_id
+    job_id = submit(stack.plan(path), settings, make_app(settings), stack.store).job_id
     stack.wait_done(job_id)
     info = stack.store.get(job_id)
     state = next(iter(stack.store.states(job_id).values()))

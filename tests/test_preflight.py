@@ -1,6 +1,6 @@
-"""Preflight against a real S3 server: inputs found by HEAD, by listing their folder, and by
-listing what scattered folders share; a missing, an oversized and a disallowed input, a
-missing or unwritable output, and weights, each named with its field."""
+"""Inputs and preflight against a real S3 server: inputs found and identified by HEAD, by
+listing their folder, and by listing what scattered folders share; a missing, an oversized and
+a disallowed input, a missing or unwritable output, and weights, each named with its field."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from unittest import mock
 import pytest
 
 from common.expand import JobPlan, Render
+from common.inputs import LIST_FROM, identify, weights_identity
 from common.manifest import parse_manifest
 from common.settings import Settings
 from common.storage import s3_client
 from common.uris import parse_location
-from scheduler.preflight import LIST_FROM, preflight
+from scheduler.preflight import preflight
 from tests.services import ACCESS_KEY, SECRET_KEY
 
 BUCKET = "preflight-in"
@@ -34,7 +35,7 @@ def plan(contents: list[str], output: str, weights: str = "random:0") -> JobPlan
     )
     style = ((f"s3://{BUCKET}/look.png", 1.0),)
     renders = [
-        Render(f"r{i}", uri, f"c{i}", "look", style, 64, {}, f"{i}.png", weights)
+        Render(f"r{i}", uri, f"c{i}", "look", style, 64, {}, f"{i}.png", weights, {})
         for i, uri in enumerate(contents)
     ]
     location = parse_location(output, Path("/"))
@@ -57,9 +58,15 @@ def s3(s3_server):
         yield Settings(s3_endpoint=s3_server.endpoint, max_input_bytes=1000), keys
 
 
-def test_every_input_found_however_it_is_looked_up(s3):
+def test_every_input_found_and_identified_however_it_is_looked_up(s3, s3_server):
     settings, keys = s3
     uris = [f"s3://{BUCKET}/{k}" for k in keys if k != "look.png"]
+    identities, problems = identify(dict.fromkeys(uris, "content"), settings)
+    assert problems == []
+    client = s3_server.client()
+    for uri in (uris[0], uris[LIST_FROM + 6], uris[-1]):  # listed folder, scattered, HEADed
+        etag = client.head_object(Bucket=BUCKET, Key=uri.split("/", 3)[3])["ETag"]
+        assert identities[uri] == "etag:" + etag.strip('"')
     assert preflight(plan(uris, "s3://preflight-out/job"), settings) == []
 
 
@@ -71,11 +78,11 @@ def test_every_problem_named_with_its_field(s3):
         f"s3://{BUCKET}/products/p999/front.png",
         f"s3://{BUCKET}/few/nope.png",
     ]
-    bad = plan(
-        [*uris, *missing, f"s3://{BUCKET}/few/big.png", "/etc/passwd"],
-        "s3://preflight-outt/job",
-        weights=f"s3://{BUCKET}/models/vgg19.pth",
-    )
+    inputs = [*uris, *missing, f"s3://{BUCKET}/few/big.png", "/etc/passwd"]
+    weights = f"s3://{BUCKET}/models/vgg19.pth"
+    bad = plan(inputs, "s3://preflight-outt/job", weights=weights)
+    bad.problems = identify(dict.fromkeys(inputs, "content"), settings)[1]
+    bad.problems.append(weights_identity(weights, settings)[1])
     problems = {str(p) for p in preflight(bad, settings)}
     assert problems == {
         "output.location: s3://preflight-outt/job: bucket 'preflight-outt' does not exist",

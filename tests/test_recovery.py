@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from common.expand import plan_job
 from common.queue import RENDER_TASK, make_app, seconds_per_unit, task_work, time_limits
 from common.settings import Settings
 from tests.fleet import Fleet, manifest, upload_inputs
@@ -123,10 +122,9 @@ def test_force_resubmit_while_tasks_are_queued_renders_each_once(fleet, tmp_path
 
 
 def test_an_orphaned_job_is_recovered_by_resubmit_and_by_the_reconciler(fleet, tmp_path):
-    settings = fleet.settings()
     # A submit that died after recording the job and before sending its tasks:
-    first = plan_job(manifest(tmp_path / "a", "orphan-a", ["tubingen"], ["wave"]), settings)
-    second = plan_job(manifest(tmp_path / "b", "orphan-b", ["shipwreck"], ["wave"]), settings)
+    first = fleet.plan(manifest(tmp_path / "a", "orphan-a", ["tubingen"], ["wave"]))
+    second = fleet.plan(manifest(tmp_path / "b", "orphan-b", ["shipwreck"], ["wave"]))
     for plan in (first, second):
         assert fleet.store.create(plan)
     again = fleet.cli("submit", first.source)
@@ -161,7 +159,7 @@ def test_a_failing_finalize_ends_the_job_failed_and_watch_returns(fleet, tmp_pat
     assert refused.returncode == 2 and "bucket 'outputz' does not exist" in refused.stderr
     from scheduler.submit import submit  # hand-made: no preflight
 
-    job_id = submit(plan_job(path, settings), settings, make_app(settings), fleet.store).job_id
+    job_id = submit(fleet.plan(path), settings, make_app(settings), fleet.store).job_id
     watched = fleet.cli("status", job_id, "--watch", "--timeout", "90")
     assert watched.returncode == 1, watched.stdout + watched.stderr
     info = fleet.store.get(job_id)
@@ -194,7 +192,7 @@ def test_preflight_names_every_problem_before_anything_is_enqueued(fleet, tmp_pa
         assert result.returncode == 2, result.stdout + result.stderr
         err = " ".join(result.stderr.split())
         assert "output.location: s3://sb-rendres/bad: bucket 'sb-rendres' does not exist" in err
-        assert "styles[tubingen]: s3://inputs/img/starry_nite.png: no such object" in err
+        assert "styles[0].image: s3://inputs/img/starry_nite.png: no such object" in err
         assert "weights: /models/vgg19.pth: not among the inputs this worker may read" in err
     assert fleet.store.r.zcard("sb:jobs") == before  # nothing recorded, nothing enqueued
     offline = fleet.cli("validate", "--offline", str(path))

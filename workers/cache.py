@@ -1,6 +1,7 @@
 """A bounded disk cache of S3 inputs on a worker: a campaign's few style images are fetched
-once per machine, not once per render. Entries are keyed by URI and ETag, so a replaced
-object is fetched again; the least recently used go first when the cache is over budget."""
+once per machine, not once per render. Entries are keyed by URI and content identity (the
+ETag the job was planned with), so a replaced object is never served from here; the least
+recently used go first when the cache is over budget."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import os
 import re
 from pathlib import Path
 
+from common.errors import InputError
 from common.settings import Settings
-from common.storage import atomic_write, read_input, s3_client
+from common.storage import atomic_write, changed, read_input, s3_client
 from common.uris import is_s3, parse_s3
 
 
@@ -20,24 +22,34 @@ class InputCache:
         self.root = Path(settings.cache_dir) / "inputs"
         self.budget = settings.input_cache_bytes
 
-    def read(self, uri: str) -> bytes:
+    def read(self, uri: str, identity: str = "") -> bytes:
+        """The input's bytes; with ``identity`` (common/inputs.py), that content or an
+        InputError saying it changed. Without one (a job planned before inputs were
+        identified), whatever the object holds now."""
         if not is_s3(uri):
-            return read_input(uri, self.settings)
-        bucket, key = parse_s3(uri)
-        try:
-            head = s3_client(self.settings).head_object(Bucket=bucket, Key=key)
-        except Exception:
-            return read_input(uri, self.settings)  # names the problem (missing, denied...)
-        etag = head.get("ETag", "").strip('"')
+            data = read_input(uri, self.settings)
+            if identity.startswith("sha256:"):
+                found = "sha256:" + hashlib.sha256(data).hexdigest()[:32]
+                if found != identity:
+                    raise InputError(changed(uri, identity, found))
+            return data
+        etag = identity.removeprefix("etag:") if identity.startswith("etag:") else ""
+        if not etag:
+            bucket, key = parse_s3(uri)
+            try:
+                head = s3_client(self.settings).head_object(Bucket=bucket, Key=key)
+            except Exception:
+                return read_input(uri, self.settings)  # names the problem (missing, denied...)
+            etag = head.get("ETag", "").strip('"')
         path = self.root / hashlib.sha256(f"{uri}\0{etag}".encode()).hexdigest()
         try:
             data = path.read_bytes()
-            if self._intact(data, etag, head.get("ContentLength")):
+            if self._intact(data, etag):
                 os.utime(path)
                 return data
         except OSError:
             pass  # missing or unreadable: fetch again
-        data = read_input(uri, self.settings)
+        data = read_input(uri, self.settings, etag)
         try:
             atomic_write(path, data)
             self._evict()
@@ -46,10 +58,9 @@ class InputCache:
         return data
 
     @staticmethod
-    def _intact(data: bytes, etag: str, length: int | None) -> bool:
-        """A single-part upload's ETag is the MD5 of its bytes: check it where it is one."""
-        if length is not None and len(data) != length:
-            return False
+    def _intact(data: bytes, etag: str) -> bool:
+        """A single-part upload's ETag is the MD5 of its bytes: check it where it is one (a
+        multipart ETag names the upload, and the entry was written whole)."""
         if re.fullmatch(r"[0-9a-f]{32}", etag):
             return hashlib.md5(data, usedforsecurity=False).hexdigest() == etag
         return True

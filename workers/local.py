@@ -11,7 +11,7 @@ from common.report import publish, write_summary
 from common.settings import Settings
 from common.storage import open_storage
 from common.summary import Summary
-from workers.render import ENGINE_VERSION, Outcome, Renderer, batches, is_done
+from workers.render import ENGINE_VERSION, Outcome, Renderer, batches, earlier
 
 
 def run_local(
@@ -44,10 +44,17 @@ def run_local(
 
     todo = []
     for render in plan.renders:
-        if is_done(storage, render):
-            record(Outcome(render, "skipped"))
-        else:
+        prior = earlier(storage, render)
+        if prior is None:
             todo.append(render)
+            continue
+        record(Outcome(render, "skipped", prior["seconds"] or 0.0, None, prior["losses"]))
+        rec = records[render.id]  # what the run that made it measured
+        rec.seconds, rec.weights_id, rec.rendered_by = (
+            prior["seconds"],
+            prior["weights_id"],
+            prior["job"],
+        )
     if todo:
         renderer.engine  # noqa: B018 - weights that cannot be loaded fail the run up front
     if on_start:
@@ -58,7 +65,7 @@ def run_local(
             try:
                 renderer.shape_of(render)
                 for uri, _ in render.style_images:
-                    renderer.cache.get(uri)
+                    renderer.image(render, uri)
                 ready.append(render)
             except InputError as exc:
                 record(Outcome(render, "failed", 0.0, str(exc)))

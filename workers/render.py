@@ -53,47 +53,72 @@ class Outcome:
 
 
 class ImageCache:
-    """Decoded inputs by URI, least recently used out first, bounded by pixel count."""
+    """Decoded inputs by URI and content identity, least recently used out first, bounded by
+    pixel count: a replaced input is a new entry, never the old picture."""
 
     def __init__(self, settings: Settings, max_pixels: int = 200_000_000):
         self.settings = settings
         self.max_pixels = max_pixels
         self.inputs = InputCache(settings)
-        self.items: OrderedDict[str, Image.Image] = OrderedDict()
+        self.items: OrderedDict[tuple[str, str], Image.Image] = OrderedDict()
 
-    def get(self, uri: str) -> Image.Image:
-        if uri in self.items:
-            self.items.move_to_end(uri)
-            return self.items[uri]
+    def get(self, uri: str, identity: str = "") -> Image.Image:
+        entry = (uri, identity)
+        if entry in self.items:
+            self.items.move_to_end(entry)
+            return self.items[entry]
         limits = self.settings.max_input_pixels, self.settings.min_input_side
-        img = decode(self.inputs.read(uri), uri, *limits)
-        self.items[uri] = img
+        img = decode(self.inputs.read(uri, identity), uri, *limits)
+        self.items[entry] = img
         while sum(i.width * i.height for i in self.items.values()) > self.max_pixels:
             self.items.popitem(last=False)
         return img
 
 
-def metadata_for(render: Render, job_id: str, weights_id: str) -> dict[str, Any]:
+def metadata_for(
+    render: Render,
+    job_id: str,
+    weights_id: str,
+    seconds: float | None = None,
+    losses: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """What an output says about itself: its inputs (with their content identities), its
+    parameters, and what making it measured, which a later job that skips it reports."""
     return {
         "job": job_id,
         "render_id": render.id,
         "content": render.content,
         "style": render.style,
         "style_images": [[u, w] for u, w in render.style_images],
+        "inputs": render.identities,
         "size": render.size,
         "params": render.params,
         "engine": ENGINE_VERSION,
         "weights": render.weights,
         "weights_id": weights_id,
+        "seconds": seconds,
+        "losses": losses,
     }
 
 
-def is_done(storage: Storage, render: Render) -> bool:
+def earlier(storage: Storage, render: Render) -> dict[str, Any] | None:
+    """The record of this very render's existing output (same id), or None: the job that
+    made it, its seconds, losses and weights id. Local files embed the whole record; S3
+    objects carry it as flat metadata."""
     meta = storage.metadata(render.key)
-    if not meta:
-        return False
-    # Local files embed the whole record; S3 objects carry it as flat metadata.
-    return meta.get("render_id", meta.get("render-id")) == render.id
+    if not meta or meta.get("render_id", meta.get("render-id")) != render.id:
+        return None
+    if "render-id" in meta:
+        try:
+            losses = json.loads(meta.get("losses") or "null")
+            seconds = float(meta["seconds"]) if meta.get("seconds") else None
+        except ValueError:
+            losses = seconds = None
+        meta = {"job": meta.get("job"), "weights_id": meta.get("weights-id")} | {
+            "seconds": seconds,
+            "losses": losses,
+        }
+    return {k: meta.get(k) for k in ("job", "seconds", "losses", "weights_id")}
 
 
 def batches(
@@ -104,7 +129,10 @@ def batches(
     """Renders that can share one optimisation: same output shape and same parameters."""
     groups: dict[str, list[Render]] = {}
     for render in renders:
-        key = json.dumps([shape_of(render), render.params, render.weights], sort_keys=True)
+        key = json.dumps(
+            [shape_of(render), render.params, render.weights, _content_key(render)],
+            sort_keys=True,
+        )
         groups.setdefault(key, []).append(render)
     out = []
     for group in groups.values():
@@ -117,9 +145,12 @@ def batches(
 class Renderer:
     """Wraps one StyleEngine (created on first use) for a process."""
 
-    def __init__(self, settings: Settings, weights: str, device: str = "auto"):
+    def __init__(
+        self, settings: Settings, weights: str, device: str = "auto", weights_identity: str = ""
+    ):
         self.settings = settings
         self.weights = weights
+        self.weights_identity = weights_identity
         self.device = device
         self.cache = ImageCache(settings)
         self._engine: Any = None
@@ -130,7 +161,8 @@ class Renderer:
             from workers.engine import StyleEngine
             from workers.weights import local_weights
 
-            self._engine = StyleEngine(local_weights(self.weights, self.settings), self.device)
+            path = local_weights(self.weights, self.settings, self.weights_identity)
+            self._engine = StyleEngine(path, self.device)
         return self._engine
 
     @property
@@ -138,11 +170,15 @@ class Renderer:
         return self.engine.weights_id
 
     def content_at_size(self, render: Render) -> Image.Image:
-        return fit_long_side(self.cache.get(render.content), render.size)
+        return fit_long_side(self.image(render, render.content), render.size)
+
+    def image(self, render: Render, uri: str) -> Image.Image:
+        """One of the render's inputs, as it was when the job was planned."""
+        return self.cache.get(uri, render.identities.get(uri, ""))
 
     def shape_of(self, render: Render) -> tuple[int, int]:
         """The output's (height, width), from the decoded size alone (no resize)."""
-        width, height = fitted_size(*self.cache.get(render.content).size, render.size)
+        width, height = fitted_size(*self.image(render, render.content).size, render.size)
         return height, width
 
     def render_batch(
@@ -161,14 +197,14 @@ class Renderer:
         started = time.perf_counter()
         try:
             config = EngineConfig.from_params(group[0].params)
-            contents: dict[tuple[str, int], Any] = {}  # a group shares one content: resize once
+            contents: dict[tuple, Any] = {}  # a group shares one content: resize it once
             for r in group:
-                if (r.content, r.size) not in contents:
-                    contents[(r.content, r.size)] = to_tensor(self.content_at_size(r))
+                if _content_key(r) not in contents:
+                    contents[_content_key(r)] = to_tensor(self.content_at_size(r))
             items = [
                 RenderItem(
-                    contents[(r.content, r.size)],
-                    [(to_tensor(self.cache.get(u)), w) for u, w in r.style_images],
+                    contents[_content_key(r)],
+                    [(to_tensor(self.image(r, u)), w) for u, w in r.style_images],
                     seed=int(r.params.get("seed", 0)),
                 )
                 for r in group
@@ -188,7 +224,7 @@ class Renderer:
             return [Outcome(group[0], "failed", time.perf_counter() - started, _reason(exc))]
         outcomes = []
         for render, result in zip(group, results, strict=True):
-            meta = metadata_for(render, job_id, self.weights_id)
+            meta = metadata_for(render, job_id, self.weights_id, result.seconds, result.losses)
             try:
                 data = encode(to_image(result.image), fmt, quality, meta)
                 storage.put(render.key, data, CONTENT_TYPES[fmt], _flat_metadata(meta))
@@ -201,6 +237,11 @@ class Renderer:
         return outcomes
 
 
+def _content_key(render: Render) -> tuple[str, str, int]:
+    """One version of one content at one size: two versions never share a batch entry."""
+    return render.content, render.identities.get(render.content, ""), render.size
+
+
 def _flat_metadata(meta: dict[str, Any]) -> dict[str, str]:
     """S3 user metadata: short ASCII strings only."""
     return {
@@ -210,7 +251,10 @@ def _flat_metadata(meta: dict[str, Any]) -> dict[str, str]:
         "size": str(meta["size"]),
         "engine": meta["engine"],
         "weights-id": meta["weights_id"],
-        "params": json.dumps(meta["params"], sort_keys=True, separators=(",", ":"))[:1500],
+        "params": json.dumps(meta["params"], sort_keys=True, separators=(",", ":"))[:1000],
+        "content-id": meta["inputs"].get(meta["content"], ""),
+        "seconds": "" if meta["seconds"] is None else repr(meta["seconds"]),
+        "losses": json.dumps(meta["losses"] or {}, sort_keys=True)[:500],
     }
 
 

@@ -31,18 +31,18 @@ from common.queue import (
     seconds_per_unit,
     time_limits,
 )
-from common.report import publish
+from common.report import publish, record_key
 from common.settings import Settings
 from common.storage import open_storage
 from workers.liveness import Heartbeat, known_dead, owner_id
-from workers.render import ENGINE_VERSION, Renderer, is_done
+from workers.render import ENGINE_VERSION, Renderer, earlier
 
 MAX_DEVICE_RETRIES = 5  # a render that meets device errors on this many tries fails
 
 settings = Settings.from_env()
 app = make_app(settings)
 log = get_task_logger(__name__)
-_renderers: dict[str, Renderer] = {}
+_renderers: dict[tuple[str, str], Renderer] = {}
 _store: JobStore | None = None
 _heartbeat: Heartbeat | None = None
 _device_errors = [0]  # consecutive, in this process
@@ -57,12 +57,16 @@ def store() -> JobStore:
     return _store
 
 
-def renderer(weights: str) -> Renderer:
-    if weights not in _renderers:
+def renderer(weights: str, identity: str = "") -> Renderer:
+    """One engine per version of the weights: replaced weights are loaded again."""
+    from workers.weights import weights_version
+
+    key = (weights, weights_version(weights, identity))
+    if key not in _renderers:
         if len(_renderers) >= 2:  # jobs rarely mix weights; keep GPU memory bounded
             _renderers.clear()
-        _renderers[weights] = Renderer(settings, weights, settings.device)
-    return _renderers[weights]
+        _renderers[key] = Renderer(settings, weights, settings.device, identity)
+    return _renderers[key]
 
 
 def heartbeat(node: str) -> Heartbeat:
@@ -183,8 +187,9 @@ def render(
             if info.cancelled:
                 _end(job_id, spec.id, "cancelled", error="job cancelled")
                 continue
-            if is_done(storage, spec):
-                _end(job_id, spec.id, "skipped", error=None)
+            prior = earlier(storage, spec)
+            if prior is not None:  # keep what the job that made it measured
+                _end(job_id, spec.id, "skipped", error=None, rendered_by=prior.pop("job"), **prior)
                 continue
             ready.append(spec)
         if not ready:
@@ -262,7 +267,8 @@ def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
                 },
             )
 
-    r = renderer(info.meta["weights"])
+    weights = info.meta["weights"]
+    r = renderer(weights, ready[0].identities.get(weights, ""))
     fmt, quality = info.meta["format"], int(info.meta["quality"])
     try:
         outcomes = r.render_batch(ready, storage, job_id, fmt, quality, on_step)
@@ -339,7 +345,7 @@ def finalize(self, job_id: str) -> dict[str, Any]:
     return {
         "job": job_id,
         "counts": summary.counts(),
-        "summary": info.location.uri_of("summary.json"),
+        "summary": info.location.uri_of(record_key(job_id, "summary.json")),
     }
 
 
