@@ -158,3 +158,31 @@ def test_a_sick_render_worker_stops_the_unit_with_status_3():
     assert run_workers([sick, healthy]) == 3
     assert time.monotonic() - started < 20
     assert run_workers([([sys.executable, "-c", "pass"], {})]) == 0
+
+
+def test_validate_tells_a_missing_environment_from_a_bad_manifest(tmp_path, images):
+    data = tiny_manifest(images, tmp_path / "out")
+    data["content"] = ["s3://shots/product.png"]
+    path = write_manifest(tmp_path, data)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STYLEBATCH_S3"))}
+    env |= {"COLUMNS": "200", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/x"}
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "scheduler.cli", *a],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    unchecked = run("validate", str(path))
+    assert unchecked.returncode == 3, unchecked.stdout + unchecked.stderr
+    assert (
+        "cannot check s3 inputs: no credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+        "or STYLEBATCH_S3_ENDPOINT)" in " ".join(unchecked.stderr.split())
+    )
+    assert "invalid manifest" not in unchecked.stderr
+    offline = run("validate", "--offline", str(path))
+    assert offline.returncode == 0, offline.stderr
+    assert "well-formed" in offline.stdout
+    data["params"]["sizes"] = [0]  # a bad manifest is still one, with or without credentials
+    bad = run("validate", str(write_manifest(tmp_path, data)))
+    assert bad.returncode == 2 and "params.sizes" in bad.stderr
