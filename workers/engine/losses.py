@@ -1,6 +1,8 @@
-"""Style, content and smoothness losses. Statistics and losses are fp32 whatever the network's
-precision, and every loss is relative to its target's magnitude, so weights mean the same for
-any VGG weights and any image size. Each returns one value per image in the batch."""
+"""Style, content and smoothness losses. Whatever the network's precision (bf16 or fp32),
+features are cast up before any statistic: Gram statistics and losses are fp32, and the
+Wasserstein-2 loss works in float64 (its square root is only exact there, see ``TraceSqrt``).
+Every loss is relative to its target's magnitude, so weights mean the same for any VGG weights
+and any image size. Each returns one value per image in the batch."""
 
 from __future__ import annotations
 
@@ -8,60 +10,105 @@ import torch
 
 
 def _flat(feat: torch.Tensor) -> torch.Tensor:
-    """Features as (B, HW, C) fp32, without a copy beyond the cast for channels_last input."""
+    """Features as (B, HW, C), at least fp32, without a copy beyond the cast for channels_last
+    input."""
+    dtype = torch.promote_types(feat.dtype, torch.float32)
     if feat.is_contiguous(memory_format=torch.channels_last) and feat.dim() == 4:
-        return feat.permute(0, 2, 3, 1).reshape(feat.shape[0], -1, feat.shape[1]).float()
-    return feat.flatten(2).transpose(1, 2).float()
+        return feat.permute(0, 2, 3, 1).reshape(feat.shape[0], -1, feat.shape[1]).to(dtype)
+    return feat.flatten(2).transpose(1, 2).to(dtype)
 
 
-def moments(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def moments(
+    feat: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image channel mean (B, C) and uncentred second moment (Gram, B x C x C)."""
-    flat = _flat(feat)
+    flat = _flat(feat).to(dtype)
     count = flat.shape[1]
     return flat.mean(1), torch.bmm(flat.transpose(1, 2), flat) / count
 
 
+def covariance(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image channel mean (B, C) and covariance (B, C, C) in float64, centred before the
+    product: a rank-deficient covariance (fewer positions than channels, dead channels) keeps
+    its zero eigenvalues at zero instead of at fp32 rounding noise."""
+    flat = _flat(feat).double()
+    mean = flat.mean(1)
+    centred = flat - mean.unsqueeze(1)
+    return mean, torch.bmm(centred.transpose(1, 2), centred) / flat.shape[1]
+
+
 class StyleTarget:
-    """Blended target statistics of one layer, prepared once per scale."""
+    """Blended target statistics of one layer, prepared once per scale. ``gram`` is the
+    uncentred second moment; for ``wasserstein`` it is read together with ``mean``."""
 
     def __init__(self, mean: torch.Tensor, gram: torch.Tensor, kind: str):
         self.kind = kind
-        self.mean, self.gram = mean, gram
+        self.mean, self.gram = mean.float(), gram.float()
         if kind == "gram":
-            self.norm = gram.square().sum((1, 2)).clamp_min(1e-12)
+            self.norm = self.gram.square().sum((1, 2)).clamp_min(1e-12)
         else:
+            mean, gram = mean.double(), gram.double()
             cov = gram - mean.unsqueeze(2) * mean.unsqueeze(1)
-            evals, evecs = torch.linalg.eigh(cov.double())
-            root = (evecs * evals.clamp_min(0).sqrt().unsqueeze(1)) @ evecs.transpose(1, 2)
-            self.cov_root = root.float()
+            self.cov_root = sqrtm_psd(cov)
+            self.mean64 = mean
             self.cov_trace = cov.diagonal(dim1=1, dim2=2).sum(1)
             self.norm = (self.cov_trace + mean.square().sum(1)).clamp_min(1e-12)
 
     def loss(self, feat: torch.Tensor) -> torch.Tensor:
-        mean, gram = moments(feat)
         if self.kind == "gram":
+            _, gram = moments(feat)
             return (gram - self.gram).square().sum((1, 2)) / self.norm
-        cov = gram - mean.unsqueeze(2) * mean.unsqueeze(1)
-        mixed = self.cov_root @ cov @ self.cov_root
-        w2 = (
-            (mean - self.mean).square().sum(1)
-            + cov.diagonal(dim1=1, dim2=2).sum(1)
-            + self.cov_trace
-            - 2 * trace_sqrt(mixed)
-        )
-        return w2 / self.norm
+        return wasserstein2(feat, self).float()
 
 
-def trace_sqrt(mat: torch.Tensor, iterations: int = 12) -> torch.Tensor:
-    """trace(sqrtm(mat)) for symmetric PSD matrices by Newton-Schulz: matmuls only, so it runs
-    on the GPU without a host sync (an eigendecomposition would sync every step)."""
-    eye = torch.eye(mat.shape[-1], device=mat.device, dtype=mat.dtype).expand_as(mat)
-    norm = mat.square().sum((1, 2), keepdim=True).sqrt().clamp_min(1e-12)
-    y, z = mat / norm, eye
-    for _ in range(iterations):
-        t = 0.5 * (3 * eye - z @ y)
-        y, z = y @ t, t @ z
-    return y.diagonal(dim1=1, dim2=2).sum(1) * norm.view(-1).sqrt()
+def wasserstein2(feat: torch.Tensor, target: StyleTarget) -> torch.Tensor:
+    """Squared W2 between the Gaussians fitted to ``feat`` and to the target, relative to the
+    target's second moment:
+    |m - m_t|^2 + tr C + tr C_t - 2 tr sqrt(C_t^1/2 C C_t^1/2), in float64."""
+    mean, cov = covariance(feat)
+    root = target.cov_root
+    w2 = (
+        (mean - target.mean64).square().sum(1)
+        + cov.diagonal(dim1=1, dim2=2).sum(1)
+        + target.cov_trace
+        - 2 * TraceSqrt.apply(root @ cov @ root)
+    )
+    return w2 / target.norm
+
+
+def sqrtm_psd(mat: torch.Tensor) -> torch.Tensor:
+    """The symmetric square root of PSD matrices (float64 eigendecomposition)."""
+    evals, evecs = torch.linalg.eigh(mat.double())
+    return (evecs * evals.clamp_min(0).sqrt().unsqueeze(1)) @ evecs.transpose(1, 2)
+
+
+class TraceSqrt(torch.autograd.Function):
+    """tr sqrt(A) of symmetric PSD matrices (B, C, C): the sum of the square roots of A's
+    eigenvalues (float64 ``eigh``), with the gradient A^-1/2 / 2 built from the same
+    eigenvectors. Eigenvalues at or below 1e-12 of the largest are rounding noise of a
+    rank-deficient A: they count as zero, in value and gradient. The gradient that reaches the
+    features stays bounded however small an eigenvalue is (for a direction v with eigenvalue
+    l, the features move by X C_t^1/2 v, of size sqrt(l), times 1/sqrt(l)).
+
+    Newton-Schulz, which this replaces, came out 3-9 % low at 12 iterations and diverged at
+    30 on rank-deficient covariances; an eigendecomposition is exact to float64 rounding and,
+    on a CPU, cheaper than 12 iterations of 512x512 matmuls with autograd through them."""
+
+    @staticmethod
+    def forward(ctx, mat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        sym = 0.5 * (mat + mat.transpose(-1, -2))
+        evals, evecs = torch.linalg.eigh(sym.double())
+        floor = evals[..., -1:].clamp_min(1e-300) * 1e-12
+        kept = evals > floor
+        ctx.save_for_backward(evecs, evals, kept)
+        return torch.where(kept, evals, 0).sqrt().sum(-1).to(mat.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        evecs, evals, kept = ctx.saved_tensors
+        half_inv = torch.where(kept, 0.5 / evals.clamp_min(1e-300).sqrt(), 0)
+        out = (evecs * half_inv.unsqueeze(-2)) @ evecs.transpose(-1, -2)
+        return (grad.double().view(-1, 1, 1) * out).to(grad.dtype)
 
 
 def content_loss(feat: torch.Tensor, target: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:

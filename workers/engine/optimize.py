@@ -235,7 +235,9 @@ class StyleEngine:
                 if key not in cache:
                     h, w = scale_dims(*image.shape[-2:], style_long)
                     feats = self._features(_resize(image[None], (h, w)), layers, config.pooling)
-                    stats = {name: moments(f) for name, f in feats.items()}
+                    # float64: an uncentred second moment minus mean x mean loses the small
+                    # eigenvalues of a covariance in fp32 (the W2 target needs them)
+                    stats = {name: moments(f, torch.float64) for name, f in feats.items()}
                     cache[key] = (
                         {n: s[0][0] for n, s in stats.items()},
                         {n: s[1][0] for n, s in stats.items()},
@@ -296,7 +298,14 @@ class StyleEngine:
                     avg.lerp_(x, 1 - config.ema)
 
         graph, warmup = None, 3
-        use_graph = self.cuda_graphs and self.device.type == "cuda" and iterations > warmup + 2
+        # The exact W2 loss decomposes matrices on every step (torch's eigh waits on the device
+        # to check its result), which a CUDA graph cannot hold: it steps eagerly.
+        use_graph = (
+            self.cuda_graphs
+            and self.device.type == "cuda"
+            and iterations > warmup + 2
+            and config.style_loss != "wasserstein"
+        )
         side = torch.cuda.Stream() if use_graph else None
         for i in range(iterations):
             if graph is not None:
