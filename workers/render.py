@@ -27,7 +27,7 @@ from common.settings import Settings
 from common.storage import Storage
 from workers.cache import InputCache
 
-ENGINE_VERSION = "stylebatch-engine/1"
+ENGINE_VERSION = "stylebatch-engine/2"
 _DEVICE_TROUBLE = re.compile(
     r"CUDA|cuDNN|CUBLAS|NCCL|NVIDIA|device-side assert|out of memory|no kernel image|"
     r"ECC error|GPU is lost|illegal memory access|accelerator",
