@@ -233,3 +233,48 @@ def test_borders_move_no_more_than_the_interior(weights_file):
     # measured: replicate 1.11-1.17, zeros 1.41 (the strongest open peer: 0.95-1.30)
     assert max(ratios["replicate"]) <= 1.25, ratios
     assert all(z > r + 0.15 for z, r in zip(ratios["zeros"], ratios["replicate"], strict=True))
+
+
+def test_lbfgs_on_a_bf16_engine_runs_in_fp32(weights_file, images):
+    """bf16 noise in the objective stopped L-BFGS's line search early (94 of 154 evaluations)."""
+    it = item(images, size=32)
+    config = EngineConfig(start=32, iterations=30, optimizer="lbfgs")
+    results, calls = {}, {}
+    for precision in ("fp32", "bf16"):
+        engine = StyleEngine(str(weights_file), "cpu", precision=precision)
+        objective, count = engine._objective, [0]
+
+        def counted(*args, objective=objective, count=count):
+            count[0] += 1
+            return objective(*args)
+
+        engine._objective = counted
+        results[precision], calls[precision] = engine.render(it, config), count[0]
+        assert engine.net.convs[0].weight.dtype == (
+            torch.bfloat16 if precision == "bf16" else torch.float32
+        )  # the engine's own network is left as it was
+    assert calls["bf16"] == calls["fp32"] > 20
+    assert torch.equal(results["bf16"].image, results["fp32"].image)
+
+
+def test_a_time_limit_while_writing_an_output_reaches_the_task(weights_file, tmp_path):
+    """A soft time limit raised anywhere in a render is the task's to report, not a failed
+    render: the worker records a clean 'soft time limit exceeded' and nothing half written."""
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    from tests.conftest import local_settings, tiny_manifest, write_manifest
+    from workers.render import Renderer
+
+    class SlowStorage:  # the time limit fires while the output is being written
+        def put(self, *args):
+            raise SoftTimeLimitExceeded()
+
+    images = {n: EXAMPLES / f"{n}.jpg" for n in ("tubingen", "starry_night", "wave")}
+    from common.expand import plan_job
+
+    plan = plan_job(
+        write_manifest(tmp_path, tiny_manifest(images, tmp_path / "out")), local_settings()
+    )
+    renderer = Renderer(local_settings(), str(weights_file), "cpu")
+    with pytest.raises(SoftTimeLimitExceeded):
+        renderer.render_batch(plan.renders[:1], SlowStorage(), "job", "png", 90)

@@ -228,8 +228,8 @@ class Renderer:
             try:
                 data = encode(to_image(result.image), fmt, quality, meta)
                 storage.put(render.key, data, CONTENT_TYPES[fmt], _flat_metadata(meta))
-            except TransientError:
-                raise
+            except (SoftTimeLimitExceeded, TransientError):
+                raise  # a time limit is the task's to report, never this render's error
             except Exception as exc:
                 outcomes.append(Outcome(render, "failed", result.seconds, _reason(exc)))
                 continue

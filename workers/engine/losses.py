@@ -1,6 +1,9 @@
 """Style, content and smoothness losses. Whatever the network's precision (bf16 or fp32),
-features are cast up before any statistic: Gram statistics and losses are fp32, and the
-Wasserstein-2 loss works in float64 (its square root is only exact there, see ``TraceSqrt``).
+features are cast up before any statistic. Gram statistics and losses are stored and summed in
+fp32; on CUDA their matrix products run on TF32 tensor cores (10-bit mantissa products, fp32
+accumulation) while a render runs, see ``StyleEngine._device_flags``. The Wasserstein-2 loss
+works in float64 throughout, unaffected by TF32 (its square root is only exact there, see
+``TraceSqrt``).
 Every loss is relative to its target's magnitude, so weights mean the same for any VGG weights
 and any image size. Each returns one value per image in the batch."""
 

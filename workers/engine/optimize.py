@@ -8,6 +8,7 @@ per scale. Adam's moments and the iterate average are resized with the image bet
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -102,13 +103,45 @@ class StyleEngine:
         # bf16: the network's weights are cast once (what autocast would redo every step); the
         # input is cast on entry; statistics and losses are computed in fp32.
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        # L-BFGS needs an objective without bf16 noise (its line search stopped after 94 of
+        # 154 evaluations in bf16): keep the fp32 weights to build an fp32 network for it.
+        self._fp32_state = (
+            {k: v.detach().clone() for k, v in net.state_dict().items()}
+            if precision == "bf16"
+            else None
+        )
+        self._net_fp32: VGG19Features | None = None
         net = net.to(self.device)
         net.convs.to(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         self.net = net.to(memory_format=self.memory_format)
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True
+        self._shapes_seen: set[tuple[int, ...]] = set()
+
+    @contextlib.contextmanager
+    def _device_flags(self, shape: tuple[int, ...]):
+        """TF32 matmuls and convolutions on CUDA, and cuDNN autotuning for a shape seen before
+        (tuning a shape met once costs more than it saves, and exact channel sizes bring many
+        shapes), for the length of one render only: the process's own settings are restored.
+        """
+        if self.device.type != "cuda":
+            yield
+            return
+        backends = torch.backends
+        saved = (
+            backends.cuda.matmul.allow_tf32,
+            backends.cudnn.allow_tf32,
+            backends.cudnn.benchmark,
+        )
+        backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = True
+        backends.cudnn.benchmark = shape in self._shapes_seen
+        self._shapes_seen.add(shape)
+        try:
+            yield
+        finally:
+            (
+                backends.cuda.matmul.allow_tf32,
+                backends.cudnn.allow_tf32,
+                backends.cudnn.benchmark,
+            ) = saved
 
     # -- public API -----------------------------------------------------------------------
 
@@ -129,6 +162,16 @@ class StyleEngine:
             raise ValueError(f"a batch needs contents of one shape, got {sorted(shapes)}")
         if config.optimizer == "lbfgs" and len(items) > 1:
             return [r for item in items for r in self.render_batch([item], config, progress)]
+        lbfgs = config.optimizer == "lbfgs"
+        with (
+            self._device_flags((len(items), *items[0].content.shape)),
+            self._fp32_network() if lbfgs else contextlib.nullcontext(),
+        ):
+            return self._render_batch(items, config, progress)
+
+    def _render_batch(
+        self, items: list[RenderItem], config: EngineConfig, progress: Progress | None
+    ) -> list[RenderResult]:
         started = time.perf_counter()
         height, width = items[0].content.shape[-2:]
         schedule = config.schedule(max(height, width))
@@ -335,11 +378,29 @@ class StyleEngine:
         try:
             with torch.cuda.graph(graph):
                 fn()
-        except Exception as exc:  # capture is an optimisation: fall back to eager steps
+        except RuntimeError as exc:  # capture is an optimisation: fall back to eager steps
+            # (only torch's errors: a worker's time limit, raised as another exception, must
+            # reach the worker)
             torch.cuda.synchronize()
             warnings.warn(f"CUDA graph capture failed, running eagerly: {exc}", stacklevel=2)
             return None
         return graph
+
+    @contextlib.contextmanager
+    def _fp32_network(self):
+        """The network in fp32 for the length of the block (L-BFGS on a bf16 engine)."""
+        if self._fp32_state is None:
+            yield
+            return
+        if self._net_fp32 is None:
+            net = VGG19Features()
+            net.load_state_dict(self._fp32_state)
+            self._net_fp32 = net.to(self.device).to(memory_format=self.memory_format).eval()
+        bf16, self.net = self.net, self._net_fp32
+        try:
+            yield
+        finally:
+            self.net = bf16
 
     def _lbfgs(self, x, targets, config, iterations) -> None:
         # L-BFGS flattens its parameters with .view(-1): optimise a contiguous copy.
