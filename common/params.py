@@ -81,7 +81,7 @@ class RenderParams(Strict):
     color: Literal["none", "luminance", "histogram"] = "none"
     init: Literal["content", "noise", "style"] = "content"
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    style_loss: Literal["gram", "wasserstein"] | None = None
+    style_loss: Literal["gram", "wasserstein", "sliced"] | None = None
     optimizer: Literal["adam", "lbfgs"] | None = None
     lr: float | None = Field(None, gt=0, le=1)
     pooling: Literal["max", "avg"] | None = None
@@ -120,6 +120,8 @@ class RenderParams(Strict):
     def _lbfgs_has_no_ema(self) -> RenderParams:
         if self.optimizer == "lbfgs" and self.ema:
             raise ValueError("ema (iterate averaging) applies to adam only")
+        if self.optimizer == "lbfgs" and self.style_loss == "sliced":
+            raise ValueError("style_loss sliced needs optimizer adam (new directions every step)")
         return self
 
     def merged(self, override: RenderParams | None) -> RenderParams:

@@ -112,3 +112,27 @@ def test_high_renders_finite_at_every_scale_and_in_bf16(weights_file, images):
         assert [s for s, _ in result.schedule] == [16, 27, 48]
         assert torch.isfinite(result.image).all()
         assert all(np.isfinite(v) for v in result.losses.values()), result.losses
+
+
+def test_sliced_loss_is_zero_at_the_style_and_renders_deterministically(net, weights_file, images):
+    from workers.engine.losses import SlicedTarget, style_samples
+
+    style = features(net, images["starry_night"], 64)
+    content = features(net, images["tubingen"], 64)
+    gen = torch.Generator().manual_seed(0)
+    for layer in LAYERS:
+        target = SlicedTarget([[(style_samples(style[layer]), 1.0)]], gen)
+        assert float(target.loss(style[layer])[0]) <= 1e-6
+        assert float(target.loss(content[layer])[0]) > 1e-3
+    half = SlicedTarget([[(style_samples(style["relu3_1"]), 0.5)] * 2], gen)  # a blend of one
+    assert float(half.loss(style["relu3_1"])[0]) <= 1e-6
+
+    it = RenderItem(picture(images["tubingen"], 48)[0], [(picture(images["wave"], 48)[0], 1.0)])
+    config = EngineConfig(start=24, ratio=2, iterations=15, style_loss="sliced")
+    engine = StyleEngine(str(weights_file), "cpu")
+    first, again = engine.render(it, config), engine.render(it, config)
+    assert torch.equal(first.image, again.image)  # its random directions follow the seed
+    before = engine.evaluate(it.content[None], [it], config)[0]["style"]
+    assert first.losses["style"] < 0.5 * before
+    with pytest.raises(ValueError, match="sliced style loss needs adam"):
+        EngineConfig(style_loss="sliced", optimizer="lbfgs", ema=0.0)

@@ -38,7 +38,7 @@ class EngineConfig:
     style_scale: float = 1.0
     color: str = "none"  # none | luminance | histogram
     init: str = "content"  # content | noise | style
-    style_loss: str = "gram"  # gram | wasserstein
+    style_loss: str = "gram"  # gram | wasserstein | sliced
     optimizer: str = "adam"  # adam | lbfgs
     lr: float = 0.02
     pooling: str = "avg"  # avg | max
@@ -54,7 +54,7 @@ class EngineConfig:
         choices = {
             "color": ("none", "luminance", "histogram"),
             "init": ("content", "noise", "style"),
-            "style_loss": ("gram", "wasserstein"),
+            "style_loss": ("gram", "wasserstein", "sliced"),
             "optimizer": ("adam", "lbfgs"),
             "pooling": ("avg", "max"),
         }
@@ -72,6 +72,8 @@ class EngineConfig:
             raise ValueError("ema must be within [0, 1)")
         if self.optimizer == "lbfgs" and self.ema:
             raise ValueError("ema applies to adam only")
+        if self.optimizer == "lbfgs" and self.style_loss == "sliced":
+            raise ValueError("the sliced style loss needs adam (its directions change every step)")
         if not 16 <= self.start <= 8192 or not 1.05 <= self.ratio <= 4:
             raise ValueError("pyramid start must be 16..8192 and ratio 1.05..4")
         unknown = [n for n, _ in self.style_layers if n not in LAYERS]

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from workers.engine import color
 from workers.engine.config import EngineConfig
 from workers.engine.losses import (
+    SlicedTarget,
     StyleTarget,
     content_loss,
     content_norm,
     moments,
+    style_samples,
     tv_loss,
 )
 from workers.engine.vgg import VGG19Features, load_vgg19
@@ -56,7 +58,7 @@ class RenderResult:
 class _Targets:
     content: torch.Tensor
     content_norm: torch.Tensor
-    styles: dict[str, StyleTarget]
+    styles: dict[str, StyleTarget | SlicedTarget]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -115,6 +117,7 @@ class StyleEngine:
         net.convs.to(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         self.net = net.to(memory_format=self.memory_format)
         self._shapes_seen: set[tuple[int, ...]] = set()
+        self._generator = torch.Generator(self.device).manual_seed(0)
 
     @contextlib.contextmanager
     def _device_flags(self, shape: tuple[int, ...]):
@@ -173,6 +176,8 @@ class StyleEngine:
         self, items: list[RenderItem], config: EngineConfig, progress: Progress | None
     ) -> list[RenderResult]:
         started = time.perf_counter()
+        # the sliced loss's random directions: the same seed gives the same render
+        self._generator = torch.Generator(self.device).manual_seed(items[0].seed)
         height, width = items[0].content.shape[-2:]
         schedule = config.schedule(max(height, width))
         contents = torch.stack([item.content for item in items]).float().to(self.device)
@@ -268,11 +273,14 @@ class StyleEngine:
         ctarget = cfeat[config.content_layer].float()
         layers = {name for name, _ in config.style_layers}
         style_long = max(16, round(long_side * config.style_scale))
-        cache: dict[tuple[int, int], tuple[dict, dict]] = {}
-        per_item = []
+        cache: dict[tuple[int, int], tuple[dict, dict, dict]] = {}
+        per_item, sliced = [], config.style_loss == "sliced"
+        samples: dict[str, list[list]] = {name: [] for name in layers}
         for item_styles in styles:
             means: dict[str, torch.Tensor] = {}
             grams: dict[str, torch.Tensor] = {}
+            for name in layers:
+                samples[name].append([])
             for image, weight in item_styles:
                 key = (id(image), style_long)
                 if key not in cache:
@@ -284,14 +292,19 @@ class StyleEngine:
                     cache[key] = (
                         {n: s[0][0] for n, s in stats.items()},
                         {n: s[1][0] for n, s in stats.items()},
+                        {n: style_samples(f) for n, f in feats.items()} if sliced else {},
                     )
-                mean, gram = cache[key]
+                mean, gram, kept = cache[key]
                 for name in layers:
                     means[name] = means.get(name, 0) + weight * mean[name]
                     grams[name] = grams.get(name, 0) + weight * gram[name]
+                    if sliced:
+                        samples[name][-1].append((kept[name], weight))
             per_item.append((means, grams))
-        targets = {
-            name: StyleTarget(
+        targets: dict[str, StyleTarget | SlicedTarget] = {
+            name: SlicedTarget(samples[name], self._generator)
+            if sliced
+            else StyleTarget(
                 torch.stack([means[name] for means, _ in per_item]),
                 torch.stack([grams[name] for _, grams in per_item]),
                 config.style_loss,
@@ -342,12 +355,13 @@ class StyleEngine:
 
         graph, warmup = None, 3
         # The exact W2 loss decomposes matrices on every step (torch's eigh waits on the device
-        # to check its result), which a CUDA graph cannot hold: it steps eagerly.
+        # to check its result), which a CUDA graph cannot hold, and the sliced loss draws from
+        # its own generator: both step eagerly.
         use_graph = (
             self.cuda_graphs
             and self.device.type == "cuda"
             and iterations > warmup + 2
-            and config.style_loss != "wasserstein"
+            and config.style_loss == "gram"
         )
         side = torch.cuda.Stream() if use_graph else None
         for i in range(iterations):
