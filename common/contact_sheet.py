@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 from common.errors import InputError
 from common.imageio import decode, fit_long_side
 from common.settings import Settings
+from common.sizes import parse_size
 from common.storage import Storage, read_input
 from common.summary import RenderRecord, Summary
 
@@ -56,16 +57,24 @@ MAX_ROWS, MAX_COLS = 40, 16
 
 
 def sheet_for(summary: Summary, storage: Storage, settings: Settings) -> bytes:
-    """The contact sheet of a job: the largest size of each content x style, failures marked."""
+    """The contact sheet of a job: a row per content, a column per style (the largest of its
+    long-side sizes), or per style and exact size where a job has exact frames (channel
+    sizes), failures marked."""
     contents = list(dict.fromkeys(r.content for r in summary.renders))[:MAX_ROWS]
+    exact = any(parse_size(r.size).exact for r in summary.renders)
+
+    def column(record: RenderRecord) -> str:
+        return f"{record.style} @ {parse_size(record.size).label}" if exact else record.style
+
     styles: dict[str, str] = {}
     for record in summary.renders:
-        styles.setdefault(record.style, record.style_images[0][0])
+        styles.setdefault(column(record), record.style_images[0][0])
     style_names = list(styles)[:MAX_COLS]
     best: dict[tuple[str, str], RenderRecord] = {}
     for record in summary.renders:
-        key = (record.content, record.style)
-        if key not in best or record.size > best[key].size:
+        key = (record.content, column(record))
+        pixels = parse_size(record.size).pixels
+        if key not in best or pixels > parse_size(best[key].size).pixels:
             best[key] = record
 
     def thumb(data: bytes | None, name: str) -> Image.Image | None:

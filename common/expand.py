@@ -15,9 +15,10 @@ from typing import Any
 from common.errors import InputError, ManifestError, Problem
 from common.imageio import EXTENSIONS
 from common.inputs import identify, require_s3_access, weights_identity
-from common.manifest import Glob, Manifest, Prefix, load_document, parse_manifest
+from common.manifest import Glob, Manifest, Prefix, Shot, load_document, parse_manifest
 from common.schedule import slot_label
 from common.settings import Settings
+from common.sizes import parse_size
 from common.storage import list_inputs
 from common.uris import Location, canonical_uri, check_relative_key, is_s3, parse_location
 
@@ -35,12 +36,13 @@ class Render:
     content_name: str
     style: str
     style_images: tuple[tuple[str, float], ...]
-    size: int
+    size: int | str  # a long side, or an exact frame "WxH" / channel name (common/sizes.py)
     params: dict[str, Any] = field(hash=False)
     key: str
     weights: str
     # uri -> content identity (common/inputs.py) of the content, style images and S3 weights
     identities: dict[str, str] = field(hash=False)
+    focus: tuple[float, float] | None = None  # where exact frames are cropped (None: auto)
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow (``dataclasses.asdict`` deep-copies params: slow for 10,000 renders)."""
@@ -51,6 +53,7 @@ class Render:
         data = dict(data)
         data["style_images"] = tuple((u, float(w)) for u, w in data["style_images"])
         data.setdefault("identities", {})  # recorded before inputs were identified
+        data["focus"] = tuple(data["focus"]) if data.get("focus") else None
         return cls(**data)
 
 
@@ -75,10 +78,11 @@ class JobPlan:
 def render_id(
     content: str,
     style_images: tuple[tuple[str, float], ...],
-    size: int,
+    size: int | str,
     params: dict[str, Any],
     weights: str,
     identities: dict[str, str],
+    focus: tuple[float, float] | None = None,
 ) -> str:
     """Names the inputs by URI and by content: a replaced object is a new render."""
     total = sum(w for _, w in style_images)
@@ -91,6 +95,7 @@ def render_id(
         "size": size,
         "params": params,
         "weights": [weights, identities.get(weights, "")],
+        "focus": list(focus) if focus else None,
     }
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -158,6 +163,8 @@ def _raw_input_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:
     for i, entry in enumerate(content if isinstance(content, list) else []):
         if isinstance(entry, str) and entry:
             found.append(_missing(f"content[{i}]", entry, base_dir))
+        elif isinstance(entry, dict) and isinstance(entry.get("uri"), str) and entry["uri"]:
+            found.append(_missing(f"content[{i}].uri", entry["uri"], base_dir))
     styles = data.get("styles")
     for i, style in enumerate(styles if isinstance(styles, list) else []):
         if not isinstance(style, dict):
@@ -194,6 +201,13 @@ def expand(
     )
     contents = _contents(manifest, base_dir, settings, attempt, problems)
     inputs = dict(contents)  # uri -> where the manifest names it
+    focus = {  # uri -> focus point, for the shots that give one (bad URIs named above)
+        uri: e.focus
+        for e in manifest.content
+        if isinstance(e, Shot) and e.focus
+        for uri in contents
+        if contents[uri].startswith(f"content[{manifest.content.index(e)}]")
+    }
     styles = []
     for i, style in enumerate(manifest.styles):
         images = []
@@ -235,7 +249,10 @@ def expand(
                     for u in (content, *(u for u, _ in images), weights_spec)
                     if u in identities
                 }
-                rid = render_id(content, images, size, resolved, weights_spec, ids)
+                rid = render_id(
+                    content, images, size, resolved, weights_spec, ids, focus.get(content)
+                )
+                frame = parse_size(size)
                 if rid in seen:
                     continue
                 seen.add(rid)
@@ -243,7 +260,10 @@ def expand(
                     job=manifest.name,
                     content=cname,
                     style=style.name,
-                    size=size,
+                    size=frame.label,  # the size as written: 512, 1200x628, meta-story
+                    width=frame.width or frame.long,
+                    height=frame.height or frame.long,
+                    channel=frame.channel or f"long{frame.long}",
                     preset=params.preset,
                     id=rid[:12],
                     ext=ext,
@@ -259,7 +279,7 @@ def expand(
                 if key in by_key:
                     message = (
                         f"two different renders map to {key!r} ({by_key[key]} and {content} x "
-                        f"{style.name} @ {size}); add {{content}}, {{style}}, {{size}} or {{id}}"
+                        f"{style.name} @ {size}); add {{content}}, {{style}}, {{size}}, {{channel}} or {{id}}"
                     )
                     problems.append(Problem("output.key", message))
                     raise ManifestError(source, problems)
@@ -276,6 +296,7 @@ def expand(
                         key,
                         weights_spec,
                         ids,
+                        focus.get(content),
                     )
                 )
     return JobPlan(
@@ -312,12 +333,14 @@ def _contents(
     out: dict[str, str] = {}
     for i, entry in enumerate(manifest.content):
         where = f"content[{i}]"
-        if isinstance(entry, str):
-            problem = _missing(where, entry, base_dir)
+        if isinstance(entry, str | Shot):
+            uri = entry if isinstance(entry, str) else entry.uri
+            here = where if isinstance(entry, str) else f"{where}.uri"
+            problem = _missing(here, uri, base_dir)
             if problem:
                 problems.append(problem)
             else:
-                out.setdefault(canonical_uri(entry, base_dir), where)
+                out.setdefault(canonical_uri(uri, base_dir), here)
             continue
         pattern = entry.glob if isinstance(entry, Glob) else entry.prefix
         label = "glob" if isinstance(entry, Glob) else "prefix"

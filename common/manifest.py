@@ -20,7 +20,9 @@ from common.errors import ManifestError, Problem
 from common.params import RenderParams, Strict
 from common.schedule import check as check_schedule
 
-KEY_FIELDS = ("job", "content", "style", "size", "preset", "id", "ext", "slot")
+KEY_FIELDS = (
+    "job", "content", "style", "size", "width", "height", "channel", "preset", "id", "ext", "slot",
+)  # fmt: skip
 DEFAULT_KEY = "{content}/{style}-{size}.{ext}"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 
@@ -72,7 +74,22 @@ class Prefix(Strict):
     prefix: Uri
 
 
-ContentEntry = Uri | Glob | Prefix
+class Shot(Strict):
+    """One content image with what to keep in view: ``focus`` (x, y in 0..1) is where exact
+    frames are cropped around; without it, the image's own centre of detail (edge energy)."""
+
+    uri: Uri
+    focus: tuple[float, float] | None = None
+
+    @field_validator("focus")
+    @classmethod
+    def _in_unit_square(cls, focus: tuple[float, float] | None) -> tuple[float, float] | None:
+        if focus is not None and not all(0 <= v <= 1 for v in focus):
+            raise ValueError("focus is [x, y], each within 0..1 (0, 0 is the top left)")
+        return focus
+
+
+ContentEntry = Uri | Shot | Glob | Prefix
 
 
 class WeightedImage(Strict):

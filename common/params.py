@@ -73,7 +73,8 @@ class RenderParams(Strict):
     """What a manifest may set. Unset fields (None) come from the preset."""
 
     preset: Literal["draft", "standard", "high"] = "standard"
-    sizes: list[Side] = Field(default=[512], min_length=1, max_length=16)
+    # a long side (int), an exact frame "WxH" or a channel name (common/sizes.py)
+    sizes: list[Side | str] = Field(default=[512], min_length=1, max_length=16)
     style_weight: float | None = Field(None, ge=0, le=1e6)
     content_weight: float | None = Field(None, ge=0, le=1e6)
     tv_weight: float | None = Field(None, ge=0, le=1e6)
@@ -92,10 +93,15 @@ class RenderParams(Strict):
 
     @field_validator("sizes")
     @classmethod
-    def _distinct_sizes(cls, sizes: list[int]) -> list[int]:
-        if len(set(sizes)) != len(sizes):
+    def _distinct_sizes(cls, sizes: list[int | str]) -> list[int | str]:
+        """Each a long side, "WxH" or a channel (normalised: "1080X1080 " -> "1080x1080")."""
+        from common.sizes import parse_size
+
+        parsed = [parse_size(size) for size in sizes]
+        canonical = [p.long if not p.exact else p.channel for p in parsed]
+        if len(set(canonical)) != len(canonical):
             raise ValueError("sizes must be distinct")
-        return sizes
+        return canonical
 
     @field_validator("style_layers")
     @classmethod

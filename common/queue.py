@@ -43,10 +43,15 @@ def celery_priority(priority: int) -> int:
 SECONDS_PER_MPIX_ITERATION = {"cuda": 0.05, "cpu": 30.0}
 
 
-def task_work(size: int, params: dict[str, Any], renders: int) -> float:
-    """A task's work in full-size megapixel-iterations (W2 style loss counted twice); sent with
-    the task, so the worker that takes it sets limits for its own device."""
-    work = sum(n * side * side / 1e6 for side, n in schedule(params, size))
+def task_work(size: int | str, params: dict[str, Any], renders: int) -> float:
+    """A task's work in megapixel-iterations of its real frame (an exact size's W x H, a long
+    side's at most side x side; the W2 style loss counted twice); sent with the task, so the
+    worker that takes it sets limits for its own device."""
+    from common.sizes import parse_size
+
+    out = parse_size(size)
+    aspect = out.pixels / out.long**2
+    work = sum(n * side * side * aspect / 1e6 for side, n in schedule(params, out.long))
     cost = 2 if params.get("style_loss") == "wasserstein" else 1
     return round(work * cost * renders, 6)
 

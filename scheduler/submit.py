@@ -20,6 +20,7 @@ from common.queue import (
 )
 from common.schedule import slot_label
 from common.settings import Settings
+from common.sizes import parse_size
 
 
 @dataclass
@@ -49,7 +50,7 @@ def task_groups(renders: list[Render]) -> list[list[Render]]:
         groups.setdefault(key, []).append(render)
     out = []
     for group in groups.values():
-        per_task = max(1, MAX_BATCH_PIXELS // (group[0].size ** 2))
+        per_task = max(1, MAX_BATCH_PIXELS // parse_size(group[0].size).pixels)
         out += [group[i : i + per_task] for i in range(0, len(group), per_task)]
     return out
 

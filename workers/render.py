@@ -7,6 +7,7 @@ render twice yields one output.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -24,6 +25,7 @@ from common.expand import Render
 from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side, fitted_size
 from common.queue import MAX_BATCH_PIXELS
 from common.settings import Settings
+from common.sizes import cover_box, parse_size
 from common.storage import Storage
 from workers.cache import InputCache
 
@@ -170,7 +172,30 @@ class Renderer:
         return self.engine.weights_id
 
     def content_at_size(self, render: Render) -> Image.Image:
-        return fit_long_side(self.image(render, render.content), render.size)
+        """The content as the output frames it: fitted to a long side, or cover-cropped to an
+        exact frame around the render's focus (else the image's centre of detail)."""
+        img = self.image(render, render.content)
+        size = parse_size(render.size)
+        if not size.exact:
+            return fit_long_side(img, size.long)
+        assert size.width and size.height
+        from workers.images import detail_centre  # torch: render workers only
+
+        focus = render.focus or detail_centre(img)
+        box = cover_box(img.width, img.height, size.width, size.height, focus)
+        return img.crop(box).resize((size.width, size.height), Image.Resampling.LANCZOS)
+
+    def brush_scale(self, render: Render) -> float:
+        """How much larger the whole content is, at an exact frame's crop scale, than the
+        frame: style features scale with it, so strokes keep one size relative to the subject
+        across every channel size of one content x style."""
+        size = parse_size(render.size)
+        if not size.exact:
+            return 1.0
+        assert size.width and size.height
+        width, height = self.image(render, render.content).size
+        scale = max(size.width / width, size.height / height)
+        return max(width, height) * scale / size.long
 
     def image(self, render: Render, uri: str) -> Image.Image:
         """One of the render's inputs, as it was when the job was planned."""
@@ -178,7 +203,11 @@ class Renderer:
 
     def shape_of(self, render: Render) -> tuple[int, int]:
         """The output's (height, width), from the decoded size alone (no resize)."""
-        width, height = fitted_size(*self.image(render, render.content).size, render.size)
+        size = parse_size(render.size)
+        if size.exact:
+            assert size.width and size.height
+            return size.height, size.width
+        width, height = fitted_size(*self.image(render, render.content).size, size.long)
         return height, width
 
     def render_batch(
@@ -197,6 +226,10 @@ class Renderer:
         started = time.perf_counter()
         try:
             config = EngineConfig.from_params(group[0].params)
+            brush = self.brush_scale(group[0])  # a group shares one content and size
+            if brush != 1.0:
+                scale = min(4.0, max(0.05, config.style_scale * brush))
+                config = dataclasses.replace(config, style_scale=scale)
             contents: dict[tuple, Any] = {}  # a group shares one content: resize it once
             for r in group:
                 if _content_key(r) not in contents:
