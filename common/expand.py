@@ -279,7 +279,8 @@ def expand(
                 if key in by_key:
                     message = (
                         f"two different renders map to {key!r} ({by_key[key]} and {content} x "
-                        f"{style.name} @ {size}); add {{content}}, {{style}}, {{size}}, {{channel}} or {{id}}"
+                        f"{style.name} @ {size}); add {{content}}, {{style}}, {{size}}, "
+                        "{channel} or {id}"
                     )
                     problems.append(Problem("output.key", message))
                     raise ManifestError(source, problems)

@@ -125,6 +125,11 @@ if status == 'running' then leave_running(KEYS[1], KEYS[3], ARGV[4]) end
 local record = cjson.decode(ARGV[3])
 record['ended_at'] = t
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(record))
+if type(record['device']) == 'string' and tonumber(record['seconds']) then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'cost:seconds:' .. record['device'], record['seconds'])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'cost:pixel_iterations', record['pixel_iterations'] or 0)
+end
+if ARGV[2] == 'done' then redis.call('HINCRBY', KEYS[1], 'cost:outputs', 1) end
 return ended(KEYS[1], ARGV[2], t, ARGV[1])
 """
 
@@ -227,6 +232,21 @@ class JobInfo:
 
     def count(self, status: str) -> int:
         return int(self.meta.get(f"n_{status}", 0))
+
+    def cost(self) -> dict[str, Any]:
+        """What the job has spent, counted once per render by its transition to an end (a
+        render that ran: done, or failed after rendering): device-seconds by device type,
+        pixel-iterations, and outputs written. Same shape as ``Summary.cost``."""
+        prefix = "cost:seconds:"
+        return {
+            "device_seconds": {
+                k.removeprefix(prefix): round(float(v), 3)
+                for k, v in self.meta.items()
+                if k.startswith(prefix)
+            },
+            "pixel_iterations": float(self.meta.get("cost:pixel_iterations", 0)),
+            "outputs": int(self.meta.get("cost:outputs", 0)),
+        }
 
     @property
     def running(self) -> int:
@@ -621,6 +641,8 @@ class JobStore:
             record.weights_id = state.get("weights_id")
             record.losses = state.get("losses")
             record.rendered_by = state.get("rendered_by")
+            record.device = state.get("device")
+            record.pixel_iterations = state.get("pixel_iterations")
             records.append(record)
         return Summary(
             job_id=job_id,

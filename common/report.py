@@ -11,6 +11,7 @@ from common.storage import Storage
 from common.summary import Summary
 
 SUMMARY_KEY, SHEET_KEY = RESERVED_KEYS
+COST_KEY = "cost.csv"  # per job only, under _jobs/<job id>/
 
 
 def record_key(job_id: str, name: str) -> str:
@@ -29,4 +30,6 @@ def publish(storage: Storage, summary: Summary, settings: Settings) -> None:
     write_summary(storage, summary)
     sheet = sheet_for(summary, storage, settings)
     storage.put(record_key(summary.job_id, SHEET_KEY), sheet, "image/png", {"job": summary.job_id})
+    costs = summary.cost_csv()
+    storage.put(record_key(summary.job_id, COST_KEY), costs, "text/csv", {"job": summary.job_id})
     storage.put(SHEET_KEY, sheet, "image/png", {"job": summary.job_id})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -10,6 +12,10 @@ from typing import Any
 from common.expand import JobPlan, Render
 
 STATUSES = ("pending", "done", "skipped", "failed", "cancelled")
+CSV_COLUMNS = (
+    "job", "render", "content", "style", "size", "status", "device", "device_seconds",
+    "pixel_iterations", "outputs",
+)  # fmt: skip
 
 
 @dataclass
@@ -29,6 +35,8 @@ class RenderRecord:
     losses: dict[str, float] | None = None
     inputs: dict[str, str] = field(default_factory=dict)  # uri -> content identity
     rendered_by: str | None = None  # for a skipped render: the job that made its output
+    device: str | None = None  # where this job rendered it (cpu, or cuda:<card>)
+    pixel_iterations: float | None = None  # output pixels x iterations, summed over scales
 
     @classmethod
     def of(cls, render: Render, uri: str) -> RenderRecord:
@@ -74,7 +82,34 @@ class Summary:
             counts[record.status] += 1
         return counts
 
+    def cost(self) -> dict[str, Any]:
+        """What this job spent: device-seconds by device type, pixel-iterations, outputs."""
+        seconds: dict[str, float] = {}
+        for r in self.renders:
+            if r.device and r.seconds:
+                seconds[r.device] = seconds.get(r.device, 0.0) + r.seconds
+        return {
+            "device_seconds": seconds,
+            "pixel_iterations": sum(r.pixel_iterations or 0 for r in self.renders if r.device),
+            "outputs": sum(r.status == "done" for r in self.renders),
+        }
+
+    def cost_csv(self) -> bytes:
+        """One row per render, for a finance team to sum: what this job spent on it (a render
+        skipped because an earlier job made it costs nothing here)."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for r in self.renders:
+            ran = bool(r.device)
+            seconds = f"{r.seconds or 0:.3f}" if ran else "0"
+            work = f"{r.pixel_iterations or 0:.0f}" if ran else "0"
+            row = [self.job_id, r.id, r.content, r.style, r.size, r.status, r.device or ""]
+            writer.writerow([*row, seconds, work, int(r.status == "done")])
+        return out.getvalue().encode()
+
     def to_json(self) -> bytes:
         data = asdict(self)
         data["counts"] = self.counts()
+        data["cost"] = self.cost()
         return json.dumps(data, indent=2, sort_keys=False).encode()

@@ -401,6 +401,7 @@ def status(
         import json
 
         record = _job_record(info) | {"output": str(info.location), "timed_out": timed_out}
+        record["cost"] = info.cost()
         record["failures"] = [
             {
                 "render": rid,
@@ -428,6 +429,14 @@ def status(
         "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  total {info.total}", highlight=False
     )
     out.print(f"output {info.location}", highlight=False)
+    cost = info.cost()
+    spent = ", ".join(f"{d} {s:.1f} s" for d, s in sorted(cost["device_seconds"].items()))
+    out.print(
+        f"cost: device-seconds {spent or '0'}; {cost['pixel_iterations']:.3g} pixel-iterations; "
+        f"{cost['outputs']} output(s)",
+        highlight=False,
+        markup=False,
+    )
     if failures:
         for rid, state in failures:
             spec = specs.get(rid)

@@ -52,6 +52,13 @@ def test_submit_render_status_and_outputs_in_s3(fleet, tmp_path):
     listed = json.loads(fleet.cli("jobs", "--json", "--limit", "200").stdout)
     mine = next(j for j in listed if j["job"] == job_id)
     assert (mine["status"], mine["total"], mine["done"], mine["pending"]) == ("done", 4, 4, 0)
+    cost = json.loads(fleet.cli("status", job_id, "--json").stdout)["cost"]
+    assert cost["outputs"] == 4 and cost["device_seconds"]["cpu"] > 0
+    assert cost["pixel_iterations"] == pytest.approx(summary["cost"]["pixel_iterations"])
+    assert "cost: device-seconds cpu" in status.stdout
+    key = f"basic/_jobs/{job_id}/cost.csv"
+    rows = fleet.s3_server.client().get_object(Bucket="outputs", Key=key)["Body"].read()
+    assert len(rows.decode().strip().splitlines()) == 5  # a header and a row per render
 
     again = fleet.cli("submit", str(path))
     assert again.returncode == 0 and f"exists {job_id}" in again.stdout

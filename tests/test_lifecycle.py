@@ -119,3 +119,32 @@ def test_a_rerun_keeps_what_the_first_run_measured(tmp_path, images, weights_fil
     assert [r["seconds"] for r in kept["renders"]] == [r.seconds for r in first.renders]
     assert (out / "_jobs" / plan.job_id / "contact_sheet.png").is_file()
     assert json.loads((out / "summary.json").read_text())["job_id"] == plan.job_id  # latest
+
+
+def test_cost_per_render_and_per_job_in_the_summary_and_a_csv(tmp_path, images, weights_file):
+    import csv
+
+    from workers.local import run_local
+
+    out = tmp_path / "out"
+    path = write_manifest(tmp_path, tiny_manifest(images, out))
+    plan = plan_job(path, local_settings(), str(weights_file))
+    summary = run_local(plan, local_settings(), "cpu")
+    # tubingen at 48 px is 48 x 36; the pyramid is 32 then 48, 8 iterations each
+    per_render = 8 * 48 * 36 * (32 / 48) ** 2 + 8 * 48 * 36
+    cost = json.loads((out / "summary.json").read_text())["cost"]
+    assert cost["outputs"] == 2 and cost["pixel_iterations"] == pytest.approx(2 * per_render)
+    assert cost == json.loads(json.dumps(summary.cost()))
+    assert list(cost["device_seconds"]) == ["cpu"] and cost["device_seconds"]["cpu"] > 0
+    rows = list(csv.DictReader((out / "_jobs" / plan.job_id / "cost.csv").open()))
+    assert len(rows) == 2 and {r["device"] for r in rows} == {"cpu"}
+    assert sum(float(r["device_seconds"]) for r in rows) == pytest.approx(
+        cost["device_seconds"]["cpu"], abs=0.01
+    )
+    assert sum(float(r["pixel_iterations"]) for r in rows) == pytest.approx(2 * per_render, abs=1)
+
+    run_local(plan_job(path, local_settings(), str(weights_file)), local_settings(), "cpu")
+    again = list(csv.DictReader((out / "_jobs" / plan.job_id / "cost.csv").open()))
+    assert [(r["status"], r["device_seconds"], r["outputs"]) for r in again] == [
+        ("skipped", "0", "0")
+    ] * 2  # a rerun that renders nothing costs nothing

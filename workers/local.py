@@ -37,6 +37,7 @@ def run_local(
         rec = records[outcome.render.id]
         rec.status, rec.seconds, rec.error = outcome.status, outcome.seconds, outcome.error
         rec.losses = outcome.losses
+        rec.device, rec.pixel_iterations = outcome.device, outcome.pixel_iterations or None
         if outcome.status == "done":
             rec.weights_id = renderer.weights_id
         if on_outcome:

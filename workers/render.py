@@ -52,6 +52,8 @@ class Outcome:
     seconds: float = 0.0
     error: str | None = None
     losses: dict[str, float] | None = None
+    device: str | None = None  # where it ran: cpu, or cuda:<card>
+    pixel_iterations: float = 0.0
 
 
 class ImageCache:
@@ -256,7 +258,11 @@ class Renderer:
                 raise DeviceError(_reason(exc)) from exc
             return [Outcome(group[0], "failed", time.perf_counter() - started, _reason(exc))]
         outcomes = []
+        device = self.engine.device_name
         for render, result in zip(group, results, strict=True):
+            height, width = result.image.shape[-2:]
+            long = max(height, width)
+            work = sum(n * height * width * (side / long) ** 2 for side, n in result.schedule)
             meta = metadata_for(render, job_id, self.weights_id, result.seconds, result.losses)
             try:
                 data = encode(to_image(result.image), fmt, quality, meta)
@@ -264,9 +270,12 @@ class Renderer:
             except (SoftTimeLimitExceeded, TransientError):
                 raise  # a time limit is the task's to report, never this render's error
             except Exception as exc:
-                outcomes.append(Outcome(render, "failed", result.seconds, _reason(exc)))
+                failed = Outcome(render, "failed", result.seconds, _reason(exc))
+                outcomes.append(dataclasses.replace(failed, device=device, pixel_iterations=work))
                 continue
-            outcomes.append(Outcome(render, "done", result.seconds, None, result.losses))
+            outcomes.append(
+                Outcome(render, "done", result.seconds, None, result.losses, device, work)
+            )
         return outcomes
 
 

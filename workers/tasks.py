@@ -292,6 +292,8 @@ def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
             seconds=outcome.seconds,
             error=outcome.error,
             losses=outcome.losses,
+            device=outcome.device,
+            pixel_iterations=outcome.pixel_iterations,
             worker=task.request.hostname,
             weights_id=r.weights_id if ok else None,
         )

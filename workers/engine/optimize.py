@@ -146,6 +146,13 @@ class StyleEngine:
                 backends.cudnn.benchmark,
             ) = saved
 
+    @property
+    def device_name(self) -> str:
+        """The device type, as cost is accounted: ``cpu`` or ``cuda:<card name>``."""
+        if self.device.type == "cuda":
+            return f"cuda:{torch.cuda.get_device_name(self.device)}"
+        return self.device.type
+
     # -- public API -----------------------------------------------------------------------
 
     def render(
