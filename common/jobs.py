@@ -369,6 +369,7 @@ class JobStore:
                 "n_running": 0,
                 "sent": 0,
                 "activity": repr(time.time()),
+                "webhook": plan.manifest.notify.webhook if plan.manifest.notify else "",
             },
         )
         for i in range(0, len(plan.renders), 1000):

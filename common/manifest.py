@@ -130,6 +130,12 @@ class Schedule(Strict):
         return self
 
 
+class Notify(Strict):
+    """Who hears when the job ends: a POST of its counts, failures, cost and summary URI."""
+
+    webhook: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
+
+
 class Manifest(Strict):
     name: Name
     priority: int = Field(5, ge=0, le=9)
@@ -139,6 +145,7 @@ class Manifest(Strict):
     params: RenderParams = RenderParams()
     weights: str | None = Field(None, min_length=1, max_length=2048)
     schedule: Schedule | None = None
+    notify: Notify | None = None
 
     @field_validator("styles")
     @classmethod

@@ -19,6 +19,7 @@ BOOKKEEPING_QUEUE = "bookkeeping"  # summaries, contact sheets, failure records
 RENDER_TASK = "stylebatch.render"
 FINALIZE_TASK = "stylebatch.finalize"
 FAILED_TASK = "stylebatch.render_failed"
+NOTIFY_TASK = "stylebatch.notify"
 MAX_CRASHES = 3  # a render during which its worker died this often is marked failed
 TRANSIENT_RETRIES = 10  # S3 or Redis unreachable: retries with backoff (about 4 minutes)
 EXIT_SICK = 3  # exit status of a render worker that stepped aside after device errors
@@ -120,6 +121,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             RENDER_TASK: {"queue": RENDER_QUEUE},
             FINALIZE_TASK: {"queue": BOOKKEEPING_QUEUE},
             FAILED_TASK: {"queue": BOOKKEEPING_QUEUE},
+            NOTIFY_TASK: {"queue": BOOKKEEPING_QUEUE},
         },
         task_default_priority=celery_priority(5),
         broker_connection_retry_on_startup=True,

@@ -53,6 +53,12 @@ class Settings:
     stall_after: float = 300.0
     watchdog_interval: float = 15.0  # how often the bookkeeping worker reaps and reconciles
     max_device_errors: int = 3  # consecutive device errors before a worker steps aside
+    # Job-end webhooks (docs/campaigns.md): a manifest's URL must start with one of these;
+    # every POST is signed with the secret (HMAC-SHA256), which never comes from a manifest.
+    webhook_allowed: tuple[str, ...] = ()
+    webhook_secret: str = field(default="", repr=False)
+    webhook_retries: int = 6  # deliveries retried with backoff: 2, 4, 8 .. 300 s
+    webhook_backoff: float = 2.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -97,4 +103,8 @@ class Settings:
             max_device_errors=int(
                 _env("STYLEBATCH_MAX_DEVICE_ERRORS", str(default.max_device_errors))
             ),
+            webhook_allowed=_prefixes("STYLEBATCH_WEBHOOK_ALLOWED", ()),
+            webhook_secret=_env("STYLEBATCH_WEBHOOK_SECRET"),
+            webhook_retries=int(_env("STYLEBATCH_WEBHOOK_RETRIES", str(default.webhook_retries))),
+            webhook_backoff=float(_env("STYLEBATCH_WEBHOOK_BACKOFF", str(default.webhook_backoff))),
         )

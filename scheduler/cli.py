@@ -168,6 +168,12 @@ def validate(
             _problems("invalid manifest", exc.source, exc.problems)
     if offline:
         _confine_location(parsed.output.location, manifest)
+        if parsed.notify:
+            from common.notify import check_webhook
+
+            refused = check_webhook(parsed.notify.webhook, Settings.from_env())
+            if refused:
+                _problems("webhook refused", str(manifest), refused)
         sizes = {n for style in parsed.styles for n in parsed.params.merged(style.params).sizes}
         out.print(
             f"well-formed: {len(parsed.content)} content entries, {len(parsed.styles)} "

@@ -25,7 +25,11 @@ def uses_s3(plan: JobPlan) -> bool:
 
 def preflight(plan: JobPlan, settings: Settings) -> list[Problem]:
     """Every problem that would fail renders of this job, found without rendering."""
-    return check_location(plan.location, settings) + plan.problems
+    from common.notify import check_webhook
+
+    notify = plan.manifest.notify
+    hook = check_webhook(notify.webhook if notify else None, settings)
+    return check_location(plan.location, settings) + plan.problems + hook
 
 
 def check_location(location: Location, settings: Settings) -> list[Problem]:

@@ -15,10 +15,11 @@ from PIL import Image
 from common.imageio import fitted_size
 from tests.conftest import ROOT
 from tests.fleet import INPUTS, Fleet, manifest, upload_inputs
-from tests.services import SECRET_KEY, wait_for
+from tests.services import SECRET_KEY, free_port, wait_for
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
+WEBHOOK_SECRET = "fleet-webhook-secret"
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,12 @@ def fleet(tmp_path_factory, redis_server, s3_server, weights_file, images):
     folder = tmp_path_factory.mktemp("fleet")
     upload_inputs(s3_server, images)
     stack = Fleet(folder, redis_server, s3_server, weights_file, db=1)
+    stack.webhook_port = free_port()  # a receiver the tests start on this port
+    stack.env |= {
+        "STYLEBATCH_WEBHOOK_ALLOWED": f"http://127.0.0.1:{stack.webhook_port}/hooks/",
+        "STYLEBATCH_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STYLEBATCH_WEBHOOK_BACKOFF": "0.2",
+    }
     stack.start(["cpu0", "cpu1", "bookkeeping"])
     yield stack
     stack.stop()
@@ -313,3 +320,65 @@ def test_flower_shows_workers_tasks_and_metrics_behind_auth(fleet, tmp_path):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_a_webhook_is_signed_retried_and_delivered_once(fleet, tmp_path):
+    import http.server
+    import threading
+
+    import yaml
+
+    from common.notify import SIGNATURE_HEADER, verify
+
+    received: list[tuple[int, bytes, str]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            code = 500 if len(received) < 2 else 200  # fails twice first
+            received.append((code, body, self.headers[SIGNATURE_HEADER]))
+            self.send_response(code)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", fleet.webhook_port), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        truncated = b"\x89PNG\r\n\x1a\n truncated"
+        fleet.s3_server.client().put_object(
+            Bucket=INPUTS, Key="img/hook_broken.png", Body=truncated
+        )
+        path = manifest(tmp_path, "hooked", ["tubingen", "hook_broken"], ["wave"])
+        data = yaml.safe_load(path.read_text())
+        refused = dict(data, notify={"webhook": "http://169.254.169.254/latest/meta-data"})
+        path.write_text(yaml.safe_dump(refused))
+        for command in (["validate"], ["validate", "--offline"], ["submit"]):
+            result = fleet.cli(*command, str(path))
+            assert result.returncode == 2, result.stdout + result.stderr
+            assert "notify.webhook: http://169.254.169.254" in " ".join(result.stderr.split())
+        hook = f"http://127.0.0.1:{fleet.webhook_port}/hooks/campaign"
+        path.write_text(yaml.safe_dump(dict(data, notify={"webhook": hook})))
+        job_id = fleet.submit(path)
+        fleet.wait_done(job_id)
+        wait_for(
+            lambda: fleet.store.get(job_id).meta.get("webhook_status") == "delivered", 60, "hook"
+        )
+        time.sleep(1)  # nothing more arrives
+    finally:
+        server.shutdown()
+    assert [code for code, _, _ in received] == [500, 500, 200]
+    assert all(verify(body, signature, WEBHOOK_SECRET) for _, body, signature in received)
+    assert not verify(received[-1][1], received[-1][2], "another secret")
+    body = json.loads(received[-1][1])
+    assert (body["job"], body["status"], body["counts"]["done"], body["counts"]["failed"]) == (
+        job_id,
+        "done",
+        1,
+        1,
+    )
+    assert body["failures"][0]["content"] == "hook_broken" and body["failures"][0]["error"]
+    assert body["summary"] == f"s3://outputs/hooked/_jobs/{job_id}/summary.json"
+    assert body["cost"]["outputs"] == 1
+    assert fleet.store.get(job_id).meta["webhook_attempts"] == "3"

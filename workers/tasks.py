@@ -24,6 +24,7 @@ from common.queue import (
     FAILED_TASK,
     FINALIZE_TASK,
     MAX_CRASHES,
+    NOTIFY_TASK,
     RENDER_TASK,
     TRANSIENT_RETRIES,
     make_app,
@@ -344,6 +345,7 @@ def finalize(self, job_id: str) -> dict[str, Any]:
     except StylebatchError as exc:
         return _finalize_failed(job_id, f"summary not written: {exc}")
     jobs.end_job(job_id, "done")
+    _notify(job_id)
     return {
         "job": job_id,
         "counts": summary.counts(),
@@ -354,7 +356,59 @@ def finalize(self, job_id: str) -> dict[str, Any]:
 def _finalize_failed(job_id: str, reason: str) -> dict[str, Any]:
     log.error("job %s failed: %s", job_id, reason)
     store().end_job(job_id, "failed", reason)
+    _notify(job_id)
     return {"job": job_id, "failed": reason}
+
+
+def _notify(job_id: str) -> None:
+    info = store().get(job_id)
+    if info is not None and info.meta.get("webhook") and info.terminal:
+        app.send_task(NOTIFY_TASK, args=[job_id, info.meta.get("finished", "")])
+
+
+@app.task(name=NOTIFY_TASK, bind=True, max_retries=None)
+def notify(self, job_id: str, finished: str) -> dict[str, Any]:
+    """POST the ended job to its webhook, signed; retried with backoff (2, 4, 8 .. 300 s) up
+    to STYLEBATCH_WEBHOOK_RETRIES times. Each attempt and the outcome are recorded in the
+    job (``webhook_status``, ``webhook_attempts``); a delivery already made for this end of
+    the job is not made again."""
+    from common.notify import check_webhook, payload, post
+
+    jobs = store()
+    info = jobs.get(job_id)
+    if info is None or info.meta.get("finished", "") != finished:
+        return {"ignored": "the job is gone or has ended again since"}
+    url = info.meta.get("webhook", "")
+    delivery = f"{job_id}:{finished}"
+    if info.meta.get("webhook_delivered") == delivery:
+        return {"ignored": "delivered already"}
+    refused = check_webhook(url, settings)  # checked at submit; the worker checks again
+    if refused:
+        jobs.r.hset(jobs._job(job_id), "webhook_status", f"refused: {refused[0].message}")
+        return {"refused": refused[0].message}
+    failed = [
+        {"render": r.id, "content": r.content_name, "style": r.style, "size": r.size,
+         "error": (jobs.state(job_id, r.id) or {}).get("error")}
+        for r in jobs.specs(job_id, jobs.failed(job_id, 20))
+    ]  # fmt: skip
+    summary = info.location.uri_of(record_key(job_id, "summary.json"))
+    delivery, body = payload(info, failed, summary)
+    attempts = jobs.r.hincrby(jobs._job(job_id), "webhook_attempts", 1)
+    error = post(url, body, delivery, settings.webhook_secret)
+    if error is None:
+        jobs.r.hset(
+            jobs._job(job_id),
+            mapping={"webhook_status": "delivered", "webhook_delivered": delivery},
+        )
+        return {"delivered": url, "attempts": attempts}
+    if self.request.retries < settings.webhook_retries:
+        delay = min(300.0, settings.webhook_backoff * 2**self.request.retries)
+        jobs.r.hset(jobs._job(job_id), "webhook_status", f"retrying in {delay:g} s: {error}")
+        raise self.retry(countdown=delay)
+    status = f"failed after {attempts} attempts: {error}"
+    jobs.r.hset(jobs._job(job_id), "webhook_status", status)
+    log.error("webhook for job %s %s", job_id, status)
+    return {"failed": status}
 
 
 _watchdog: Any = None
