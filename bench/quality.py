@@ -13,7 +13,7 @@ Budgets: on the CPU every method gets the same pixel-iterations (the same pyrami
 iterations; the single-scale loop as many full-size steps as that costs). With --seconds, every
 method gets the same wall time instead (iterations calibrated from a short run): use that on
 a GPU. Writes bench/results/quality-<device>.json and the side-by-side grid
-docs/quality-grid-<device>.png (rows: pairs; columns: content, style, then each method).
+docs/quality-grid-<device>.jpg (rows: pairs; columns: content, style, then each method).
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def main() -> None:
     out = ROOT / "bench" / "results" / f"quality-{name}.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     grid(rows, ["content", "style", *METHODS], args.size).save(
-        ROOT / "docs" / f"quality-grid-{name}.png", optimize=True
+        ROOT / "docs" / f"quality-grid-{name}.jpg", quality=88, optimize=True
     )
     print(json.dumps(means, indent=1))
 

@@ -149,7 +149,7 @@ def test_run_writes_local_outputs_with_the_usual_file_modes(tmp_path, images, we
     mask = os.umask(0o022)
     os.umask(mask)
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) == 6  # two renders, summary.json and contact_sheet.png, twice (_jobs/)
+    assert len(files) == 7  # two renders, summary.json and contact_sheet.png twice, cost.csv
     assert {p.stat().st_mode & 0o777 for p in files} == {0o666 & ~mask}
 
 
