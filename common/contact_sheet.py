@@ -91,7 +91,26 @@ def sheet_for(summary: Summary, storage: Storage, settings: Settings) -> bytes:
         except InputError:
             return None
 
-    labels = {uri: f"{i + 1}. {uri.rsplit('/', 1)[-1]}" for i, uri in enumerate(contents)}
+    masks = {r.content: r.mask for r in summary.renders if r.mask}
+
+    def content_thumb(uri: str) -> Image.Image | None:
+        """The content, its protected region tinted green where it has a mask."""
+        img = input_thumb(uri)
+        if img is None or uri not in masks:
+            return img
+        source = masks[uri][0]
+        try:
+            raw = Image.open(io.BytesIO(read_input(uri if source == "alpha" else source, settings)))
+            mask = raw.convert("RGBA").getchannel("A") if source == "alpha" else raw.convert("L")
+        except (InputError, OSError, ValueError):
+            return img
+        tinted = Image.blend(img, Image.new("RGB", img.size, (0, 190, 110)), 0.45)
+        return Image.composite(tinted, img, mask.resize(img.size))
+
+    labels = {
+        uri: f"{i + 1}. {uri.rsplit('/', 1)[-1]}" + (" (mask tinted)" if uri in masks else "")
+        for i, uri in enumerate(contents)
+    }
     cells = {}
     for (content, style), record in best.items():
         if content in labels and style in style_names:
@@ -99,7 +118,7 @@ def sheet_for(summary: Summary, storage: Storage, settings: Settings) -> bytes:
             data = storage.get(record.key) if ok else None
             cells[(labels[content], style)] = thumb(data, record.key)
     return contact_sheet(
-        [(labels[c], input_thumb(c)) for c in contents],
+        [(labels[c], content_thumb(c)) for c in contents],
         [(s, input_thumb(styles[s])) for s in style_names],
         cells,
     )

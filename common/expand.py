@@ -43,6 +43,8 @@ class Render:
     # uri -> content identity (common/inputs.py) of the content, style images and S3 weights
     identities: dict[str, str] = field(hash=False)
     focus: tuple[float, float] | None = None  # where exact frames are cropped (None: auto)
+    mask: str = ""  # a protection mask's canonical URI, "alpha" (the content's), or none
+    mask_strength: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow (``dataclasses.asdict`` deep-copies params: slow for 10,000 renders)."""
@@ -83,6 +85,7 @@ def render_id(
     weights: str,
     identities: dict[str, str],
     focus: tuple[float, float] | None = None,
+    mask: tuple[str, float] | None = None,
 ) -> str:
     """Names the inputs by URI and by content: a replaced object is a new render."""
     total = sum(w for _, w in style_images)
@@ -96,6 +99,7 @@ def render_id(
         "params": params,
         "weights": [weights, identities.get(weights, "")],
         "focus": list(focus) if focus else None,
+        "mask": [mask[0], identities.get(mask[0], ""), mask[1]] if mask else None,
     }
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -201,13 +205,24 @@ def expand(
     )
     contents = _contents(manifest, base_dir, settings, attempt, problems)
     inputs = dict(contents)  # uri -> where the manifest names it
-    focus = {  # uri -> focus point, for the shots that give one (bad URIs named above)
-        uri: e.focus
-        for e in manifest.content
-        if isinstance(e, Shot) and e.focus
+    shots = {  # uri -> its Shot entry, for the contents given as one (bad URIs named above)
+        uri: e
+        for i, e in enumerate(manifest.content)
+        if isinstance(e, Shot)
         for uri in contents
-        if contents[uri].startswith(f"content[{manifest.content.index(e)}]")
+        if contents[uri] == f"content[{i}].uri"
     }
+    focus = {uri: e.focus for uri, e in shots.items() if e.focus}
+    masks: dict[str, tuple[str, float]] = {}  # content uri -> (mask uri or "alpha", strength)
+    for uri, e in shots.items():
+        if e.mask is None:
+            continue
+        where = f"{contents[uri].removesuffix('.uri')}.mask"
+        mask = e.mask if e.mask == "alpha" else attempt(where, canonical_uri, e.mask, base_dir)
+        if mask is not None:
+            masks[uri] = (mask, e.mask_strength)
+            if mask != "alpha":
+                inputs.setdefault(mask, where)
     styles = []
     for i, style in enumerate(manifest.styles):
         images = []
@@ -244,13 +259,14 @@ def expand(
         for style, images, params in styles:
             resolved = params.resolved()
             for size in params.sizes:
+                mask = masks.get(content)
                 ids = {
                     u: identities[u]
-                    for u in (content, *(u for u, _ in images), weights_spec)
+                    for u in (content, *(u for u, _ in images), weights_spec, *(mask or ())[:1])
                     if u in identities
                 }
                 rid = render_id(
-                    content, images, size, resolved, weights_spec, ids, focus.get(content)
+                    content, images, size, resolved, weights_spec, ids, focus.get(content), mask
                 )
                 frame = parse_size(size)
                 if rid in seen:
@@ -298,6 +314,7 @@ def expand(
                         weights_spec,
                         ids,
                         focus.get(content),
+                        *(mask or ("", 1.0)),
                     )
                 )
     return JobPlan(

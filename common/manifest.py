@@ -75,11 +75,15 @@ class Prefix(Strict):
 
 
 class Shot(Strict):
-    """One content image with what to keep in view: ``focus`` (x, y in 0..1) is where exact
-    frames are cropped around; without it, the image's own centre of detail (edge energy)."""
+    """One content image with what to keep: ``focus`` (x, y in 0..1) is where exact frames
+    are cropped around (without it, the image's own centre of detail); ``mask`` protects
+    regions from the style: an image (grey or alpha, white keeps the photo) or ``alpha``, the
+    content's own alpha channel; ``mask_strength`` below 1 protects partly."""
 
     uri: Uri
     focus: tuple[float, float] | None = None
+    mask: Uri | None = None
+    mask_strength: float = Field(1.0, ge=0, le=1)
 
     @field_validator("focus")
     @classmethod

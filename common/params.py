@@ -69,6 +69,20 @@ class Pyramid(Strict):
         return value
 
 
+class Palette(Strict):
+    """Brand colours the output is pulled towards after rendering (workers/engine/color.py)."""
+
+    colors: list[Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")]] = Field(
+        min_length=1, max_length=16
+    )
+    strength: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("colors")
+    @classmethod
+    def _lower(cls, colors: list[str]) -> list[str]:
+        return [c.lower() for c in colors]
+
+
 class RenderParams(Strict):
     """What a manifest may set. Unset fields (None) come from the preset."""
 
@@ -90,6 +104,7 @@ class RenderParams(Strict):
     content_layer: str | None = None
     pyramid: Pyramid | None = None
     ema: float | None = Field(None, ge=0, lt=1)
+    palette: Palette | None = None
 
     @field_validator("sizes")
     @classmethod
@@ -146,6 +161,8 @@ class RenderParams(Strict):
         values["preset"] = self.preset
         if isinstance(values["pyramid"], BaseModel):
             values["pyramid"] = values["pyramid"].model_dump()
+        if isinstance(values.get("palette"), BaseModel):
+            values["palette"] = values["palette"].model_dump()
         if values["optimizer"] == "lbfgs":
             values["ema"] = 0.0
         return values

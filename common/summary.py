@@ -34,6 +34,7 @@ class RenderRecord:
     weights_id: str | None = None
     losses: dict[str, float] | None = None
     inputs: dict[str, str] = field(default_factory=dict)  # uri -> content identity
+    mask: list[Any] | None = None  # [mask uri or "alpha", strength] for a protected render
     rendered_by: str | None = None  # for a skipped render: the job that made its output
     device: str | None = None  # where this job rendered it (cpu, or cuda:<card>)
     pixel_iterations: float | None = None  # output pixels x iterations, summed over scales
@@ -50,6 +51,7 @@ class RenderRecord:
             key=render.key,
             uri=uri,
             inputs=render.identities,
+            mask=[render.mask, render.mask_strength] if render.mask else None,
         )
 
 

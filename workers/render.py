@@ -8,6 +8,7 @@ render twice yields one output.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 import time
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from PIL import Image
+from PIL import Image, ImageChops, ImageFilter
 
-from common.errors import DeviceError, StylebatchError, TransientError
+from common.errors import DeviceError, InputError, StylebatchError, TransientError
 from common.expand import Render
 from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side, fitted_size
 from common.queue import MAX_BATCH_PIXELS
@@ -65,6 +66,16 @@ class ImageCache:
         self.max_pixels = max_pixels
         self.inputs = InputCache(settings)
         self.items: OrderedDict[tuple[str, str], Image.Image] = OrderedDict()
+        self.alphas: dict[tuple[str, str, str], Image.Image | None] = {}
+
+    def alpha(self, uri: str, identity: str = "") -> Image.Image | None:
+        """An input's own alpha channel ("L"), or None where it has none."""
+        entry = ("alpha", uri, identity)
+        if entry not in self.alphas:
+            img = Image.open(io.BytesIO(self.inputs.read(uri, identity)))
+            has = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+            self.alphas[entry] = img.convert("RGBA").getchannel("A") if has else None
+        return self.alphas[entry]
 
     def get(self, uri: str, identity: str = "") -> Image.Image:
         entry = (uri, identity)
@@ -95,6 +106,8 @@ def metadata_for(
         "style": render.style,
         "style_images": [[u, w] for u, w in render.style_images],
         "inputs": render.identities,
+        "focus": render.focus,
+        "mask": [render.mask, render.mask_strength] if render.mask else None,
         "size": render.size,
         "params": render.params,
         "engine": ENGINE_VERSION,
@@ -176,16 +189,44 @@ class Renderer:
     def content_at_size(self, render: Render) -> Image.Image:
         """The content as the output frames it: fitted to a long side, or cover-cropped to an
         exact frame around the render's focus (else the image's centre of detail)."""
-        img = self.image(render, render.content)
+        return self._framed(render, self.image(render, render.content))
+
+    def _framed(self, render: Render, img: Image.Image) -> Image.Image:
         size = parse_size(render.size)
         if not size.exact:
             return fit_long_side(img, size.long)
         assert size.width and size.height
         from workers.images import detail_centre  # torch: render workers only
 
-        focus = render.focus or detail_centre(img)
-        box = cover_box(img.width, img.height, size.width, size.height, focus)
+        content = self.image(render, render.content)
+        focus = render.focus or detail_centre(content)
+        box = cover_box(content.width, content.height, size.width, size.height, focus)
         return img.crop(box).resize((size.width, size.height), Image.Resampling.LANCZOS)
+
+    def protection(self, render: Render) -> Image.Image | None:
+        """The render's protection mask framed like its content, feathered, times its
+        strength ("L": 255 keeps the photo), or None. A mask of another size is scaled to the
+        content's first; one that cannot be read fails the render, naming it."""
+        if not render.mask:
+            return None
+        content = self.image(render, render.content)
+        if render.mask == "alpha":
+            raw = self.cache.alpha(render.content, render.identities.get(render.content, ""))
+            if raw is None:
+                raise InputError(f"{render.content}: mask 'alpha' but the image has no alpha")
+        else:
+            try:
+                raw = self.image(render, render.mask).convert("L")
+            except InputError as exc:
+                raise InputError(f"mask {exc}") from None
+        if raw.size != content.size:
+            raw = raw.resize(content.size, Image.Resampling.BILINEAR)
+        framed = self._framed(render, raw)
+        # feathered outwards over 2 % of the long side: inside stays exactly the photo, and
+        # the style fades in around it
+        soft = framed.filter(ImageFilter.GaussianBlur(max(1.0, 0.02 * max(framed.size))))
+        feathered = ImageChops.lighter(framed, soft)
+        return feathered.point(lambda v: round(v * render.mask_strength))
 
     def brush_scale(self, render: Render) -> float:
         """How much larger the whole content is, at an exact frame's crop scale, than the
@@ -236,11 +277,13 @@ class Renderer:
             for r in group:
                 if _content_key(r) not in contents:
                     contents[_content_key(r)] = to_tensor(self.content_at_size(r))
+            masks = {id(r): self.protection(r) for r in group}
             items = [
                 RenderItem(
                     contents[_content_key(r)],
                     [(to_tensor(self.image(r, u)), w) for u, w in r.style_images],
                     seed=int(r.params.get("seed", 0)),
+                    protect=to_tensor(m)[:1] if (m := masks[id(r)]) is not None else None,
                 )
                 for r in group
             ]
@@ -260,6 +303,17 @@ class Renderer:
         outcomes = []
         device = self.engine.device_name
         for render, result in zip(group, results, strict=True):
+            palette = render.params.get("palette")
+            if palette:
+                from workers.engine.color import hex_rgb, pull_to_palette
+
+                mask = masks[id(render)]
+                result.image = pull_to_palette(
+                    result.image,
+                    [hex_rgb(c) for c in palette["colors"]],
+                    palette["strength"],
+                    to_tensor(mask)[:1] if mask is not None else None,
+                )
             height, width = result.image.shape[-2:]
             long = max(height, width)
             work = sum(n * height * width * (side / long) ** 2 for side, n in result.schedule)

@@ -60,3 +60,39 @@ def match_histogram(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     flat = style.reshape(3, -1).double()
     out = transform @ (flat - ms) + mc
     return out.reshape(style.shape).to(style.dtype).clamp(0, 1)
+
+
+def pull_to_palette(
+    image: torch.Tensor,
+    colors: list[tuple[float, float, float]],
+    strength: float,
+    protect: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pull an image's colours (3, H, W) towards a palette, after rendering: each pixel's
+    chroma (YIQ's I and Q) moves by ``strength`` towards its nearest palette colour's (nearest
+    in Y, I and Q), and its luminance is kept, so the brush texture stays and the hues agree
+    with the brand. Protected pixels (``protect``, (1, H, W) in [0, 1]) move less, or not.
+
+    Why after rendering and not as a loss: a colour loss fights the style loss over the same
+    pixels (the optimiser trades one against the other, and the weights would need tuning per
+    style); a pull afterwards is deterministic, costs milliseconds, and its strength means
+    the same for every style."""
+    if strength <= 0 or not colors:
+        return image
+    rgb = image.float().reshape(3, -1).T  # (N, 3): pixels first, for fast matmuls
+    to_yiq = _RGB_TO_YIQ.to(rgb)
+    yiq = rgb @ to_yiq.T
+    palette = torch.tensor(colors, dtype=torch.float32) @ to_yiq.T  # (K, 3)
+    # nearest by |y - p|^2 = |y|^2 - 2 y.p + |p|^2, whose first term every colour shares
+    nearest = (palette.square().sum(1) - 2 * (yiq @ palette.T)).argmin(1)
+    pull = palette[nearest, 1:] - yiq[:, 1:]  # chroma only: luminance (texture) is kept
+    weight = strength if protect is None else (1 - protect.float().reshape(-1, 1)) * strength
+    back = torch.linalg.inv(to_yiq)[:, 1:].T  # (2, 3): a change of I and Q, in RGB
+    out = rgb + (pull * weight) @ back
+    return out.clamp_(0, 1).T.reshape(image.shape)
+
+
+def hex_rgb(color: str) -> tuple[float, float, float]:
+    """ "#rrggbb" as (r, g, b) in [0, 1]."""
+    value = color.lstrip("#")
+    return tuple(int(value[i : i + 2], 16) / 255 for i in (0, 2, 4))  # type: ignore[return-value]

@@ -43,6 +43,9 @@ class RenderItem:
     content: torch.Tensor  # (3, H, W) in [0, 1]
     styles: list[tuple[torch.Tensor, float]]  # (3, h, w) in [0, 1], weight
     seed: int = 0
+    # (1, H, W) in [0, 1]: how much of the content each pixel keeps (a feathered protection
+    # mask times its strength; 1 keeps the photo's pixel exactly), or None
+    protect: torch.Tensor | None = None
 
 
 @dataclass
@@ -190,6 +193,12 @@ class StyleEngine:
         contents = torch.stack([item.content for item in items]).float().to(self.device)
         guide = color.luminance(contents) if config.color == "luminance" else contents
         styles = [self._prepare_styles(item, config) for item in items]
+        protect = None
+        if any(item.protect is not None for item in items):
+            blank = torch.zeros(1, height, width)
+            protect = torch.stack(
+                [blank if item.protect is None else item.protect.float() for item in items]
+            ).to(self.device)
 
         x = m = v = avg = None
         step = torch.zeros((), device=self.device)  # Adam's step count, kept on the device
@@ -204,6 +213,11 @@ class StyleEngine:
                 v = _resize(v, dims).clamp_(min=0) if v is not None else None
                 avg = _resize(avg, dims).clamp_(0, 1) if avg is not None else None
             x = x.contiguous(memory_format=self.memory_format)
+            pin = None
+            if protect is not None:  # protected pixels are held at the content every step
+                keep = _resize(protect, dims).clamp(0, 1)
+                pin = (1 - keep, _resize(guide, dims).clamp(0, 1) * keep)
+                x.mul_(pin[0]).add_(pin[1])
             if config.optimizer == "adam":
                 if m is None or v is None:
                     m, v = torch.zeros_like(x), torch.zeros_like(x)
@@ -214,13 +228,17 @@ class StyleEngine:
                 report = (
                     (lambda i, n, k=index: progress(k, len(schedule), i, n)) if progress else None
                 )
-                self._adam(x, m, v, avg, step, targets, config, iterations, report)
+                self._adam(x, m, v, avg, step, targets, config, iterations, report, pin)
             else:
                 self._lbfgs(x, targets, config, iterations)
+                if pin is not None:
+                    x.mul_(pin[0]).add_(pin[1])
                 if progress:
                     progress(index, len(schedule), iterations, iterations)
         assert x is not None
         final = avg if avg is not None else x
+        if protect is not None:  # exactly the photo where fully protected
+            final = final * (1 - protect) + guide * protect
         with torch.no_grad():
             losses = self._objective(final, targets, config)
             values = {k: t.float().cpu().tolist() for k, t in losses.items()}
@@ -337,7 +355,7 @@ class StyleEngine:
         )
         return {"total": total, "style": style, "content": content, "tv": tv}
 
-    def _adam(self, x, m, v, avg, step, targets, config, iterations, progress) -> None:
+    def _adam(self, x, m, v, avg, step, targets, config, iterations, progress, pin=None) -> None:
         """Adam on the pixels. On CUDA, after a few eager warm-up steps, one step is captured as
         a CUDA graph and replayed, so launching ~300 small kernels costs one call per step."""
         b1, b2 = BETAS
@@ -357,6 +375,8 @@ class StyleEngine:
                 v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 denom = (v / (1 - b2**step)).sqrt_().add_(EPS)
                 x.addcdiv_(m, denom * ((1 - b1**step) / config.lr), value=-1).clamp_(0, 1)
+                if pin is not None:  # inside the loop, so the surroundings blend into it
+                    x.mul_(pin[0]).add_(pin[1])
                 if avg is not None:
                     avg.lerp_(x, 1 - config.ema)
 
