@@ -370,6 +370,7 @@ class JobStore:
                 "sent": 0,
                 "activity": repr(time.time()),
                 "webhook": plan.manifest.notify.webhook if plan.manifest.notify else "",
+                "credentials": {True: "1", False: "0", None: ""}[plan.manifest.output.credentials],
             },
         )
         for i in range(0, len(plan.renders), 1000):

@@ -35,6 +35,9 @@ class Output(Strict):
     key: str = DEFAULT_KEY
     format: Literal["png", "jpeg", "webp"] = "png"
     quality: int = Field(92, ge=1, le=100)
+    # C2PA content credentials on every output: true, false, or unset (the deployment's
+    # STYLEBATCH_C2PA_SIGN)
+    credentials: bool | None = None
 
     @field_validator("key")
     @classmethod

@@ -59,6 +59,13 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     webhook_retries: int = 6  # deliveries retried with backoff: 2, 4, 8 .. 300 s
     webhook_backoff: float = 2.0
+    # Content credentials (C2PA, docs/campaigns.md): off unless this or a manifest turns them
+    # on; the certificate chain (PEM) and private key (PKCS#8 PEM) are files on the workers.
+    c2pa_sign: bool = False
+    c2pa_cert: str = ""
+    c2pa_key: str = field(default="", repr=False)
+    c2pa_alg: str = "es256"
+    c2pa_tsa_url: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -107,4 +114,9 @@ class Settings:
             webhook_secret=_env("STYLEBATCH_WEBHOOK_SECRET"),
             webhook_retries=int(_env("STYLEBATCH_WEBHOOK_RETRIES", str(default.webhook_retries))),
             webhook_backoff=float(_env("STYLEBATCH_WEBHOOK_BACKOFF", str(default.webhook_backoff))),
+            c2pa_sign=_env("STYLEBATCH_C2PA_SIGN", "0").lower() in ("1", "true", "yes", "on"),
+            c2pa_cert=_env("STYLEBATCH_C2PA_CERT"),
+            c2pa_key=_env("STYLEBATCH_C2PA_KEY"),
+            c2pa_alg=_env("STYLEBATCH_C2PA_ALG", default.c2pa_alg),
+            c2pa_tsa_url=_env("STYLEBATCH_C2PA_TSA_URL"),
         )

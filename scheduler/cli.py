@@ -206,8 +206,13 @@ def run(
     plan = _plan(manifest, weights, settings=_local_settings())
     _print_plan(plan)
     _confine(plan.location, _local_settings(), manifest)
-    if plan.problems:
-        _problems("invalid inputs", str(manifest), plan.problems)
+    from scheduler.preflight import check_credentials
+
+    problems = plan.problems + check_credentials(
+        plan.manifest.output.credentials, _local_settings()
+    )
+    if problems:
+        _problems("invalid inputs", str(manifest), problems)
     try:
         from workers.progress import run_with_progress
     except ImportError as exc:

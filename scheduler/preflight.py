@@ -29,7 +29,25 @@ def preflight(plan: JobPlan, settings: Settings) -> list[Problem]:
 
     notify = plan.manifest.notify
     hook = check_webhook(notify.webhook if notify else None, settings)
-    return check_location(plan.location, settings) + plan.problems + hook
+    return (
+        check_location(plan.location, settings)
+        + plan.problems
+        + hook
+        + check_credentials(plan.manifest.output.credentials, settings)
+    )
+
+
+def check_credentials(requested: bool | None, settings: Settings) -> list[Problem]:
+    """Credentials asked for (by the manifest or the deployment) need a certificate and a key
+    named in the settings; the workers read the files and check again."""
+    on = settings.c2pa_sign if requested is None else requested
+    if on and not (settings.c2pa_cert and settings.c2pa_key):
+        message = (
+            "content credentials are on but STYLEBATCH_C2PA_CERT and STYLEBATCH_C2PA_KEY are "
+            "not both set"
+        )
+        return [Problem("output.credentials", message)]
+    return []
 
 
 def check_location(location: Location, settings: Settings) -> list[Problem]:

@@ -11,6 +11,7 @@ from common.report import publish, write_summary
 from common.settings import Settings
 from common.storage import open_storage
 from common.summary import Summary
+from workers.credentials import enabled
 from workers.render import ENGINE_VERSION, Outcome, Renderer, batches, earlier
 
 
@@ -72,7 +73,13 @@ def run_local(
                 record(Outcome(render, "failed", 0.0, str(exc)))
         for group in batches(ready, renderer.shape_of):
             for outcome in renderer.render_batch(
-                group, storage, plan.job_id, plan.format, plan.manifest.output.quality, on_step
+                group,
+                storage,
+                plan.job_id,
+                plan.format,
+                plan.manifest.output.quality,
+                on_step,
+                enabled(plan.manifest.output.credentials, settings),
             ):
                 record(outcome)
             write_summary(storage, summary)

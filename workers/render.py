@@ -171,6 +171,7 @@ class Renderer:
         self.device = device
         self.cache = ImageCache(settings)
         self._engine: Any = None
+        self._signer: Any = None
 
     @property
     def engine(self) -> Any:
@@ -181,6 +182,15 @@ class Renderer:
             path = local_weights(self.weights, self.settings, self.weights_identity)
             self._engine = StyleEngine(path, self.device)
         return self._engine
+
+    @property
+    def signer(self) -> Any:
+        """The content-credentials signer, loaded on first use (its errors fail renders)."""
+        if self._signer is None:
+            from workers.credentials import Signer
+
+            self._signer = Signer(self.settings)
+        return self._signer
 
     @property
     def weights_id(self) -> str:
@@ -261,8 +271,10 @@ class Renderer:
         fmt: str,
         quality: int,
         progress: Callable | None = None,
+        credentials: bool = False,
     ) -> list[Outcome]:
-        """Render a compatible group and write each output; failures are per render."""
+        """Render a compatible group and write each output (with content credentials if
+        asked); failures are per render."""
         from workers.engine import EngineConfig, RenderItem
         from workers.images import to_image, to_tensor
 
@@ -295,7 +307,9 @@ class Renderer:
                 return [
                     o
                     for r in group
-                    for o in self.render_batch([r], storage, job_id, fmt, quality, progress)
+                    for o in self.render_batch(
+                        [r], storage, job_id, fmt, quality, progress, credentials
+                    )
                 ]
             if is_device_error(exc):
                 raise DeviceError(_reason(exc)) from exc
@@ -320,6 +334,8 @@ class Renderer:
             meta = metadata_for(render, job_id, self.weights_id, result.seconds, result.losses)
             try:
                 data = encode(to_image(result.image), fmt, quality, meta)
+                if credentials:
+                    data = self.signer.sign(data, fmt, meta, render.key)
                 storage.put(render.key, data, CONTENT_TYPES[fmt], _flat_metadata(meta))
             except (SoftTimeLimitExceeded, TransientError):
                 raise  # a time limit is the task's to report, never this render's error

@@ -272,7 +272,10 @@ def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
     r = renderer(weights, ready[0].identities.get(weights, ""))
     fmt, quality = info.meta["format"], int(info.meta["quality"])
     try:
-        outcomes = r.render_batch(ready, storage, job_id, fmt, quality, on_step)
+        from workers.credentials import enabled
+
+        signed = enabled(info.meta.get("credentials"), settings)
+        outcomes = r.render_batch(ready, storage, job_id, fmt, quality, on_step, signed)
     except SoftTimeLimitExceeded:
         limit = (limits_for(task.request.kwargs.get("work")) or ("?",))[0]
         for spec in ready:
