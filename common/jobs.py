@@ -28,6 +28,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from common.expand import JobPlan, Render
+from common.sizes import parse_size
 from common.summary import RenderRecord, Summary
 from common.uris import Location
 
@@ -632,7 +633,8 @@ class JobStore:
             raise KeyError(job_id)
         states = self.states(job_id)
         records = []
-        for render in sorted(self.specs(job_id), key=lambda r: (r.content, r.style, r.size)):
+        order = lambda r: (r.content, r.style, parse_size(r.size).pixels, str(r.size))  # noqa: E731
+        for render in sorted(self.specs(job_id), key=order):
             record = RenderRecord.of(render, info.location.uri_of(render.key))
             state = states.get(render.id, {})
             record.status = state.get("status", "pending")

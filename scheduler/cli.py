@@ -76,7 +76,7 @@ def _print_plan(plan: JobPlan) -> None:
     for render in plan.renders:
         by_style.setdefault(render.style, []).append(render)
     for style, renders in by_style.items():
-        sizes = sorted({r.size for r in renders})
+        sizes = sorted({r.size for r in renders}, key=lambda s: (isinstance(s, str), str(s)))
         table.add_row(
             style, ", ".join(map(str, sizes)), renders[0].params["preset"], str(len(renders))
         )

@@ -27,12 +27,19 @@ def fleet(tmp_path_factory, redis_server, s3_server, weights_file, images):
     """Two CPU render workers and a bookkeeping worker, sharing one Redis db and one S3."""
     folder = tmp_path_factory.mktemp("fleet")
     upload_inputs(s3_server, images)
+    from tests.test_credentials import make_signing_certificate
+
     stack = Fleet(folder, redis_server, s3_server, weights_file, db=1)
     stack.webhook_port = free_port()  # a receiver the tests start on this port
+    certificates = folder / "c2pa"
+    certificates.mkdir()
+    chain, key = make_signing_certificate(certificates)
     stack.env |= {
         "STYLEBATCH_WEBHOOK_ALLOWED": f"http://127.0.0.1:{stack.webhook_port}/hooks/",
         "STYLEBATCH_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "STYLEBATCH_WEBHOOK_BACKOFF": "0.2",
+        "STYLEBATCH_C2PA_CERT": str(chain),
+        "STYLEBATCH_C2PA_KEY": str(key),
     }
     stack.start(["cpu0", "cpu1", "bookkeeping"])
     yield stack
@@ -382,3 +389,60 @@ def test_a_webhook_is_signed_retried_and_delivered_once(fleet, tmp_path):
     assert body["summary"] == f"s3://outputs/hooked/_jobs/{job_id}/summary.json"
     assert body["cost"]["outputs"] == 1
     assert fleet.store.get(job_id).meta["webhook_attempts"] == "3"
+
+
+def test_a_campaign_through_the_fleet_sizes_mask_palette_credentials_cost(fleet, tmp_path):
+    import csv
+
+    import yaml
+
+    from workers.credentials import read
+
+    s3 = fleet.s3_server.client()
+    mask = Image.new("L", (64, 48), 0)  # keeps the left 40 % of the photo
+    mask.paste(255, (0, 0, 26, 48))
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    s3.put_object(Bucket=INPUTS, Key="img/tubingen-mask.png", Body=buf.getvalue())
+    path = manifest(tmp_path, "campaign", ["tubingen"], ["wave"], sizes=("48x32", "24x40", 40))
+    data = yaml.safe_load(path.read_text())
+    data["content"] = [
+        {"uri": f"s3://{INPUTS}/img/tubingen.png", "mask": f"s3://{INPUTS}/img/tubingen-mask.png"}
+    ]
+    data["params"]["palette"] = {"colors": ["#d2001e", "#ffd200"], "strength": 0.5}
+    data["output"] |= {"credentials": True, "key": "{content}/{channel}.{ext}"}
+    path.write_text(yaml.safe_dump(data))
+    job_id = fleet.submit(path)
+    fleet.wait_done(job_id)
+    info = fleet.store.get(job_id)
+    assert info.count("done") == 3, fleet.store.states(job_id)
+    photo = Image.open(
+        io.BytesIO(s3.get_object(Bucket=INPUTS, Key="img/tubingen.png")["Body"].read())
+    )
+    sizes = {}
+    for channel in ("48x32", "24x40", "long40"):
+        body = s3.get_object(Bucket="outputs", Key=f"campaign/tubingen/{channel}.png")[
+            "Body"
+        ].read()
+        image = Image.open(io.BytesIO(body)).convert("RGB")
+        sizes[channel] = image.size
+        credential = read(body, "png")
+        assert credential["validation_state"] == "Valid"
+        assert {i["title"] for i in credential["ingredients"]} == {
+            f"s3://{INPUTS}/img/tubingen.png",
+            f"s3://{INPUTS}/img/wave.png",
+        }
+        if channel == "long40":  # the whole photo: its protected left part is the photo's
+            import numpy as np
+
+            reference = photo.convert("RGB").resize(image.size, Image.Resampling.LANCZOS)
+            moved = np.abs(np.asarray(image, float) - np.asarray(reference, float))
+            assert moved[:, :12].max() == 0 and moved[:, 24:].mean() > 5
+    assert sizes == {"48x32": (48, 32), "24x40": (24, 40), "long40": (40, 30)}
+    rows = s3.get_object(Bucket="outputs", Key=f"campaign/_jobs/{job_id}/cost.csv")["Body"].read()
+    table = list(csv.DictReader(io.StringIO(rows.decode())))
+    cost = info.cost()
+    assert sum(int(r["outputs"]) for r in table) == cost["outputs"] == 3
+    assert sum(float(r["device_seconds"]) for r in table) == pytest.approx(
+        cost["device_seconds"]["cpu"], abs=0.01
+    )

@@ -330,10 +330,10 @@ def finalize(self, job_id: str) -> dict[str, Any]:
         return {"ignored": "job not found"}
     if info.status != "finalizing":
         return {"ignored": f"job is {info.status}"}
-    summary = jobs.summary(job_id)
-    summary.engine = ENGINE_VERSION
-    summary.finished = time.time()
     try:
+        summary = jobs.summary(job_id)
+        summary.engine = ENGINE_VERSION
+        summary.finished = time.time()
         publish(open_storage(info.location, settings), summary, settings)
     except TransientError as exc:
         if self.request.retries < self.max_retries:
@@ -347,6 +347,9 @@ def finalize(self, job_id: str) -> dict[str, Any]:
         )
     except StylebatchError as exc:
         return _finalize_failed(job_id, f"summary not written: {exc}")
+    except Exception as exc:  # a bug must end the job with a reason, not retry it forever
+        log.exception("finalize %s failed", job_id)
+        return _finalize_failed(job_id, f"summary not written: {type(exc).__name__}: {exc}")
     jobs.end_job(job_id, "done")
     _notify(job_id)
     return {
