@@ -33,6 +33,8 @@ from common.summary import RenderRecord, Summary
 from common.uris import Location
 
 TERMINAL = ("done", "skipped", "failed", "cancelled")
+# upper bounds (seconds) of the render-time histogram: a 0.1 s GPU draft to a 3 h CPU render
+RENDER_SECONDS_BUCKETS = (0.1, 0.3, 1, 3, 10, 30, 60, 180, 600, 1800, 3600, 10800)
 JOB_TERMINAL = ("done", "cancelled", "failed")
 PREFIX = "sb"
 RENDER_TRANSITIONS = {
@@ -115,7 +117,7 @@ redis.call('ZADD', KEYS[5], t, ARGV[2])
 return {'claimed', tostring(crashes)}
 """
 
-# KEYS: job, states, running; ARGV: render, status, record, running field
+# KEYS: job, states, running, fleet metrics; ARGV: render, status, record, running field
 _FINISH = """
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return -1 end
@@ -127,12 +129,22 @@ local record = cjson.decode(ARGV[3])
 record['ended_at'] = t
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(record))
 if type(record['device']) == 'string' and tonumber(record['seconds']) then
-  redis.call('HINCRBYFLOAT', KEYS[1], 'cost:seconds:' .. record['device'], record['seconds'])
+  local seconds = tonumber(record['seconds'])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'cost:seconds:' .. record['device'], seconds)
   redis.call('HINCRBYFLOAT', KEYS[1], 'cost:pixel_iterations', record['pixel_iterations'] or 0)
+  -- the fleet's counters, what the metrics endpoint reads (scheduler/metrics.py)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'device_seconds:' .. record['device'], seconds)
+  local bucket = '+Inf'
+  for _, le in ipairs({__BUCKETS__}) do
+    if seconds <= le then bucket = tostring(le); break end
+  end
+  redis.call('HINCRBY', KEYS[4], 'render_seconds_bucket:' .. bucket, 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'render_seconds_sum', seconds)
 end
 if ARGV[2] == 'done' then redis.call('HINCRBY', KEYS[1], 'cost:outputs', 1) end
+redis.call('HINCRBY', KEYS[4], 'renders_ended:' .. ARGV[2], 1)
 return ended(KEYS[1], ARGV[2], t, ARGV[1])
-"""
+""".replace("__BUCKETS__", ", ".join(map(str, RENDER_SECONDS_BUCKETS)))
 
 # KEYS: job, states, running; ARGV: render, owner, running field
 _RELEASE = """
@@ -337,6 +349,11 @@ class JobStore:
     RUNNING = f"{PREFIX}:running"  # "job render" -> owner, for every running render
     HEARTBEATS = f"{PREFIX}:heartbeats"  # owner -> last beat (Redis time)
     WORKERS = f"{PREFIX}:workers"  # owner -> its description and health (JSON)
+    METRICS = f"{PREFIX}:metrics"  # fleet-wide counters (scheduler/metrics.py)
+
+    def count_failure(self, what: str) -> None:
+        """A fleet-wide failure counter: ``finalize`` or ``webhook``."""
+        self.r.hincrby(self.METRICS, f"failures:{what}", 1)
 
     def now(self) -> float:
         """The Redis server's clock, which every transition and heartbeat uses."""
@@ -490,7 +507,7 @@ class JobStore:
         (-1: no such render)."""
         assert status in TERMINAL, status
         record = json.dumps({"status": status, **fields})
-        keys = [self._job(job_id), self._states(job_id), self.RUNNING]
+        keys = [self._job(job_id), self._states(job_id), self.RUNNING, self.METRICS]
         field = running_field(job_id, render_id)
         return int(self._finish(keys=keys, args=[render_id, status, record, field]))
 

@@ -543,6 +543,23 @@ def gc(
 
 
 @app.command()
+def metrics(
+    bind: Annotated[
+        str, typer.Option(help="Address to listen on (keep it private).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for /metrics.")] = 9808,
+) -> None:
+    """Serve the fleet's Prometheus metrics: queues, renders, render times, device-seconds,
+    live workers, stuck jobs, failures. Basic auth when STYLEBATCH_METRICS_AUTH=user:password."""
+    import os
+
+    from scheduler.metrics import serve
+
+    settings, _, store = _queue()
+    serve(store, settings, bind, port, os.environ.get("STYLEBATCH_METRICS_AUTH", ""))
+
+
+@app.command()
 def cancel(job: JobArg) -> None:
     """Cancel a job: renders not yet started are skipped, even after a worker restart."""
     _, _, store = _queue()

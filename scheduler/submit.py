@@ -85,6 +85,7 @@ def enqueue(
                 },
                 queue=RENDER_QUEUE,
                 priority=celery_priority(priority),
+                headers={"sent_at": time.time()},  # the age of a queue's oldest message
                 link_error=Signature(FAILED_TASK, args=(job_id, ids), app=app),
                 producer=producer,
                 event_dispatcher=events,

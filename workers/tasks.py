@@ -361,6 +361,7 @@ def finalize(self, job_id: str) -> dict[str, Any]:
 
 def _finalize_failed(job_id: str, reason: str) -> dict[str, Any]:
     log.error("job %s failed: %s", job_id, reason)
+    store().count_failure("finalize")
     store().end_job(job_id, "failed", reason)
     _notify(job_id)
     return {"job": job_id, "failed": reason}
@@ -413,6 +414,7 @@ def notify(self, job_id: str, finished: str) -> dict[str, Any]:
         raise self.retry(countdown=delay)
     status = f"failed after {attempts} attempts: {error}"
     jobs.r.hset(jobs._job(job_id), "webhook_status", status)
+    jobs.count_failure("webhook")
     log.error("webhook for job %s %s", job_id, status)
     return {"failed": status}
 

@@ -1,0 +1,223 @@
+"""The fleet's own Prometheus endpoint (`stylebatch metrics`). Every value is read from
+counters and small keys in Redis: the render queues' lengths and their oldest message, the
+counters of jobs in progress, the fleet counters that each render's end updates atomically
+(common/jobs.py), and the heartbeats. A scrape never reads a job's renders, so its cost does
+not grow with job size. Served on a private port, behind basic auth when
+STYLEBATCH_METRICS_AUTH (``user:password``) is set. The alert rules in
+deploy/prometheus/alerts.yml use these names.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from common.jobs import RENDER_SECONDS_BUCKETS, TERMINAL, JobStore
+from common.queue import BOOKKEEPING_QUEUE, RENDER_QUEUE
+from common.settings import Settings
+
+PRIORITIES = range(10)  # kombu's priority steps: one Redis list each (":" separated)
+STATES = ("pending", "running", *TERMINAL)
+NAMES = (  # every metric exported, as Prometheus sees it (what the alert rules may use)
+    "stylebatch_queue_depth",
+    "stylebatch_queue_oldest_age_seconds",
+    "stylebatch_renders",
+    "stylebatch_job_renders",
+    "stylebatch_renders_ended_total",
+    "stylebatch_render_seconds_bucket",
+    "stylebatch_render_seconds_count",
+    "stylebatch_render_seconds_sum",
+    "stylebatch_device_seconds_total",
+    "stylebatch_workers_live",
+    "stylebatch_workers_unhealthy",
+    "stylebatch_jobs_active",
+    "stylebatch_jobs_stuck",
+    "stylebatch_finalize_failures_total",
+    "stylebatch_webhook_failures_total",
+    "stylebatch_redis_used_memory_bytes",
+    "stylebatch_redis_maxmemory_bytes",
+)
+
+
+def queue_key(queue: str, priority: int) -> str:
+    return queue if priority == 0 else f"{queue}:{priority}"
+
+
+def _sent_at(raw: str | None) -> float | None:
+    """When the message was sent (the ``sent_at`` header submit adds), or None."""
+    if not raw:
+        return None
+    try:
+        return float(json.loads(raw)["headers"]["sent_at"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class FleetCollector(Collector):
+    def __init__(self, store: JobStore, settings: Settings):
+        self.store, self.settings = store, settings
+
+    def collect(self) -> Iterator[Any]:
+        r, now = self.store.r, self.store.now()
+        yield from self._queues(r, now)
+        yield from self._renders(r, now)
+        yield from self._fleet(r)
+        yield from self._workers(now)
+        info = r.info("memory")
+        used = GaugeMetricFamily("stylebatch_redis_used_memory_bytes", "Redis used memory")
+        used.add_metric([], float(info.get("used_memory", 0)))
+        cap = GaugeMetricFamily("stylebatch_redis_maxmemory_bytes", "Redis maxmemory (0: no limit)")
+        cap.add_metric([], float(info.get("maxmemory", 0)))
+        yield from (used, cap)
+
+    def _queues(self, r: Any, now: float) -> Iterable[Any]:
+        depth = GaugeMetricFamily(
+            "stylebatch_queue_depth", "Messages waiting", labels=["queue", "priority"]
+        )
+        age = GaugeMetricFamily(
+            "stylebatch_queue_oldest_age_seconds",
+            "Age of the oldest waiting message (0 when empty)",
+            labels=["queue", "priority"],
+        )
+        keys = [(q, p) for q in (RENDER_QUEUE, BOOKKEEPING_QUEUE) for p in PRIORITIES]
+        pipe = r.pipeline(transaction=False)
+        for queue, priority in keys:
+            pipe.llen(queue_key(queue, priority))
+            pipe.lindex(queue_key(queue, priority), -1)  # LPUSHed: the oldest is last
+        replies = pipe.execute()
+        for i, (queue, priority) in enumerate(keys):
+            length, oldest = replies[2 * i], replies[2 * i + 1]
+            # priority as the manifest writes it (9 most urgent); Celery's is 9 - that
+            labels = [queue, str(9 - priority)]
+            depth.add_metric(labels, float(length))
+            sent = _sent_at(oldest)
+            age.add_metric(labels, max(0.0, now - sent) if length and sent else 0.0)
+        return depth, age
+
+    def _renders(self, r: Any, now: float) -> Iterable[Any]:
+        """Renders of the jobs in progress, by state, in all and per job; and stuck jobs."""
+        total = GaugeMetricFamily(
+            "stylebatch_renders", "Renders of jobs in progress, by state", labels=["state"]
+        )
+        per_job = GaugeMetricFamily(
+            "stylebatch_job_renders", "Renders of one job in progress", labels=["job", "state"]
+        )
+        active = self.store.active()
+        sums = dict.fromkeys(STATES, 0.0)
+        stuck = 0
+        for job_id in active:
+            info = self.store.get(job_id)
+            if info is None:
+                continue
+            counts = {
+                "pending": info.pending,
+                "running": info.running,
+                **{s: info.count(s) for s in TERMINAL},
+            }
+            for state, value in counts.items():
+                sums[state] += value
+                per_job.add_metric([job_id, state], float(value))
+            idle = info.seconds_since("activity", now)
+            if idle > self.settings.stall_after and (counts["pending"] or counts["running"]):
+                stuck += 1  # what the reconciler would look at (scheduler/recovery.py)
+        for state, value in sums.items():
+            total.add_metric([state], value)
+        jobs = GaugeMetricFamily("stylebatch_jobs_active", "Jobs not yet ended")
+        jobs.add_metric([], float(len(active)))
+        stalled = GaugeMetricFamily(
+            "stylebatch_jobs_stuck",
+            "Jobs in progress with no render activity for STYLEBATCH_STALL_AFTER",
+        )
+        stalled.add_metric([], float(stuck))
+        return total, per_job, jobs, stalled
+
+    def _fleet(self, r: Any) -> Iterable[Any]:
+        counters = {k: float(v) for k, v in r.hgetall(JobStore.METRICS).items()}
+        ended = CounterMetricFamily(
+            "stylebatch_renders_ended", "Renders ended, by outcome", labels=["status"]
+        )
+        for status in TERMINAL:
+            ended.add_metric([status], counters.get(f"renders_ended:{status}", 0.0))
+        device = CounterMetricFamily(
+            "stylebatch_device_seconds", "Render time by device type", labels=["device"]
+        )
+        for key, value in counters.items():
+            if key.startswith("device_seconds:"):
+                device.add_metric([key.split(":", 1)[1]], value)
+        buckets, running = [], 0.0
+        for le in (*map(str, RENDER_SECONDS_BUCKETS), "+Inf"):
+            running += counters.get(f"render_seconds_bucket:{le}", 0.0)
+            buckets.append((le if le == "+Inf" else str(float(le)), running))
+        seconds = HistogramMetricFamily(
+            "stylebatch_render_seconds", "Seconds per render (its share of its batch)"
+        )
+        seconds.add_metric([], buckets, counters.get("render_seconds_sum", 0.0))
+        finalize = CounterMetricFamily(
+            "stylebatch_finalize_failures", "Jobs whose summary could not be written"
+        )
+        finalize.add_metric([], counters.get("failures:finalize", 0.0))
+        webhook = CounterMetricFamily(
+            "stylebatch_webhook_failures", "Webhooks given up after every retry"
+        )
+        webhook.add_metric([], counters.get("failures:webhook", 0.0))
+        return ended, device, seconds, finalize, webhook
+
+    def _workers(self, now: float) -> Iterable[Any]:
+        live = GaugeMetricFamily(
+            "stylebatch_workers_live", "Worker processes whose heartbeat is fresh"
+        )
+        sick = GaugeMetricFamily(
+            "stylebatch_workers_unhealthy",
+            "Live worker processes that reported themselves unhealthy",
+        )
+        fresh = {
+            owner: info
+            for owner, info in self.store.workers().items()
+            if info["age"] < self.settings.worker_timeout
+        }
+        live.add_metric([], float(len(fresh)))
+        sick.add_metric([], float(sum(not i.get("healthy", True) for i in fresh.values())))
+        return live, sick
+
+
+def app(store: JobStore, settings: Settings, auth: str = "") -> Any:
+    """A WSGI app serving /metrics (basic auth when ``auth`` is ``user:password``)."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(store, settings))
+    inner = make_wsgi_app(registry)
+    expected = "Basic " + base64.b64encode(auth.encode()).decode() if auth else ""
+
+    def guarded(environ: dict, start_response: Any) -> Iterable[bytes]:
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="stylebatch"')])
+            return [b"authentication required\n"]
+        return inner(environ, start_response)
+
+    return guarded
+
+
+def serve(store: JobStore, settings: Settings, bind: str, port: int, auth: str) -> None:
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with make_server(bind, port, app(store, settings, auth), handler_class=Quiet) as server:
+        started = time.strftime("%H:%M:%S")
+        print(f"{started} serving stylebatch metrics on http://{bind}:{port}/metrics", flush=True)
+        server.serve_forever()

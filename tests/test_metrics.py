@@ -1,0 +1,135 @@
+"""The fleet's Prometheus endpoint against a real Redis: queue depth and age, renders by state,
+the render-time histogram, device-seconds, live workers, stuck jobs, failures; behind basic
+auth; the alert rules name only exported metrics; and a scrape costs the same for any job
+size."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from common.expand import plan_job
+from common.jobs import JobStore
+from common.queue import make_app
+from scheduler.metrics import NAMES, app
+from scheduler.submit import submit
+from tests.conftest import ROOT, local_settings, tiny_manifest, write_manifest
+from tests.services import free_port
+from tests.test_scale import big_job, calls
+
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fleet_state(redis_server, tmp_path, images):
+    url = redis_server.url(12)
+    settings = dataclasses.replace(local_settings(), redis_url=url, stall_after=0.5)
+    store = JobStore.from_url(url)
+    store.r.flushdb()
+    plan = plan_job(write_manifest(tmp_path, tiny_manifest(images, tmp_path / "o")), settings)
+    yield settings, store, plan
+    store.r.flushdb()
+
+
+def scrape(port: int, auth: str | None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def values(text: str) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_endpoint_reads_the_fleet_behind_auth(fleet_state):
+    settings, store, plan = fleet_state
+    submit(plan, settings, make_app(settings), store)  # 2 renders, 1 task queued, nothing runs
+    store.beat("cpu0@host|host|1|t", {"device": "cpu", "healthy": True})
+    first, _ = plan.renders
+    store.claim(plan.job_id, first.id, "cpu0@host|host|1|t", 60, 3)
+    store.finish(plan.job_id, first.id, "done", seconds=42.0, device="cpu", pixel_iterations=1e6)
+    store.count_failure("webhook")
+    time.sleep(1)  # the queued task ages, the job goes quiet (stall_after 0.5 s)
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, app(store, settings, "ops:s3cret"), handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert scrape(port, None)[0] == 401
+        assert scrape(port, "ops:wrong")[0] == 401
+        status, text = scrape(port, "ops:s3cret")
+    finally:
+        server.shutdown()
+    assert status == 200
+    got = values(text)
+    render5 = (("priority", "5"), ("queue", "render"))
+    assert got[("stylebatch_queue_depth", render5)] == 1
+    assert got[("stylebatch_queue_oldest_age_seconds", render5)] >= 1
+    assert got[("stylebatch_renders", (("state", "done"),))] == 1
+    assert got[("stylebatch_renders", (("state", "pending"),))] == 1
+    assert got[("stylebatch_job_renders", (("job", plan.job_id), ("state", "pending")))] == 1
+    assert got[("stylebatch_render_seconds_bucket", (("le", "30.0"),))] == 0
+    assert got[("stylebatch_render_seconds_bucket", (("le", "60.0"),))] == 1
+    assert got[("stylebatch_render_seconds_sum", ())] == 42
+    assert got[("stylebatch_device_seconds_total", (("device", "cpu"),))] == 42
+    assert got[("stylebatch_renders_ended_total", (("status", "done"),))] == 1
+    assert got[("stylebatch_workers_live", ())] == 1
+    assert got[("stylebatch_jobs_stuck", ())] == 1
+    assert got[("stylebatch_webhook_failures_total", ())] == 1
+    assert got[("stylebatch_finalize_failures_total", ())] == 0
+    assert set(NAMES) <= {name for name, _ in got}  # every name the alert rules may use
+
+
+def test_a_scrape_costs_the_same_for_any_job_size(fleet_state):
+    from scheduler.metrics import FleetCollector
+
+    settings, store, plan = fleet_state
+    collector = FleetCollector(store, settings)
+    cost = {}
+    for n in (100, 100_000):
+        job = big_job(plan, n)
+        store.create(job)
+        before = calls(store.r)
+        list(collector.collect())
+        cost[n] = calls(store.r) - before
+        store.delete(job.job_id)
+    assert cost[100] == cost[100_000]
+
+
+def test_alert_rules_name_only_exported_metrics():
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())
+    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert {
+        "RenderQueueOld",
+        "JobsStuck",
+        "RenderFailureRate",
+        "NoWorkersForQueuedWork",
+        "RedisMemoryHigh",
+    } <= set(alerts)
+    for alert, expr in alerts.items():
+        used = set(re.findall(r"\bstylebatch_[a-z_]+", expr))
+        assert used and used <= set(NAMES), (alert, used - set(NAMES))
+    dashboard = (ROOT / "deploy/grafana/stylebatch.json").read_text()
+    assert set(re.findall(r"\bstylebatch_[a-z_]+", dashboard)) <= set(NAMES)
