@@ -1,4 +1,13 @@
-"""The ``stylebatch`` command."""
+"""stylebatch: neural style transfer in bulk. A manifest names content images, styles, sizes
+and where the outputs go; workers render it on GPUs (or CPUs), with a summary, a contact sheet
+and the cost of each job beside the outputs.
+
+\b
+Start with:
+  stylebatch run examples/demo.yaml --weights random   render a job here, no Redis or S3
+  stylebatch validate campaign.yaml                    check a manifest and its inputs
+  stylebatch submit campaign.yaml                      send it to the fleet; then status JOB
+"""
 
 from __future__ import annotations
 
@@ -15,7 +24,13 @@ from common.expand import JobPlan, plan_job
 from common.report import record_key
 from common.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    name="stylebatch",
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    rich_markup_mode=None,  # click's plain help: no <bool>/<int> type tags, nothing read as markup
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -29,8 +44,9 @@ ManifestArg = Annotated[Path, typer.Argument(help="Job manifest (YAML or JSON)."
 WeightsOpt = Annotated[
     str | None,
     typer.Option(
+        metavar="WEIGHTS",
         help="VGG19 weights: imagenet, a .pth file, an s3:// URI, or random[:SEED] "
-        "(untrained, on purpose). Default: the manifest's, else STYLEBATCH_WEIGHTS."
+        "(untrained, on purpose). Default: the manifest's, else STYLEBATCH_WEIGHTS.",
     ),
 ]
 
@@ -200,7 +216,9 @@ def validate(
 def run(
     manifest: ManifestArg,
     weights: WeightsOpt = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    device: Annotated[
+        str, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N")
+    ] = "auto",
 ) -> None:
     """Render a whole job in this process (no Redis or S3 needed for local paths)."""
     plan = _plan(manifest, weights, settings=_local_settings())
@@ -292,9 +310,10 @@ def submit(
     slot: Annotated[
         str | None,
         typer.Option(
+            metavar="TIME|auto",
             help="Cron slot time (ISO 8601), or 'auto' for the latest slot of the manifest's "
             "schedule: for plain cron or a Kubernetes CronJob, each slot is submitted once "
-            "however often this runs."
+            "however often this runs.",
         ),
     ] = None,
 ) -> None:
@@ -361,7 +380,9 @@ def status(
     ] = False,
     timeout: Annotated[
         float | None,
-        typer.Option(help="With --watch: give up after this many seconds (exit 124)."),
+        typer.Option(
+            metavar="SECONDS", help="With --watch: give up after this many seconds (exit 124)."
+        ),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object, for scripts (same exit codes).")
@@ -413,6 +434,8 @@ def status(
 
         record = _job_record(info) | {"output": str(info.location), "timed_out": timed_out}
         record["cost"] = info.cost()
+        record["eta_seconds"] = _eta(info, store.now())
+        record["webhook_status"] = info.meta.get("webhook_status")
         record["failures"] = [
             {
                 "render": rid,
@@ -440,6 +463,13 @@ def status(
         "  ".join(f"{k} {v}" for k, v in counts.items()) + f"  total {info.total}", highlight=False
     )
     out.print(f"output {info.location}", highlight=False)
+    eta = _eta(info, store.now())
+    if eta is not None:
+        ended = info.total - counts["pending"] - counts["running"]
+        rate = 60 * ended / max(1e-9, store.now() - float(info.meta["created"]))
+        out.print(f"eta ~{_duration(eta)} at {rate:.3g} renders/min so far", highlight=False)
+    if info.meta.get("webhook_status"):
+        out.print(f"webhook: {info.meta['webhook_status']}", highlight=False, markup=False)
     cost = info.cost()
     spent = ", ".join(f"{d} {s:.1f} s" for d, s in sorted(cost["device_seconds"].items()))
     out.print(
@@ -456,6 +486,26 @@ def status(
     if timed_out:
         err.print(f"timed out after {timeout:g} s; job {job} is {info.status}", highlight=False)
     _status_exit(info, counts, timed_out)
+
+
+def _eta(info, now: float) -> float | None:
+    """Seconds until the job's renders have all ended, at the rate they have ended so far
+    (None for an ended job, or before its first render ends)."""
+    if info.terminal or "created" not in info.meta:
+        return None
+    ended = info.total - info.pending - info.running
+    elapsed = now - float(info.meta["created"])
+    if ended <= 0 or elapsed <= 0:
+        return None
+    return round((info.total - ended) * elapsed / ended, 1)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _status_exit(info, counts: dict[str, int], timed_out: bool) -> None:
@@ -485,6 +535,7 @@ def _job_record(info) -> dict:
         "job": info.job_id,
         "name": info.meta.get("name"),
         "status": info.status,
+        "cancel_requested": info.cancelled,
         "reason": info.meta.get("reason"),
         "total": info.total,
         **_counts(info),
@@ -495,8 +546,10 @@ def _job_record(info) -> dict:
 
 @app.command()
 def jobs(
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
-    offset: Annotated[int, typer.Option(help="Skip this many newer jobs (paging).")] = 0,
+    limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 20,
+    offset: Annotated[
+        int, typer.Option(metavar="N", help="Skip this many newer jobs (paging).")
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON list, for scripts.")] = False,
 ) -> None:
     """Recent jobs and their progress, with full ids."""
@@ -527,7 +580,10 @@ def jobs(
 def gc(
     older_than_days: Annotated[
         float | None,
-        typer.Option(help="Delete ended jobs finished this long ago (default STYLEBATCH_JOB_TTL)."),
+        typer.Option(
+            metavar="DAYS",
+            help="Delete ended jobs finished this long ago (default STYLEBATCH_JOB_TTL).",
+        ),
     ] = None,
 ) -> None:
     """Delete the state of ended jobs now (Redis also expires it by itself after
@@ -545,9 +601,9 @@ def gc(
 @app.command()
 def metrics(
     bind: Annotated[
-        str, typer.Option(help="Address to listen on (keep it private).")
+        str, typer.Option(metavar="ADDRESS", help="Address to listen on (keep it private).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port for /metrics.")] = 9808,
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port for /metrics.")] = 9808,
 ) -> None:
     """Serve the fleet's Prometheus metrics: queues, renders, render times, device-seconds,
     live workers, stuck jobs, failures. Basic auth when STYLEBATCH_METRICS_AUTH=user:password."""
@@ -592,11 +648,12 @@ def beat(
     schedules: Annotated[
         str,
         typer.Option(
+            metavar="SOURCE",
             envvar="STYLEBATCH_SCHEDULES",
             help="Folder or s3:// prefix of manifests with a schedule.",
         ),
     ],
-    loglevel: Annotated[str, typer.Option()] = "INFO",
+    loglevel: Annotated[str, typer.Option(metavar="LEVEL")] = "INFO",
 ) -> None:
     """Fire scheduled manifests (Celery beat); picks up manifest changes without a restart."""
     _celery(
@@ -610,8 +667,8 @@ def beat(
 
 @app.command()
 def flower(
-    port: Annotated[int, typer.Option()] = 5555,
-    address: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT")] = 5555,
+    address: Annotated[str, typer.Option(metavar="ADDRESS")] = "127.0.0.1",
 ) -> None:
     """Run Flower against the fleet, with basic auth from STYLEBATCH_FLOWER_USER and
     STYLEBATCH_FLOWER_PASSWORD (required: Flower shows every job)."""
@@ -630,10 +687,12 @@ def flower(
 
 @app.command()
 def worker(
-    cpu_workers: Annotated[int, typer.Option(help="CPU workers where there is no GPU.")] = 1,
+    cpu_workers: Annotated[
+        int, typer.Option(metavar="N", help="CPU workers where there is no GPU.")
+    ] = 1,
     renders: Annotated[bool, typer.Option(help="Run render workers (GPU or CPU).")] = True,
     bookkeeping: Annotated[bool, typer.Option(help="Also run the bookkeeping worker.")] = True,
-    loglevel: Annotated[str, typer.Option()] = "INFO",
+    loglevel: Annotated[str, typer.Option(metavar="LEVEL")] = "INFO",
 ) -> None:
     """Start one worker per GPU (or CPU workers), plus a bookkeeping worker."""
     from workers.launch import run_workers, visible_gpus, worker_commands

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import re
 import threading
 import time
@@ -133,3 +134,38 @@ def test_alert_rules_name_only_exported_metrics():
         assert used and used <= set(NAMES), (alert, used - set(NAMES))
     dashboard = (ROOT / "deploy/grafana/stylebatch.json").read_text()
     assert set(re.findall(r"\bstylebatch_[a-z_]+", dashboard)) <= set(NAMES)
+
+
+def test_status_shows_cancel_eta_and_failures_as_written(fleet_state):
+    from tests.test_scale import cli
+
+    settings, store, plan = fleet_state
+    submit(plan, settings, make_app(settings), store)
+    first, second = plan.renders
+    store.finish(plan.job_id, first.id, "failed", error="bad [bold red]input[/] at [x]")
+    store.cancel(plan.job_id)
+    shown = cli("status", plan.job_id, url=settings.redis_url)
+    assert shown.returncode == 1  # a render failed
+    assert f"job {plan.job_id} (tiny): running [cancel requested]" in shown.stdout
+    assert "bad [bold red]input[/] at [x]" in shown.stdout  # never read as markup
+    assert "eta ~" in shown.stdout and "renders/min so far" in shown.stdout
+    record = json.loads(cli("status", plan.job_id, "--json", url=settings.redis_url).stdout)
+    assert record["cancel_requested"] and record["eta_seconds"] > 0
+    assert second.id  # still pending: the ETA is for it
+
+
+def test_help_says_what_the_tool_is_with_no_type_tags():
+    from tests.test_scale import cli
+
+    top = cli("--help", url="redis://127.0.0.1:1/0").stdout
+    assert "neural style transfer in bulk" in top
+    for command in (
+        "stylebatch run examples/demo.yaml",
+        "stylebatch validate",
+        "stylebatch submit",
+    ):
+        assert command in top
+    for command in ("status", "jobs", "gc", "metrics", "submit", "run", "worker"):
+        text = cli(command, "--help", url="redis://127.0.0.1:1/0").stdout
+        options = [line for line in text.splitlines() if line.strip().startswith("-")]
+        assert options and not [line for line in options if re.search(r"<\w+>", line)], text
