@@ -669,9 +669,22 @@ def beat(
 def flower(
     port: Annotated[int, typer.Option(metavar="PORT")] = 5555,
     address: Annotated[str, typer.Option(metavar="ADDRESS")] = "127.0.0.1",
+    db: Annotated[
+        str,
+        typer.Option(
+            metavar="PATH",
+            envvar="STYLEBATCH_FLOWER_DB",
+            help="Where Flower keeps its state across restarts.",
+        ),
+    ] = "flower.db",
+    max_tasks: Annotated[
+        int, typer.Option(metavar="N", help="Tasks Flower keeps in memory (the oldest go).")
+    ] = 20000,
 ) -> None:
     """Run Flower against the fleet, with basic auth from STYLEBATCH_FLOWER_USER and
-    STYLEBATCH_FLOWER_PASSWORD (required: Flower shows every job)."""
+    STYLEBATCH_FLOWER_PASSWORD (required: Flower shows every job). Its state is saved to
+    --db every minute and at shutdown, and read back at start; its task-runtime histogram
+    has buckets from 0.1 s to 3 h, as renders take."""
     import os
 
     user = os.environ.get("STYLEBATCH_FLOWER_USER", "")
@@ -681,7 +694,21 @@ def flower(
         raise typer.Exit(EXIT_INVALID)
     # Passed through the environment, so the password is not on a command line. /metrics
     # asks for the same credentials (scheduler/flower_auth.py).
-    argv = [sys.executable, "-m", "scheduler.flower_auth", f"--port={port}", f"--address={address}"]
+    from common.jobs import RENDER_SECONDS_BUCKETS
+
+    buckets = ",".join(map(str, RENDER_SECONDS_BUCKETS))
+    argv = [
+        sys.executable,
+        "-m",
+        "scheduler.flower_auth",
+        f"--port={port}",
+        f"--address={address}",
+        "--persistent=True",
+        f"--db={db}",
+        "--state_save_interval=60000",
+        f"--max_tasks={max_tasks}",
+        f"--task_runtime_metric_buckets={buckets}",
+    ]
     os.execve(sys.executable, argv, {**os.environ, "FLOWER_BASIC_AUTH": f"{user}:{password}"})
 
 

@@ -286,10 +286,15 @@ def test_flower_shows_workers_tasks_and_metrics_behind_auth(fleet, tmp_path):
     port = free_port()
     env = {**fleet.env, "STYLEBATCH_FLOWER_USER": "ops", "STYLEBATCH_FLOWER_PASSWORD": "s3cret-pw"}
     log = tmp_path / "flower.log"
-    with open(log, "wb") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "flower", "--port",
-                                 str(port)], env=env, cwd=ROOT, stdout=handle,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+    db = tmp_path / "flower.db"
+
+    def start_flower() -> subprocess.Popen:
+        with open(log, "ab") as handle:
+            return subprocess.Popen([sys.executable, "-m", "scheduler.cli", "flower", "--port",
+                                     str(port), "--db", str(db)], env=env, cwd=ROOT,
+                                    stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
+
+    proc = start_flower()
     auth = "Basic " + base64.b64encode(b"ops:s3cret-pw").decode()
 
     def get(path: str, authorised: bool = True):
@@ -302,6 +307,23 @@ def test_flower_shows_workers_tasks_and_metrics_behind_auth(fleet, tmp_path):
     try:
         wait_for(lambda: get("/healthcheck")[0] == 200, 60, "flower")
         time.sleep(2)  # let Flower subscribe to the event stream
+        # long enough (a few seconds a render on a CPU) to be seen mid-render
+        pyramid = {"start": 32, "ratio": 2, "iterations": 60}
+        slow = manifest(
+            tmp_path / "slow", "progress", ["tubingen"], ["starry_night"], (64,), pyramid=pyramid
+        )
+        slow_id = fleet.submit(slow)
+
+        def in_progress():
+            tasks = json.loads(get("/api/tasks")[1]).values()
+            return [
+                t for t in tasks if slow_id in (t.get("kwargs") or "") and t["state"] == "PROGRESS"
+            ]
+
+        wait_for(in_progress, 120, "a render in progress in flower")
+        line = in_progress()[0]["result"]
+        assert line.startswith("scale ") and "iteration" in line, line
+        fleet.wait_done(slow_id)
         job_id = fleet.submit(manifest(tmp_path, "watched", ["shipwreck"], ["wave"]))
         fleet.wait_done(job_id)
 
@@ -324,6 +346,12 @@ def test_flower_shows_workers_tasks_and_metrics_behind_auth(fleet, tmp_path):
                 get(path, authorised=False)
             assert denied.value.code == 401, path
         assert "s3cret-pw" not in log.read_text() and SECRET_KEY not in json.dumps(task)
+        proc.terminate()  # Flower saves its state at shutdown, and reads it back at start
+        proc.wait(20)
+        proc = start_flower()
+        wait_for(lambda: get("/healthcheck")[0] == 200, 60, "flower again")
+        remembered = json.loads(get("/api/tasks")[1])
+        assert task["uuid"] in remembered and remembered[task["uuid"]]["state"] == "SUCCESS"
     finally:
         proc.terminate()
         proc.wait(20)

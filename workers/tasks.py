@@ -18,6 +18,7 @@ from celery.worker.request import Request
 
 from common.errors import DeviceError, StylebatchError, TransientError
 from common.jobs import JobStore
+from common.params import schedule
 from common.queue import (
     BOOKKEEPING_QUEUE,
     EXIT_SICK,
@@ -34,6 +35,7 @@ from common.queue import (
 )
 from common.report import publish, record_key
 from common.settings import Settings
+from common.sizes import parse_size
 from common.storage import open_storage
 from workers.liveness import Heartbeat, known_dead, owner_id
 from workers.render import ENGINE_VERSION, Renderer, earlier
@@ -251,22 +253,33 @@ def _device_failed(
 def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
     last = [0.0]
 
+    plan = schedule(ready[0].params, parse_size(ready[0].size).long)
+    work = [n * side * side for side, n in plan]  # each scale's share of the render's work
+    began = time.monotonic()
+
     def on_step(scale: int, scales: int, iteration: int, iterations: int) -> None:
         now = time.monotonic()
         if now - last[0] >= 1.0 or iteration == iterations:
             last[0] = now
-            task.update_state(
-                state="PROGRESS",
-                meta={
-                    "job": job_id,
-                    "renders": [s.id for s in ready],
-                    "size": size,
-                    "scale": scale + 1,
-                    "scales": scales,
-                    "iteration": iteration,
-                    "iterations": iterations,
-                },
-            )
+            done = sum(work[:scale]) + work[min(scale, len(work) - 1)] * iteration / iterations
+            fraction = min(1.0, done / max(1, sum(work)))
+            eta = (now - began) * (1 - fraction) / fraction if fraction > 0 else None
+            progress = {
+                "job": job_id,
+                "renders": [s.id for s in ready],
+                "size": size,
+                "scale": scale + 1,
+                "scales": scales,
+                "iteration": iteration,
+                "iterations": iterations,
+                "eta_seconds": round(eta, 1) if eta is not None else None,
+            }
+            task.update_state(state="PROGRESS", meta=progress)
+            # a custom task event: Flower shows it on the task's page (state PROGRESS, and the
+            # line as the task's result until it ends); custom states alone send no event
+            line = f"scale {scale + 1}/{scales}, iteration {iteration}/{iterations}"
+            line += f", eta {eta:.0f} s" if eta is not None else ""
+            task.send_event("task-progress", result=line, progress=progress)
 
     weights = info.meta["weights"]
     r = renderer(weights, ready[0].identities.get(weights, ""))
