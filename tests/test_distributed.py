@@ -474,3 +474,66 @@ def test_a_campaign_through_the_fleet_sizes_mask_palette_credentials_cost(fleet,
     assert sum(float(r["device_seconds"]) for r in table) == pytest.approx(
         cost["device_seconds"]["cpu"], abs=0.01
     )
+
+
+def test_metrics_during_and_after_a_real_job(fleet, tmp_path):
+    import threading
+    import urllib.request
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scheduler.metrics import app
+    from tests.services import free_port
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    server = make_server(
+        "127.0.0.1", port, app(fleet.store, fleet.settings(), ""), handler_class=Quiet
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def scrape() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    try:
+        before = scrape()
+        done_before = before.get(("stylebatch_renders_ended_total", (("status", "done"),)), 0)
+        pyramid = {"start": 32, "ratio": 2, "iterations": 40}
+        path = manifest(
+            tmp_path, "scraped", ["tubingen", "shipwreck"], ["wave", "starry_night"], (64,),
+            pyramid=pyramid,
+        )  # fmt: skip
+        job_id = fleet.submit(path)
+
+        def busy():
+            got = scrape()
+            key = ("stylebatch_job_renders", (("job", job_id), ("state", "running")))
+            return got if got.get(key, 0) >= 1 else None
+
+        during = None
+        deadline = time.monotonic() + 120
+        while during is None and time.monotonic() < deadline:
+            during = busy()
+            time.sleep(0.2)
+        assert during is not None, "no render seen running"
+        assert during[("stylebatch_workers_live", ())] >= 2
+        assert during[("stylebatch_jobs_active", ())] >= 1
+        fleet.wait_done(job_id)
+        after = scrape()
+    finally:
+        server.shutdown()
+    assert after[("stylebatch_renders_ended_total", (("status", "done"),))] == done_before + 4
+    assert ("stylebatch_job_renders", (("job", job_id), ("state", "running"))) not in after
+    assert after[("stylebatch_device_seconds_total", (("device", "cpu"),))] > 0
+    assert after[("stylebatch_render_seconds_count", ())] >= 4
+    assert after[("stylebatch_queue_depth", (("priority", "5"), ("queue", "render")))] == 0

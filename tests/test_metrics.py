@@ -9,6 +9,8 @@ import base64
 import dataclasses
 import json
 import re
+import shutil
+import subprocess
 import threading
 import time
 import urllib.error
@@ -132,6 +134,14 @@ def test_alert_rules_name_only_exported_metrics():
     for alert, expr in alerts.items():
         used = set(re.findall(r"\bstylebatch_[a-z_]+", expr))
         assert used and used <= set(NAMES), (alert, used - set(NAMES))
+    promtool = shutil.which("promtool")
+    if promtool:  # where Prometheus's own checker is installed, it must accept the rules too
+        checked = subprocess.run(
+            [promtool, "check", "rules", str(ROOT / "deploy/prometheus/alerts.yml")],
+            capture_output=True,
+            text=True,
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     dashboard = (ROOT / "deploy/grafana/stylebatch.json").read_text()
     assert set(re.findall(r"\bstylebatch_[a-z_]+", dashboard)) <= set(NAMES)
 
