@@ -205,12 +205,11 @@ def expand(
     )
     contents = _contents(manifest, base_dir, settings, attempt, problems)
     inputs = dict(contents)  # uri -> where the manifest names it
+    named = {where: uri for uri, where in contents.items()}
     shots = {  # uri -> its Shot entry, for the contents given as one (bad URIs named above)
-        uri: e
+        named[f"content[{i}].uri"]: e
         for i, e in enumerate(manifest.content)
-        if isinstance(e, Shot)
-        for uri in contents
-        if contents[uri] == f"content[{i}].uri"
+        if isinstance(e, Shot) and f"content[{i}].uri" in named
     }
     focus = {uri: e.focus for uri, e in shots.items() if e.focus}
     masks: dict[str, tuple[str, float]] = {}  # content uri -> (mask uri or "alpha", strength)
@@ -258,7 +257,8 @@ def expand(
         cname = content_name(content)
         for style, images, params in styles:
             resolved = params.resolved()
-            for size in params.sizes:
+            frames = [(size, parse_size(size)) for size in params.sizes]
+            for size, frame in frames:
                 mask = masks.get(content)
                 ids = {
                     u: identities[u]
@@ -268,7 +268,6 @@ def expand(
                 rid = render_id(
                     content, images, size, resolved, weights_spec, ids, focus.get(content), mask
                 )
-                frame = parse_size(size)
                 if rid in seen:
                     continue
                 seen.add(rid)

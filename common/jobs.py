@@ -596,6 +596,14 @@ class JobStore:
     def touch_finalizing(self, job_id: str) -> None:
         self.r.hset(self._job(job_id), "finalizing_since", self.now())
 
+    def note(self, job_id: str, **fields: str) -> None:
+        """Record facts about a job that are no transition (a webhook's outcome, say)."""
+        self.r.hset(self._job(job_id), mapping=fields)
+
+    def tally(self, job_id: str, field: str) -> int:
+        """Count something in a job's record; returns the new count."""
+        return int(self.r.hincrby(self._job(job_id), field, 1))
+
     def touch(self, job_id: str) -> None:
         self.r.hset(self._job(job_id), "activity", self.now())
 

@@ -67,6 +67,13 @@ class Settings:
     c2pa_alg: str = "es256"
     c2pa_tsa_url: str = ""
 
+    def signs(self, requested: bool | str | None) -> bool:
+        """Whether outputs get content credentials: a manifest's ``output.credentials`` (as
+        parsed, or as recorded in the job: "1", "0", "") if it says, else STYLEBATCH_C2PA_SIGN."""
+        if requested in (None, ""):
+            return self.c2pa_sign
+        return requested in (True, "1", "true")
+
     @classmethod
     def from_env(cls) -> Settings:
         default = cls()

@@ -40,8 +40,7 @@ def preflight(plan: JobPlan, settings: Settings) -> list[Problem]:
 def check_credentials(requested: bool | None, settings: Settings) -> list[Problem]:
     """Credentials asked for (by the manifest or the deployment) need a certificate and a key
     named in the settings; the workers read the files and check again."""
-    on = settings.c2pa_sign if requested is None else requested
-    if on and not (settings.c2pa_cert and settings.c2pa_key):
+    if settings.signs(requested) and not (settings.c2pa_cert and settings.c2pa_key):
         message = (
             "content credentials are on but STYLEBATCH_C2PA_CERT and STYLEBATCH_C2PA_KEY are "
             "not both set"

@@ -17,7 +17,7 @@ from common.errors import InputError
 from common.settings import Settings
 from common.storage import open_storage
 from common.uris import Location
-from tests.conftest import ROOT, tiny_manifest, write_manifest
+from tests.conftest import ROOT, run_cli, tiny_manifest, write_manifest
 
 FLEET = Settings(
     weights="s3://models/vgg19-imagenet.pth",
@@ -102,14 +102,7 @@ def test_every_write_is_checked_again_in_storage(tmp_path):
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler.cli", *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env=env, timeout=120)
 
 
 @pytest.mark.parametrize(

@@ -13,21 +13,13 @@ from PIL import Image
 
 from common.expand import plan_job
 from common.imageio import embedded_metadata
-from tests.conftest import ROOT, local_settings, tiny_manifest, write_manifest
+from tests.conftest import ROOT, local_settings, run_cli, tiny_manifest, write_manifest
 
 pytest.importorskip("torch")
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "STYLEBATCH_DEVICE": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(*args, env={"STYLEBATCH_DEVICE": "cpu"}, cwd=cwd)
 
 
 def test_validate_ok():

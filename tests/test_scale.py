@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
 from common.expand import plan_job
 from common.jobs import JobStore
 from common.settings import Settings
-from tests.conftest import ROOT, tiny_manifest, write_manifest
+from tests.conftest import run_cli, tiny_manifest, write_manifest
 
 SLOW_US = 20_000
 
@@ -31,15 +29,7 @@ def big_job(plan, n: int):
 
 
 def cli(*args: str, url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200", "STYLEBATCH_REDIS_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env={"STYLEBATCH_REDIS_URL": url}, timeout=120)
 
 
 def calls(r) -> int:

@@ -27,13 +27,6 @@ class CredentialsError(StylebatchError):
     """Content credentials were asked for and cannot be made (certificate, key, signing)."""
 
 
-def enabled(requested: bool | str | None, settings: Settings) -> bool:
-    """A manifest's ``output.credentials`` if it says, else the deployment's setting."""
-    if requested in (None, ""):
-        return settings.c2pa_sign
-    return requested in (True, "1", "true")
-
-
 def manifest_for(meta: dict[str, Any], key: str) -> dict[str, Any]:
     """The C2PA manifest definition of one output, from its embedded metadata."""
     identities = meta.get("inputs") or {}

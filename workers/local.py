@@ -11,7 +11,6 @@ from common.report import publish, write_summary
 from common.settings import Settings
 from common.storage import open_storage
 from common.summary import Summary
-from workers.credentials import enabled
 from workers.render import ENGINE_VERSION, Outcome, Renderer, batches, earlier
 
 
@@ -79,7 +78,7 @@ def run_local(
                 plan.format,
                 plan.manifest.output.quality,
                 on_step,
-                enabled(plan.manifest.output.credentials, settings),
+                settings.signs(plan.manifest.output.credentials),
             ):
                 record(outcome)
             write_summary(storage, summary)

@@ -285,9 +285,7 @@ def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
     r = renderer(weights, ready[0].identities.get(weights, ""))
     fmt, quality = info.meta["format"], int(info.meta["quality"])
     try:
-        from workers.credentials import enabled
-
-        signed = enabled(info.meta.get("credentials"), settings)
+        signed = settings.signs(info.meta.get("credentials"))
         outcomes = r.render_batch(ready, storage, job_id, fmt, quality, on_step, signed)
     except SoftTimeLimitExceeded:
         limit = (limits_for(task.request.kwargs.get("work")) or ("?",))[0]
@@ -404,7 +402,7 @@ def notify(self, job_id: str, finished: str) -> dict[str, Any]:
         return {"ignored": "delivered already"}
     refused = check_webhook(url, settings)  # checked at submit; the worker checks again
     if refused:
-        jobs.r.hset(jobs._job(job_id), "webhook_status", f"refused: {refused[0].message}")
+        jobs.note(job_id, webhook_status=f"refused: {refused[0].message}")
         return {"refused": refused[0].message}
     failed = [
         {"render": r.id, "content": r.content_name, "style": r.style, "size": r.size,
@@ -413,20 +411,17 @@ def notify(self, job_id: str, finished: str) -> dict[str, Any]:
     ]  # fmt: skip
     summary = info.location.uri_of(record_key(job_id, "summary.json"))
     delivery, body = payload(info, failed, summary)
-    attempts = jobs.r.hincrby(jobs._job(job_id), "webhook_attempts", 1)
+    attempts = jobs.tally(job_id, "webhook_attempts")
     error = post(url, body, delivery, settings.webhook_secret)
     if error is None:
-        jobs.r.hset(
-            jobs._job(job_id),
-            mapping={"webhook_status": "delivered", "webhook_delivered": delivery},
-        )
+        jobs.note(job_id, webhook_status="delivered", webhook_delivered=delivery)
         return {"delivered": url, "attempts": attempts}
     if self.request.retries < settings.webhook_retries:
         delay = min(300.0, settings.webhook_backoff * 2**self.request.retries)
-        jobs.r.hset(jobs._job(job_id), "webhook_status", f"retrying in {delay:g} s: {error}")
+        jobs.note(job_id, webhook_status=f"retrying in {delay:g} s: {error}")
         raise self.retry(countdown=delay)
     status = f"failed after {attempts} attempts: {error}"
-    jobs.r.hset(jobs._job(job_id), "webhook_status", status)
+    jobs.note(job_id, webhook_status=status)
     jobs.count_failure("webhook")
     log.error("webhook for job %s %s", job_id, status)
     return {"failed": status}
