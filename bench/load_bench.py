@@ -25,7 +25,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.jobs import JobStore  # noqa: E402
+from common.state import JobStore  # noqa: E402
 from tests.services import ACCESS_KEY, SECRET_KEY, RedisServer, S3Server, Worker  # noqa: E402
 from workers.engine import random_state_dict  # noqa: E402
 from workers.launch import worker_commands  # noqa: E402

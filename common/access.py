@@ -4,7 +4,9 @@ locations, which no output may touch whatever the settings allow.
 A prefix matches a bucket whole and a path at ``/``: ``s3://team-a`` allows
 ``s3://team-a/x.png`` but not ``s3://team-a-secrets/x.png``; ``s3://team-a/shots`` allows
 ``s3://team-a/shots/x.png`` but not ``s3://team-a/shots-old/x.png``. ``s3://`` allows every
-bucket, ``/`` every local path. Local paths are compared after resolving symlinks and ``..``.
+bucket, ``/`` every local path. Local paths are normalised: compared after resolving symlinks
+and ``..``, as the system will open them. S3 keys with a ``.`` or ``..`` segment (also
+percent-encoded) are refused: S3 keeps them literally, so they lie under no prefix.
 
 Checked at validate and submit, and again by workers before every read and every write, so a
 hand-made task or job record cannot get round them.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from common.errors import InputError, StorageError
 from common.settings import Settings
-from common.uris import is_s3
+from common.uris import has_dot_segment, is_s3
 
 
 class OutputRefused(StorageError):
@@ -41,6 +43,8 @@ def under(target: str, prefix: str) -> bool:
     if is_s3(prefix):
         pbucket, pkey = _split_s3(prefix)
         tbucket, tkey = _split_s3(target)
+        if has_dot_segment(tkey) or has_dot_segment(pkey):
+            return False  # refused, never normalised: see the module's docstring
         if not pbucket:
             return True
         return tbucket == pbucket and (not pkey or tkey == pkey or tkey.startswith(pkey + "/"))
@@ -51,6 +55,8 @@ def under(target: str, prefix: str) -> bool:
 
 def check_allowed(uri: str, settings: Settings) -> None:
     """InputError unless ``uri`` is under one of the allowed inputs."""
+    if is_s3(uri) and has_dot_segment(_split_s3(uri)[1]):
+        raise InputError(f"{uri}: '.' and '..' segments are not allowed in S3 keys")
     if not any(under(uri, p) for p in settings.allowed_inputs):
         raise InputError(
             f"{uri}: not among the inputs this worker may read "
@@ -93,6 +99,8 @@ def protected(settings: Settings) -> tuple[tuple[str, str], ...]:
 def check_output(uri: str, settings: Settings) -> None:
     """OutputRefused unless ``uri`` (a location or an output's full URI or path) may be
     written: under an allowed output and under none of the fleet's own locations."""
+    if is_s3(uri) and has_dot_segment(_split_s3(uri)[1]):
+        raise OutputRefused(f"{uri}: '.' and '..' segments are not allowed in S3 keys")
     for prefix, what in protected(settings):
         if under(uri, prefix) or under(prefix, uri):  # in it, or holding it
             raise OutputRefused(f"{uri}: refused as an output: it holds {what}")

@@ -7,7 +7,7 @@ import io
 from PIL import Image, ImageDraw
 
 from common.errors import InputError
-from common.imageio import decode, fit_long_side
+from common.imageio import decode, decode_alpha, fit_long_side
 from common.settings import Settings
 from common.sizes import parse_size
 from common.storage import Storage, read_input
@@ -99,10 +99,15 @@ def sheet_for(summary: Summary, storage: Storage, settings: Settings) -> bytes:
         if img is None or uri not in masks:
             return img
         source = masks[uri][0]
-        try:
-            raw = Image.open(io.BytesIO(read_input(uri if source == "alpha" else source, settings)))
-            mask = raw.convert("RGBA").getchannel("A") if source == "alpha" else raw.convert("L")
-        except (InputError, OSError, ValueError):
+        limits = settings.max_input_pixels, settings.min_input_side
+        try:  # the renders' decoders and limits (workers/render.py): a hostile mask is none
+            if source == "alpha":
+                mask = decode_alpha(read_input(uri, settings), uri, *limits)
+            else:
+                mask = decode(read_input(source, settings), source, *limits).convert("L")
+        except InputError:
+            return img
+        if mask is None:
             return img
         tinted = Image.blend(img, Image.new("RGB", img.size, (0, 190, 110)), 0.45)
         return Image.composite(tinted, img, mask.resize(img.size))

@@ -50,3 +50,9 @@ class TransientStorageError(StorageError, TransientError):
 class DeviceError(StylebatchError):
     """The accelerator failed (a CUDA error, a lost device, memory exhausted at the smallest
     batch): the render is not at fault and is retried elsewhere."""
+
+
+class ConfigError(StylebatchError):
+    """This worker's own configuration is broken (weights it cannot load, a signing key it
+    cannot read, credentials refused where it must write): no render's fault, and no render
+    will succeed here, so the worker hands its renders back and steps aside."""

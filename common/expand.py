@@ -71,6 +71,7 @@ class JobPlan:
     duplicates: int = 0
     slot: datetime | None = None
     problems: list[Problem] = field(default_factory=list)  # inputs missing, too big, refused
+    signed: bool = False  # outputs get content credentials: resolved at plan time, in the ids
 
     @property
     def format(self) -> str:
@@ -86,8 +87,10 @@ def render_id(
     identities: dict[str, str],
     focus: tuple[float, float] | None = None,
     mask: tuple[str, float] | None = None,
+    output: dict[str, Any] | None = None,
 ) -> str:
-    """Names the inputs by URI and by content: a replaced object is a new render."""
+    """Names the inputs by URI and by content: a replaced object is a new render. ``output``
+    (see ``output_identity``) names everything else that changes the output's bytes."""
     total = sum(w for _, w in style_images)
     canonical = {
         "generation": ENGINE_GENERATION,
@@ -100,9 +103,36 @@ def render_id(
         "weights": [weights, identities.get(weights, "")],
         "focus": list(focus) if focus else None,
         "mask": [mask[0], identities.get(mask[0], ""), mask[1]] if mask else None,
+        "output": output,
     }
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def signer_identity(settings: Settings) -> str:
+    """Who signs content credentials, as it stands at plan time: the algorithm plus the
+    SHA-256 of the certificate chain (STYLEBATCH_C2PA_CERT), so a rotated certificate is a new
+    render. Where the chain cannot be read here (it lives on the workers), its path stands in:
+    a planner that can read it names the same signer differently, which re-renders (never
+    skips wrongly). The key is never read: the chain certifies it."""
+    alg = settings.c2pa_alg.strip().lower()
+    try:
+        return f"{alg}:sha256:{hashlib.sha256(Path(settings.c2pa_cert).read_bytes()).hexdigest()}"
+    except (OSError, ValueError):
+        return f"{alg}:path:{settings.c2pa_cert}"
+
+
+def output_identity(output: Any, settings: Settings) -> dict[str, Any]:
+    """Everything but the inputs and parameters that changes an output's bytes: its format,
+    its quality (jpeg, webp; png ignores it, but one rule is simpler than a per-format one),
+    and whether it is signed, resolved now (manifest, else STYLEBATCH_C2PA_SIGN), with the
+    signer. Turning credentials on, or changing the quality, renders existing outputs again."""
+    signed = settings.signs(output.credentials)
+    return {
+        "format": output.format,
+        "quality": output.quality,
+        "credentials": signer_identity(settings) if signed else None,
+    }
 
 
 def canonical_weights(spec: str, base_dir: Path) -> str:
@@ -253,6 +283,7 @@ def expand(
 
     renders, by_key, seen = [], {}, set()
     ext = EXTENSIONS[manifest.output.format]
+    output = output_identity(manifest.output, settings)
     for content in contents:
         cname = content_name(content)
         for style, images, params in styles:
@@ -266,7 +297,15 @@ def expand(
                     if u in identities
                 }
                 rid = render_id(
-                    content, images, size, resolved, weights_spec, ids, focus.get(content), mask
+                    content,
+                    images,
+                    size,
+                    resolved,
+                    weights_spec,
+                    ids,
+                    focus.get(content),
+                    mask,
+                    output,
                 )
                 if rid in seen:
                     continue
@@ -324,6 +363,7 @@ def expand(
         location=location,
         renders=renders,
         weights=weights_spec,
+        signed=output["credentials"] is not None,
         duplicates=total - len(renders),
         slot=slot,
         problems=found,

@@ -26,6 +26,26 @@ FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP")
 def decode(data: bytes, name: str, max_pixels: int = 64_000_000, min_side: int = 1) -> Image.Image:
     """Bytes to an upright 8-bit RGB image, or an InputError naming ``name`` (and the setting
     that refused it)."""
+    return to_rgb(_open(data, name, max_pixels, min_side), name)
+
+
+def decode_alpha(
+    data: bytes, name: str, max_pixels: int = 64_000_000, min_side: int = 1
+) -> Image.Image | None:
+    """An input's own alpha channel ("L"), upright like ``decode``'s picture, or None where it
+    has none; through the same format allow-list and pixel limits (InputError otherwise)."""
+    img = _open(data, name, max_pixels, min_side)
+    if img.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in img.info:
+        return None
+    try:
+        return img.convert("RGBA").getchannel("A")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{name}: cannot read its alpha channel ({exc})") from None
+
+
+def _open(data: bytes, name: str, max_pixels: int, min_side: int) -> Image.Image:
+    """Bytes to a loaded, upright image in its own mode: allowed formats only, pixel limits
+    checked before decoding."""
     if not data:
         raise InputError(f"{name}: empty file")
     try:
@@ -58,7 +78,7 @@ def decode(data: bytes, name: str, max_pixels: int = 64_000_000, min_side: int =
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"{name}: corrupt or truncated image ({exc})") from None
-    return to_rgb(img, name)
+    return img
 
 
 def to_rgb(img: Image.Image, name: str = "image") -> Image.Image:

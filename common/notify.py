@@ -18,6 +18,7 @@ from typing import Any
 
 from common.errors import Problem
 from common.settings import Settings
+from common.uris import has_dot_segment
 
 SIGNATURE_HEADER = "X-Stylebatch-Signature"
 DELIVERY_HEADER = "X-Stylebatch-Delivery"
@@ -41,9 +42,13 @@ def check_webhook(url: str | None, settings: Settings) -> list[Problem]:
 
 def url_under(url: str, prefix: str) -> bool:
     """Same scheme, host and port, and a path under the prefix's at a '/' boundary; a URL
-    with credentials in it is never allowed."""
+    with credentials in it is never allowed, nor one whose path has a ``.`` or ``..`` segment
+    (also percent-encoded, or as ``..;``): refused, not normalised, as the receiver's server
+    or a proxy might read it otherwise."""
     u, p = urllib.parse.urlsplit(url), urllib.parse.urlsplit(prefix)
     if u.username or u.password or not u.hostname or u.scheme not in ("http", "https"):
+        return False
+    if has_dot_segment(u.path):
         return False
     try:
         same_port = (u.port or 0) == (p.port or 0)
@@ -84,8 +89,19 @@ def payload(info: Any, failures: list[dict[str, Any]], summary_uri: str) -> tupl
     return delivery, json.dumps(body, sort_keys=True).encode()
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is the receiver's answer: the allow-list vetted this URL, not another."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError with the 3xx code
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def post(url: str, body: bytes, delivery: str, secret: str, timeout: float = 10) -> str | None:
-    """One delivery attempt: None if the receiver answered 2xx, else why not."""
+    """One delivery attempt: None if the receiver answered 2xx, else why not. Redirects are
+    never followed: one is a failed delivery, and its target gets nothing."""
     request = urllib.request.Request(
         url,
         data=body,
@@ -98,9 +114,13 @@ def post(url: str, body: bytes, delivery: str, secret: str, timeout: float = 10)
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             return None if 200 <= response.status < 300 else f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
+        with exc:
+            if 300 <= exc.code < 400:
+                target = (exc.headers.get("Location") or "(no Location)")[:200]
+                return f"HTTP {exc.code}: redirected to {target}; redirects are not followed"
+            return f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         return f"unreachable: {getattr(exc, 'reason', exc)}"

@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from common.params import schedule
+from common.redis_client import celery_transport_options, celery_urls
 from common.settings import Settings
 
 RENDER_QUEUE = "render"  # GPU work, one task at a time per process
@@ -23,6 +24,7 @@ NOTIFY_TASK = "stylebatch.notify"
 MAX_CRASHES = 3  # a render during which its worker died this often is marked failed
 TRANSIENT_RETRIES = 10  # S3 or Redis unreachable: retries with backoff (about 4 minutes)
 EXIT_SICK = 3  # exit status of a render worker that stepped aside after device errors
+EXIT_MISCONFIGURED = 4  # ... that stepped aside because its own configuration is broken
 MAX_BATCH_PIXELS = 8 * 512 * 512  # renders optimised together, by total output pixels
 
 
@@ -93,7 +95,12 @@ def make_app(settings: Settings | None = None) -> Celery:
         "unacked_restore_interval": max(1, min(10, visibility // 4)),
         "unacked_restore_throttle": 1,
     }
-    app = Celery("stylebatch", broker=settings.redis_url, backend=settings.redis_url)
+    # With Redis Sentinel (STYLEBATCH_REDIS_SENTINELS), kombu's and Celery's sentinel://
+    # transports find the master by name and follow it through a failover.
+    sentinel = celery_transport_options(settings)
+    transport.update(sentinel)
+    url = celery_urls(settings)
+    app = Celery("stylebatch", broker=url, backend=url)
     if settings.redis_url.startswith("rediss://"):
         tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": settings.redis_tls_ca or None}
         app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
@@ -107,7 +114,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,
-        result_backend_transport_options={"visibility_timeout": visibility},
+        result_backend_transport_options={"visibility_timeout": visibility, **sentinel},
         visibility_timeout=visibility,
         task_time_limit=settings.max_time_limit,
         task_soft_time_limit=int(settings.max_time_limit * 0.8),

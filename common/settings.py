@@ -20,6 +20,12 @@ def _prefixes(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"  # rediss:// for TLS
     redis_tls_ca: str = ""  # CA bundle that signed the Redis server's certificate (rediss://)
+    # Redis Sentinel (docs/operations.md): "host:port,host:port,..."; empty is plain Redis at
+    # redis_url. With sentinels, redis_url gives only the password, user and db (its host is
+    # ignored) and the master's address comes from the sentinels, named redis_master.
+    redis_sentinels: str = ""
+    redis_master: str = "stylebatch"
+    redis_sentinel_password: str = field(default="", repr=False)  # if the sentinels want one
     s3_endpoint: str = ""  # empty: AWS itself
     s3_region: str = "us-east-1"
     s3_addressing: str = "path"  # path or virtual
@@ -80,6 +86,9 @@ class Settings:
         return cls(
             redis_url=_env("STYLEBATCH_REDIS_URL", default.redis_url),
             redis_tls_ca=_env("STYLEBATCH_REDIS_TLS_CA"),
+            redis_sentinels=_env("STYLEBATCH_REDIS_SENTINELS"),
+            redis_master=_env("STYLEBATCH_REDIS_MASTER") or default.redis_master,
+            redis_sentinel_password=_env("STYLEBATCH_REDIS_SENTINEL_PASSWORD"),
             s3_endpoint=_env("STYLEBATCH_S3_ENDPOINT", _env("AWS_ENDPOINT_URL")),
             s3_region=_env("STYLEBATCH_S3_REGION", _env("AWS_DEFAULT_REGION", default.s3_region)),
             s3_addressing=_env("STYLEBATCH_S3_ADDRESSING", default.s3_addressing),

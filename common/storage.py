@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common.access import check_allowed, check_output
-from common.errors import InputError, StorageError, TransientStorageError
+from common.errors import ConfigError, InputError, StorageError, TransientStorageError
 from common.imageio import IMAGE_SUFFIXES, embedded_metadata
 from common.settings import Settings
 from common.uris import Location, is_s3, join_key, parse_s3
@@ -26,6 +26,16 @@ class Storage(Protocol):
     def get(self, key: str) -> bytes | None: ...
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None: ...
     def metadata(self, key: str) -> dict[str, Any] | None: ...
+    def put_output(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str], render_id: str
+    ) -> dict[str, Any] | None: ...
+
+
+def render_id_of(meta: dict[str, Any] | None) -> str | None:
+    """The render id an output carries (embedded record, or S3 metadata)."""
+    if not meta:
+        return None
+    return meta.get("render_id", meta.get("render-id"))
 
 
 class LocalStorage:
@@ -49,6 +59,29 @@ class LocalStorage:
         if data is None:
             return None
         return embedded_metadata(data) if key.endswith(IMAGE_SUFFIXES) else {}
+
+    def put_output(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str], render_id: str
+    ) -> dict[str, Any] | None:
+        """Write a render's output unless it is there already: None once written, or the
+        metadata of an output that carries ``render_id`` (another attempt wrote it; kept).
+        A new file appears by a hard link, which fails if another attempt made it first; an
+        output of an older render (another id) is replaced."""
+        path = self.root / key
+        check_output(str(path), self.settings)
+        for _ in range(5):
+            meta = self.metadata(key)
+            if render_id_of(meta) == render_id:
+                return meta
+            if meta is not None:
+                atomic_write(path, data)
+                return None
+            try:
+                atomic_write(path, data, create_only=True)
+                return None
+            except FileExistsError:
+                continue
+        raise StorageError(f"{path}: written by others while this render wrote it")
 
 
 class S3Storage:
@@ -96,24 +129,62 @@ class S3Storage:
                 Metadata=metadata,
             )
         except Exception as exc:
-            raise storage_error(exc, self.bucket, self._key(key)) from None
+            raise write_error(exc, self.bucket, self._key(key)) from None
 
-    def metadata(self, key: str) -> dict[str, Any] | None:
+    def _head(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise storage_error(exc, self.bucket, self._key(key)) from None
         except Exception as exc:
             raise storage_error(exc, self.bucket, self._key(key)) from None
-        return dict(head.get("Metadata", {}))
+
+    def metadata(self, key: str) -> dict[str, Any] | None:
+        head = self._head(key)
+        return None if head is None else dict(head.get("Metadata", {}))
+
+    def put_output(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str], render_id: str
+    ) -> dict[str, Any] | None:
+        """Write a render's output unless it is there already: None once written, or the
+        metadata of an object that carries ``render_id`` (another attempt wrote it; kept).
+        Conditional PUTs: create-only (``If-None-Match: *``) where there is none, and where an
+        older render's object is (another id), only over that very version (``If-Match``), so
+        a superseded attempt never overwrites a newer one's output."""
+        full = f"s3://{self.bucket}/{self._key(key)}"
+        check_output(full, self.settings)
+        self._check_bucket()
+        for _ in range(5):
+            head = self._head(key)
+            meta = None if head is None else dict(head.get("Metadata", {}))
+            if render_id_of(meta) == render_id:
+                return meta
+            condition = {"IfNoneMatch": "*"} if head is None else {"IfMatch": head["ETag"]}
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._key(key),
+                    Body=data,
+                    ContentType=content_type,
+                    Metadata=metadata,
+                    **condition,
+                )
+                return None
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    continue  # another attempt wrote meanwhile: look again
+                raise write_error(exc, self.bucket, self._key(key)) from None
+        raise StorageError(f"{full}: written by others while this render wrote it")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: never a half-written file."""
+def atomic_write(path: Path, data: bytes, create_only: bool = False) -> None:
+    """Write via a temporary file in the same folder and rename: never a half-written file.
+    ``create_only``: link it into place instead, FileExistsError if the path exists."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
@@ -122,7 +193,11 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if create_only:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -202,6 +277,21 @@ def storage_error(exc: Exception, bucket: str, key: str) -> StorageError:
         }
         return StorageError(f"s3://{bucket}/{key}: {reasons.get(code, code or str(exc))}")
     return StorageError(f"s3://{bucket}/{key}: {exc}")
+
+
+# S3 refusing this process's own credentials where it must write: its configuration is broken
+_CREDENTIALS_REFUSED = ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
+
+def write_error(exc: Exception, bucket: str, key: str) -> StorageError | ConfigError:
+    """As ``storage_error``, but a write refused for this process's credentials (or with none)
+    is a ConfigError: no render can be written here until the deployment is fixed."""
+    from botocore.exceptions import NoCredentialsError
+
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    if isinstance(exc, NoCredentialsError) or code in _CREDENTIALS_REFUSED:
+        return ConfigError(f"{storage_error(exc, bucket, key)}: this worker cannot write outputs")
+    return storage_error(exc, bucket, key)
 
 
 def s3_get(client: Any, bucket: str, key: str, missing_ok: bool = False) -> bytes | None:

@@ -35,12 +35,28 @@ def is_s3(text: str) -> bool:
     return text.startswith("s3://")
 
 
+def has_dot_segment(path: str) -> bool:
+    """Whether a key or URL path has a ``.`` or ``..`` segment, also percent-encoded (once or
+    more: ``%2e%2e``, ``%252e``), split at ``/`` or ``\\`` and with ``;params`` dropped
+    (``..;``), as some servers and proxies read them."""
+    for _ in range(4):
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    return any(part.split(";", 1)[0] in (".", "..") for part in re.split(r"[/\\]", path))
+
+
 def parse_s3(text: str) -> tuple[str, str]:
-    """Split ``s3://bucket/key`` into bucket and key, checking the bucket name."""
+    """Split ``s3://bucket/key`` into bucket and key, checking the bucket name. A key with a
+    ``.`` or ``..`` segment is refused, not normalised: S3 keeps ``a/../b`` as a literal key,
+    and a proxy or S3-compatible store may not, so no prefix check could say where it leads."""
     parsed = urlparse(text)
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     if not _BUCKET.match(bucket) or re.match(r"^\d+\.\d+\.\d+\.\d+$", bucket) or ".." in bucket:
         raise ValueError(f"invalid S3 bucket name {bucket!r} in {text!r}")
+    if has_dot_segment(key):
+        raise ValueError(f"{text!r}: '.' and '..' segments are not allowed in S3 keys")
     return bucket, key
 
 

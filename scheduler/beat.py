@@ -8,6 +8,13 @@ what a failed attempt did not send). Beat fires in its own process and moves its
 T only once the job is submitted: a transient error (S3 or Redis away) leaves the marker, and
 the slot is tried again at the next tick, for as long as the outage lasts.
 
+Outages never stop beat: a rescan of the manifest source that fails (S3 unreachable, a folder
+gone) keeps the schedules known so far, which go on firing, and is tried again after
+``retry_every``; a manifest that cannot be read for a transient reason keeps its known version
+until it can be. A Redis error reading or writing a slot marker skips that manifest for this
+tick, and it is tried again after ``retry_every``; a slot submitted whose marker could not be
+moved is fired again, and the slot's claim makes that submit nothing new.
+
 Missed slots: only the latest fires. After downtime, the most recent slot that is due and
 newer than the last fired one fires once; older missed slots are skipped. A manifest seen for
 the first time starts with its next slot (no backfill).
@@ -18,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +37,10 @@ from kombu.exceptions import OperationalError
 from common.errors import ManifestError, TransientError
 from common.expand import plan_document
 from common.inputs import CannotCheck
-from common.jobs import JobStore
 from common.manifest import parse_manifest
 from common.schedule import latest_slot, next_slot, slot_label
 from common.settings import Settings
+from common.state import JobStore
 from common.storage import read_input, s3_client
 from common.uris import is_s3, parse_s3
 
@@ -114,18 +121,39 @@ class ManifestScheduler(beat.Scheduler):
         self.settings = Settings.from_env()
         self.source = ManifestSource(source or os.environ["STYLEBATCH_SCHEDULES"], self.settings)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.store = JobStore.from_url(
-            self.settings.redis_url, self.settings.redis_tls_ca, job_ttl=self.settings.job_ttl
-        )
+        self.store = JobStore.from_settings(self.settings)
         self.manifests: dict[str, Scheduled] = {}
         self._scanned_at: datetime | None = None
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
-        self.reload()
+        self._rescan(self.clock())
 
-    def reload(self) -> None:
+    def _rescan(self, now: datetime) -> bool:
+        """Reload, surviving any error: False (and a rescan after ``retry_every``) if the
+        source could not be read in full; the schedules known so far are kept."""
+        try:
+            complete = self.reload()
+        except Exception as exc:  # S3 or the folder away: beat goes on with what it knows
+            log.warning(
+                "manifest source %s not readable, keeping %d known schedule(s), retrying in "
+                "%.0f s: %s: %s",
+                self.source.uri,
+                len(self.manifests),
+                self.retry_every,
+                type(exc).__name__,
+                exc,
+            )
+            complete = False
+        if not complete:
+            self._scanned_at = now - timedelta(seconds=self.reload_every - self.retry_every)
+        return complete
+
+    def reload(self) -> bool:
+        """Rescan the source; False if some manifest could not be read for now (a transient
+        error), in which case its known version, if any, is kept."""
         versions = self.source.scan()
+        complete = True
         for gone in set(self.manifests) - set(versions):
             log.info("schedule removed: %s", gone)
             del self.manifests[gone]
@@ -135,6 +163,10 @@ class ManifestScheduler(beat.Scheduler):
                 continue
             try:
                 manifest = parse_manifest(load_manifest(source, self.settings)[0], source)
+            except (TransientError, CannotCheck) as exc:  # S3 away: not the manifest's fault
+                log.warning("schedule %s not read yet, will retry: %s", source, exc)
+                complete = False
+                continue
             except Exception as exc:  # a bad manifest must not stop the other schedules
                 log.error("schedule ignored, manifest invalid: %s", exc)
                 self.manifests.pop(source, None)
@@ -171,31 +203,54 @@ class ManifestScheduler(beat.Scheduler):
                 manifest.schedule.timezone,
             )
         self._scanned_at = self.clock()
+        return complete
 
-    def _last_key(self, name: str) -> str:
-        return f"sb:beat:last:{name}"
+    def _marker(self, name: str) -> float | None:
+        """The UTC timestamp of the last slot fired for a schedule name, if any."""
+        return self.store.beat_marker(name)
+
+    def _set_marker(self, name: str, ts: float, first: bool = False) -> bool:
+        """Move the marker of a schedule name to ``ts``; with ``first``, only if it has none.
+        True if written."""
+        return self.store.set_beat_marker(name, ts, if_absent=first)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Fire every due slot; return the seconds until something may be due again."""
         now = self.clock()
-        if (
-            self._scanned_at is None
-            or (now - self._scanned_at).total_seconds() >= self.reload_every
-        ):
-            self.reload()
         wait = self.reload_every
+        last = self._scanned_at
+        due = last is None or (now - last).total_seconds() >= self.reload_every
+        if due and not self._rescan(now):
+            wait = self.retry_every
         for item in list(self.manifests.values()):
-            slot = latest_slot(item.cron, item.timezone, now)
-            key = self._last_key(item.name)
-            if self.store.r.set(key, slot.timestamp(), nx=True):
-                pass  # first sight: this slot has passed already; start with the next
-            elif slot.timestamp() > float(self.store.r.get(key) or 0):
-                if not self.fire(item, slot):
-                    wait = min(wait, self.retry_every)
-                    continue
-                self.store.r.set(key, slot.timestamp())
-            upcoming = (next_slot(item.cron, item.timezone, now) - now).total_seconds()
+            try:
+                slot = latest_slot(item.cron, item.timezone, now)
+                if self._set_marker(item.name, slot.timestamp(), first=True):
+                    pass  # first sight: this slot has passed already; start with the next
+                elif slot.timestamp() > (self._marker(item.name) or 0):
+                    if not self.fire(item, slot):
+                        wait = min(wait, self.retry_every)
+                        continue
+                    self._set_marker(item.name, slot.timestamp())
+                upcoming = (next_slot(item.cron, item.timezone, now) - now).total_seconds()
+            except redis.RedisError as exc:
+                log.warning(
+                    "schedule %s skipped this tick, Redis error on its marker, retrying in "
+                    "%.0f s: %s: %s",
+                    item.name,
+                    self.retry_every,
+                    type(exc).__name__,
+                    exc,
+                )
+                wait = min(wait, self.retry_every)
+                continue
+            except Exception:  # one schedule's fault must not stop beat or the others
+                log.exception("schedule %s skipped this tick", item.name)
+                continue
             wait = min(wait, max(1.0, upcoming))
+        if self._scanned_at is not None:  # wake for the next rescan (soon after a failed one)
+            rescan = self.reload_every - (now - self._scanned_at).total_seconds()
+            wait = min(wait, max(1.0, rescan))
         return wait
 
     def fire(self, item: Scheduled, slot: datetime) -> bool:

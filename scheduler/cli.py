@@ -76,10 +76,20 @@ def _problems(title: str, source: str, problems: list) -> None:
 
 
 def _preflight(plan: JobPlan, settings: Settings, source: Path) -> None:
-    """Exit 2 listing every problem that would fail renders, before anything is enqueued."""
+    """Exit 2 listing every problem that would fail renders, before anything is enqueued;
+    exit 3 when the checks cannot be made now (S3 unreachable or failing)."""
+    from common.errors import TransientError
     from scheduler.preflight import preflight
 
-    problems = preflight(plan, settings)
+    try:
+        problems = preflight(plan, settings)
+    except TransientError as exc:  # the environment, not the manifest: nothing was done
+        err.print(
+            f"{source}: cannot check the output now, try again: {exc}",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(EXIT_UNCHECKED) from None
     if problems:
         _problems("preflight failed", str(source), problems)
 
@@ -281,16 +291,14 @@ JobArg = Annotated[str, typer.Argument(help="Job id (from submit or `stylebatch 
 
 
 def _queue():
-    from common.jobs import JobStore
     from common.queue import make_app
+    from common.state import JobStore
 
     settings = Settings.from_env()
     return (
         settings,
         make_app(settings),
-        JobStore.from_url(
-            settings.redis_url, settings.redis_tls_ca, retries=3, job_ttl=settings.job_ttl
-        ),
+        JobStore.from_settings(settings, retries=3),
     )
 
 
@@ -694,7 +702,7 @@ def flower(
         raise typer.Exit(EXIT_INVALID)
     # Passed through the environment, so the password is not on a command line. /metrics
     # asks for the same credentials (scheduler/flower_auth.py).
-    from common.jobs import RENDER_SECONDS_BUCKETS
+    from common.state import RENDER_SECONDS_BUCKETS
 
     buckets = ",".join(map(str, RENDER_SECONDS_BUCKETS))
     argv = [

@@ -1,7 +1,7 @@
 """The fleet's own Prometheus endpoint (`stylebatch metrics`). Every value is read from
 counters and small keys in Redis: the render queues' lengths and their oldest message, the
 counters of jobs in progress, the fleet counters that each render's end updates atomically
-(common/jobs.py), and the heartbeats. A scrape never reads a job's renders, so its cost does
+(common/state.py), and the heartbeats. A scrape never reads a job's renders, so its cost does
 not grow with job size. Served on a private port, behind basic auth when
 STYLEBATCH_METRICS_AUTH (``user:password``) is set. The alert rules in
 deploy/prometheus/alerts.yml use these names.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -23,11 +22,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from common.jobs import RENDER_SECONDS_BUCKETS, TERMINAL, JobStore
+from common import broker
 from common.queue import BOOKKEEPING_QUEUE, RENDER_QUEUE
 from common.settings import Settings
+from common.state import RENDER_SECONDS_BUCKETS, TERMINAL, JobStore
 
-PRIORITIES = range(10)  # kombu's priority steps: one Redis list each (":" separated)
 STATES = ("pending", "running", *TERMINAL)
 NAMES = (  # every metric exported, as Prometheus sees it (what the alert rules may use)
     "stylebatch_queue_depth",
@@ -45,23 +44,10 @@ NAMES = (  # every metric exported, as Prometheus sees it (what the alert rules 
     "stylebatch_jobs_stuck",
     "stylebatch_finalize_failures_total",
     "stylebatch_webhook_failures_total",
+    "stylebatch_superseded_total",
     "stylebatch_redis_used_memory_bytes",
     "stylebatch_redis_maxmemory_bytes",
 )
-
-
-def queue_key(queue: str, priority: int) -> str:
-    return queue if priority == 0 else f"{queue}:{priority}"
-
-
-def _sent_at(raw: str | None) -> float | None:
-    """When the message was sent (the ``sent_at`` header submit adds), or None."""
-    if not raw:
-        return None
-    try:
-        return float(json.loads(raw)["headers"]["sent_at"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 class FleetCollector(Collector):
@@ -69,7 +55,7 @@ class FleetCollector(Collector):
         self.store, self.settings = store, settings
 
     def collect(self) -> Iterator[Any]:
-        r, now = self.store.r, self.store.now()
+        r, now = self.store.read, self.store.now()
         yield from self._queues(r, now)
         yield from self._renders(r, now)
         yield from self._fleet(r)
@@ -90,18 +76,10 @@ class FleetCollector(Collector):
             "Age of the oldest waiting message (0 when empty)",
             labels=["queue", "priority"],
         )
-        keys = [(q, p) for q in (RENDER_QUEUE, BOOKKEEPING_QUEUE) for p in PRIORITIES]
-        pipe = r.pipeline(transaction=False)
-        for queue, priority in keys:
-            pipe.llen(queue_key(queue, priority))
-            pipe.lindex(queue_key(queue, priority), -1)  # LPUSHed: the oldest is last
-        replies = pipe.execute()
-        for i, (queue, priority) in enumerate(keys):
-            length, oldest = replies[2 * i], replies[2 * i + 1]
+        for queue, priority, length, sent in broker.depths(r, [RENDER_QUEUE, BOOKKEEPING_QUEUE]):
             # priority as the manifest writes it (9 most urgent); Celery's is 9 - that
             labels = [queue, str(9 - priority)]
             depth.add_metric(labels, float(length))
-            sent = _sent_at(oldest)
             age.add_metric(labels, max(0.0, now - sent) if length and sent else 0.0)
         return depth, age
 
@@ -130,7 +108,7 @@ class FleetCollector(Collector):
                 per_job.add_metric([job_id, state], float(value))
             idle = info.seconds_since("activity", now)
             if idle > self.settings.stall_after and (counts["pending"] or counts["running"]):
-                stuck += 1  # what the reconciler would look at (scheduler/recovery.py)
+                stuck += 1  # what the reconciler would look at (workers/watchdog.py)
         for state, value in sums.items():
             total.add_metric([state], value)
         jobs = GaugeMetricFamily("stylebatch_jobs_active", "Jobs not yet ended")
@@ -143,7 +121,7 @@ class FleetCollector(Collector):
         return total, per_job, jobs, stalled
 
     def _fleet(self, r: Any) -> Iterable[Any]:
-        counters = {k: float(v) for k, v in r.hgetall(JobStore.METRICS).items()}
+        counters = {k: float(v) for k, v in self.store.fleet_counters().items()}
         ended = CounterMetricFamily(
             "stylebatch_renders_ended", "Renders ended, by outcome", labels=["status"]
         )
@@ -171,7 +149,13 @@ class FleetCollector(Collector):
             "stylebatch_webhook_failures", "Webhooks given up after every retry"
         )
         webhook.add_metric([], counters.get("failures:webhook", 0.0))
-        return ended, device, seconds, finalize, webhook
+        superseded = CounterMetricFamily(
+            "stylebatch_superseded",
+            "Outcomes refused because a newer attempt held the render (a paused or cut-off "
+            "worker's late result)",
+        )
+        superseded.add_metric([], counters.get("superseded", 0.0))
+        return ended, device, seconds, finalize, webhook, superseded
 
     def _workers(self, now: float) -> Iterable[Any]:
         live = GaugeMetricFamily(

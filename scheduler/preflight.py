@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from common.access import OutputRefused, check_output
-from common.errors import Problem
+from common.errors import Problem, TransientError
 from common.expand import JobPlan
 from common.settings import Settings
 from common.storage import s3_client, storage_error
@@ -24,7 +24,8 @@ def uses_s3(plan: JobPlan) -> bool:
 
 
 def preflight(plan: JobPlan, settings: Settings) -> list[Problem]:
-    """Every problem that would fail renders of this job, found without rendering."""
+    """Every problem that would fail renders of this job, found without rendering. Raises
+    TransientError when the output location cannot be checked now (S3 away)."""
     from common.notify import check_webhook
 
     notify = plan.manifest.notify
@@ -50,6 +51,9 @@ def check_credentials(requested: bool | None, settings: Settings) -> list[Proble
 
 
 def check_location(location: Location, settings: Settings) -> list[Problem]:
+    """Problems with the output location. S3 unreachable, timing out or answering 5xx to the
+    probe is no problem of the manifest: TransientStorageError is raised, so beat tries the
+    slot again later and `submit`/`validate` say the check could not be made."""
     where = "output.location"
     try:
         check_output(str(location), settings)
@@ -69,6 +73,8 @@ def check_location(location: Location, settings: Settings) -> list[Problem]:
         client.delete_object(Bucket=location.root, Key=key)
     except Exception as exc:
         error = storage_error(exc, location.root, key)
+        if isinstance(error, TransientError):  # S3 away or failing: ask again later
+            raise error from exc
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchBucket", "NotFound"):
             return [Problem(where, f"{location}: bucket {location.root!r} does not exist")]

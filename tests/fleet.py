@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-from common.jobs import JobStore
+from common.state import JobStore
 from common.settings import Settings
 from tests.conftest import ROOT, write_manifest
 from tests.services import ACCESS_KEY, SECRET_KEY, Worker, wait_for

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -289,3 +290,199 @@ class Worker:
                 self.proc.wait(20)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 self.kill()
+
+
+class SentinelSet:
+    """A Redis Sentinel group on loopback: a primary, ``replicas`` replicas (``--replicaof``)
+    and three sentinels (quorum 2, a node is down after 1 s), each process in its own folder.
+    Every data node has the same password and ``masterauth``, so any can follow another after
+    a failover; ``min_replicas`` sets their ``min-replicas-to-write``."""
+
+    MASTER = "stylebatch"
+
+    def __init__(
+        self,
+        folder: Path,
+        password: str = "sentinel@test/pw",
+        replicas: int = 1,
+        sentinels: int = 3,
+        min_replicas: int = 0,
+    ):
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError(
+                "redis-server is not on the PATH (Debian: apt-get install redis-server)"
+            )
+        self.folder, self.password, self.min_replicas = folder, password, min_replicas
+        self.nodes: dict[int, subprocess.Popen] = {}
+        self.node_args: dict[int, list[str]] = {}
+        self.sentinels: dict[int, subprocess.Popen] = {}
+        try:
+            primary = self._start_node()
+            for _ in range(replicas):
+                replica = self._start_node(replicaof=primary)
+                wait_for(lambda: self._linked(replica), 30, "replica in sync")
+            for _ in range(sentinels):
+                self._start_sentinel(primary)
+            wait_for(self._settled, 60, "sentinels agreeing on the primary and the replica")
+        except BaseException:
+            self.stop()
+            raise
+
+    # processes
+    def _start_node(self, replicaof: int | None = None) -> int:
+        port = free_port()
+        home = self.folder / f"redis-{port}"
+        home.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(home),
+            "--logfile",
+            str(home / "redis.log"),
+            "--requirepass",
+            self.password,
+            "--masterauth",
+            self.password,
+            "--repl-diskless-sync-delay",
+            "0",
+            "--min-replicas-to-write",
+            str(self.min_replicas),
+            "--min-replicas-max-lag",
+            "10",
+        ]
+        if replicaof:
+            args += ["--replicaof", "127.0.0.1", str(replicaof)]
+        self.node_args[port] = args
+        self.start_node(port)
+        return port
+
+    def start_node(self, port: int) -> None:
+        """(Re)start the data node on ``port``; a restarted old primary comes back as a replica
+        once the sentinels reconfigure it."""
+        self.nodes[port] = subprocess.Popen(
+            self.node_args[port], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        wait_for(lambda: self.node(port).ping(), 15, f"redis on {port}")
+
+    def _start_sentinel(self, primary: int) -> None:
+        port = free_port()
+        home = self.folder / f"sentinel-{port}"
+        home.mkdir(parents=True, exist_ok=True)
+        conf = home / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {home}\n"
+            f"logfile {home / 'sentinel.log'}\n"
+            f"sentinel monitor {self.MASTER} 127.0.0.1 {primary} 2\n"
+            f"sentinel auth-pass {self.MASTER} {self.password}\n"
+            f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+            f"sentinel failover-timeout {self.MASTER} 3000\n"
+            f"sentinel parallel-syncs {self.MASTER} 1\n"
+        )
+        self.sentinels[port] = subprocess.Popen(
+            [self.binary, str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self.sentinel(port).ping(), 15, f"sentinel on {port}")
+
+    # clients for the test's own checks (no retries: they must see the truth)
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, password=self.password, decode_responses=True)
+
+    def sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=2)
+
+    def _linked(self, port: int) -> bool:
+        return self.node(port).info("replication").get("master_link_status") == "up"
+
+    def masters(self) -> set[int]:
+        """The primary's port as each live sentinel reports it."""
+        seen = set()
+        for port, proc in self.sentinels.items():
+            if proc.poll() is None:
+                _, master = self.sentinel(port).sentinel_get_master_addr_by_name(self.MASTER)
+                seen.add(int(master))
+        return seen
+
+    def master(self) -> int:
+        (port,) = self.masters()
+        return port
+
+    def replicas(self) -> list[int]:
+        return [p for p in self.nodes if p != self.master()]
+
+    def _settled(self) -> bool:
+        """Every sentinel knows the others and a replica in sync, and names the same primary."""
+        for port in self.sentinels:
+            state = self.sentinel(port).sentinel_master(self.MASTER)
+            if int(state["num-other-sentinels"]) != len(self.sentinels) - 1:
+                return False
+            replicas = self.sentinel(port).sentinel_slaves(self.MASTER)
+            if not any(r["master-link-status"] == "ok" and not r["is_sdown"] for r in replicas):
+                return False
+        return len(self.masters()) == 1
+
+    def _writable(self, port: int) -> bool:
+        node = self.node(port)
+        return node.info("replication")["role"] == "master" and node.set("sentinelset:probe", "1")
+
+    def wait_master(self, not_at: int, timeout: float = 60) -> int:
+        """Wait until every sentinel names a primary other than ``not_at`` and it takes writes."""
+
+        def moved() -> bool:
+            masters = self.masters()
+            return len(masters) == 1 and not_at not in masters and self._writable(self.master())
+
+        wait_for(moved, timeout, f"a new primary instead of {not_at}")
+        return self.master()
+
+    def failover(self, rejoin: bool = False, timeout: float = 60) -> int:
+        """SENTINEL FAILOVER, then wait until every sentinel names another node and it takes
+        writes; returns its port. ``rejoin``: also wait until the old primary replicates from
+        it (Sentinel demotes it some 10-15 s later)."""
+        old = self.master()
+        port = next(p for p, proc in self.sentinels.items() if proc.poll() is None)  # any live one
+        self.sentinel(port).execute_command("SENTINEL", "FAILOVER", self.MASTER)
+        new = self.wait_master(not_at=old, timeout=timeout)
+        if rejoin:
+            wait_for(lambda: self._linked(old), timeout, f"old primary {old} following {new}")
+        return new
+
+    def kill_primary(self) -> int:
+        """SIGKILL the primary (nothing gets to clean up) and return its port; the sentinels
+        start a failover after ``down-after-milliseconds`` (see ``wait_master``)."""
+        port = self.master()
+        proc = self.nodes[port]
+        proc.kill()
+        proc.wait(10)
+        return port
+
+    def env(self) -> dict[str, str]:
+        return {
+            # the password URL-quoted: the tests' default has '@' and '/' in it on purpose
+            "STYLEBATCH_REDIS_URL": f"redis://:{quote(self.password, safe='')}@ignored-host/0",
+            "STYLEBATCH_REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinels),
+            "STYLEBATCH_REDIS_MASTER": self.MASTER,
+        }
+
+    def stop(self) -> None:
+        for proc in [*self.sentinels.values(), *self.nodes.values()]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.sentinels.values(), *self.nodes.values()]:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)

@@ -158,3 +158,135 @@ def test_s3_writes_are_checked_before_any_request(bucket, prefix, key, fragment)
     storage = open_storage(Location("s3", bucket, prefix), FLEET)  # no server: never reached
     with pytest.raises(OutputRefused, match=fragment):
         storage.put(key, b"data", "image/png", {})
+
+
+# `..` (and `.`) segments: refused in S3 keys and webhook paths (S3 keeps them literally, and a
+# receiver's server may resolve them), normalised in local paths (resolved as the system will).
+DOTTED_S3 = [
+    "s3://inputs/team-a/../team-b/x.png",
+    "s3://inputs/team-a/./x.png",
+    "s3://inputs/team-a/%2e%2e/team-b/x.png",
+    "s3://inputs/team-a/%2E%2e/team-b/x.png",
+    "s3://inputs/team-a/%252e%252e/team-b/x.png",  # encoded twice
+    "s3://inputs/team-a/..%2fteam-b/x.png",
+    "s3://inputs/team-a/..",
+]
+
+
+@pytest.mark.parametrize("uri", DOTTED_S3)
+def test_s3_keys_with_dot_segments_are_refused_everywhere(uri):
+    from common.uris import canonical_uri, parse_location, parse_s3
+
+    settings = Settings(allowed_inputs=("s3://inputs/team-a/",), allowed_outputs=("s3://inputs",))
+    assert not under(uri, "s3://inputs/team-a/") and not under(uri, "s3://inputs")
+    with pytest.raises(InputError, match=r"'\.\.' segments are not allowed"):
+        check_allowed(uri, settings)
+    with pytest.raises(OutputRefused, match=r"'\.\.' segments are not allowed"):
+        check_output(uri, settings)
+    root = Path("/")
+    for parse in (parse_s3, lambda u: canonical_uri(u, root), lambda u: parse_location(u, root)):
+        with pytest.raises(ValueError, match=r"'\.\.' segments are not allowed"):
+            parse(uri)
+
+
+def test_s3_keys_that_only_look_dotted_are_kept():
+    settings = Settings(allowed_inputs=("s3://inputs/team-a/",))
+    for name in ("v1.2/x.png", "...x.png", "x..png", "..x/y.png"):
+        check_allowed(f"s3://inputs/team-a/{name}", settings)
+
+
+def test_local_dot_segments_are_normalised_before_the_allow_list(tmp_path):
+    from common.uris import canonical_uri
+
+    (tmp_path / "team-a").mkdir()
+    settings = Settings(allowed_inputs=(str(tmp_path / "team-a"),))
+    dotted = f"{tmp_path}/team-a/../team-b/x.png"
+    assert canonical_uri(dotted, Path("/")) == f"{tmp_path}/team-b/x.png"
+    with pytest.raises(InputError, match="not among the inputs"):
+        check_allowed(dotted, settings)
+    check_allowed(f"{tmp_path}/team-b/../team-a/x.png", settings)  # it does land in team-a
+    with pytest.raises(OutputRefused, match="STYLEBATCH_ALLOWED_OUTPUTS"):
+        check_output(dotted, Settings(allowed_outputs=(str(tmp_path / "team-a"),)))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example/team-a/../admin",
+        "https://hooks.example/team-a/./x",
+        "https://hooks.example/team-a/%2e%2e/admin",
+        "https://hooks.example/team-a/%2E%2E/admin",
+        "https://hooks.example/team-a/.%2e/admin",
+        "https://hooks.example/team-a/%252e%252e/admin",
+        "https://hooks.example/team-a/..%2fadmin",
+        "https://hooks.example/team-a/..;/admin",
+        "https://hooks.example/team-a/..\\admin",
+        "https://hooks.example/team-a/..",
+    ],
+)
+def test_webhook_paths_with_dot_segments_are_refused(url):
+    from common.notify import check_webhook, url_under
+
+    settings = Settings(webhook_allowed=("https://hooks.example/team-a/",), webhook_secret="s")
+    assert not url_under(url, "https://hooks.example/team-a/")
+    [problem] = check_webhook(url, settings)
+    assert problem.where == "notify.webhook" and "not among the allowed webhooks" in problem.message
+    assert check_webhook("https://hooks.example/team-a/v1.2/done", settings) == []
+
+
+def test_a_webhook_redirect_is_a_failed_delivery_and_its_target_gets_nothing():
+    import http.server
+    import threading
+
+    from common.notify import check_webhook, post
+
+    hits: dict[str, list[str]] = {"allowed": [], "target": []}
+
+    def server(name: str, answer) -> http.server.ThreadingHTTPServer:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                hits[name].append(self.path)
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer(self)
+
+            do_GET = do_POST  # a 303 would be followed with a GET
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv
+
+    def ok(handler):
+        handler.send_response(200)
+        handler.end_headers()
+
+    target = server("target", ok)
+    elsewhere = f"http://127.0.0.1:{target.server_port}/stolen"
+    codes: list[int] = []
+
+    def redirect(handler):
+        handler.send_response(codes[-1])
+        handler.send_header("Location", elsewhere)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    allowed = server("allowed", redirect)
+    try:
+        url = f"http://127.0.0.1:{allowed.server_port}/hooks/campaign"
+        prefix = f"http://127.0.0.1:{allowed.server_port}/hooks/"
+        settings = Settings(webhook_allowed=(prefix,), webhook_secret="s")
+        assert check_webhook(url, settings) == []
+        for code in (301, 302, 303, 307, 308):
+            codes.append(code)
+            error = post(url, b"{}", "job:1", "s", timeout=5)
+            assert error == (
+                f"HTTP {code}: redirected to {elsewhere}; redirects are not followed"
+            ), error
+        assert len(hits["allowed"]) == 5
+        assert hits["target"] == []  # the redirect's target got no request at all
+    finally:
+        for srv in (allowed, target):
+            srv.shutdown()
+            srv.server_close()

@@ -266,7 +266,7 @@ def test_a_time_limit_while_writing_an_output_reaches_the_task(weights_file, tmp
     from workers.render import Renderer
 
     class SlowStorage:  # the time limit fires while the output is being written
-        def put(self, *args):
+        def put_output(self, *args):
             raise SoftTimeLimitExceeded()
 
     images = {n: EXAMPLES / f"{n}.jpg" for n in ("tubingen", "starry_night", "wave")}

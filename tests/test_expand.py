@@ -39,14 +39,18 @@ def test_ids_are_stable_across_jobs_and_spellings(tmp_path, images):
     assert pb.renders[0].key == f"starry/tubingen-{pb.renders[0].id[:12]}.png"
 
 
-def test_ids_change_with_what_changes_pixels(tmp_path, images):
+def test_ids_change_with_what_changes_the_output(tmp_path, images):
     base = plan(tmp_path, tiny_manifest(images, tmp_path / "o"), "a").renders[0].id
     for change in ({"seed": 1}, {"style_weight": 2.0}, {"color": "luminance"}, {"sizes": [64]}):
         other = plan(tmp_path, tiny_manifest(images, tmp_path / "o", **change), "b").renders[0]
         assert other.id != base, change
-    data = tiny_manifest(images, tmp_path / "o")
-    data["output"]["format"] = "jpeg"  # encoding is not the render
-    assert plan(tmp_path, data, "c").renders[0].id == base
+    # everything that changes the output's bytes is the render's (tests/test_identity.py)
+    for i, change in enumerate(({"format": "jpeg"}, {"quality": 80}, {"credentials": True})):
+        data = tiny_manifest(images, tmp_path / "o")
+        data["output"] |= change
+        assert plan(tmp_path, data, f"c{i}").renders[0].id != base, change
+    data = tiny_manifest(images, tmp_path / "elsewhere")  # where it goes is not
+    assert plan(tmp_path, data, "d").renders[0].id == base
 
 
 def test_blend_weights_normalised_in_id(tmp_path, images):

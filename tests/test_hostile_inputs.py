@@ -124,3 +124,56 @@ def test_degenerate_and_huge_images_name_the_projects_setting():
     bomb = encoded(Image.new("L", (20_000, 20_000)), "PNG")
     with pytest.raises(InputError, match="STYLEBATCH_MAX_INPUT_PIXELS"):
         decode(bomb, NAME)
+
+
+def test_alpha_goes_through_the_same_allow_list_and_limits():
+    from common.imageio import decode_alpha
+
+    rgba = Image.new("RGBA", (40, 20), (10, 20, 30, 0))
+    rgba.paste((10, 20, 30, 255), (0, 0, 10, 20))
+    alpha = decode_alpha(encoded(rgba, "PNG"), NAME)
+    assert alpha.mode == "L" and alpha.getpixel((5, 5)) == 255 and alpha.getpixel((30, 5)) == 0
+    assert decode_alpha(encoded(Image.new("RGB", (32, 32)), "PNG"), NAME) is None
+    exif = Image.Exif()
+    exif[0x0112] = 6  # upright like decode()'s picture
+    assert decode_alpha(encoded(rgba, "PNG", exif=exif.tobytes()), NAME).size == (20, 40)
+    with pytest.raises(InputError, match="not a recognised image format"):
+        decode_alpha(encoded(rgba, "TGA"), NAME)  # Pillow reads TGA with alpha; the fleet not
+    with pytest.raises(InputError, match="exceeds the limit of 100"):
+        decode_alpha(encoded(rgba, "PNG"), NAME, max_pixels=100)
+    with pytest.raises(InputError, match="STYLEBATCH_MIN_INPUT_SIDE"):
+        decode_alpha(encoded(rgba, "PNG"), NAME, min_side=32)
+
+
+@pytest.mark.parametrize("hostile", ["tga", "too-many-pixels"])
+def test_a_hostile_mask_is_not_decoded_for_the_contact_sheet(tmp_path, images, hostile):
+    """The sheet tints a content's protected region; a mask the renders would refuse (format
+    outside the allow-list, over STYLEBATCH_MAX_INPUT_PIXELS) is not decoded for it either."""
+    import dataclasses
+
+    from common.contact_sheet import CELL, LABEL, PAD, sheet_for
+    from common.expand import plan_job
+    from common.storage import open_storage
+    from common.summary import Summary
+    from tests.conftest import local_settings, tiny_manifest, write_manifest
+
+    settings = dataclasses.replace(local_settings(), max_input_pixels=100_000)
+    full = Image.new("L", (200, 200), 255)  # protects everything: the whole cell tinted
+    (tmp_path / "good.png").write_bytes(encoded(full, "PNG"))
+    (tmp_path / "mask.tga").write_bytes(encoded(full, "TGA"))
+    (tmp_path / "huge.png").write_bytes(encoded(Image.new("L", (400, 400), 255), "PNG"))
+
+    def content_cell(mask: str) -> tuple[int, int, int]:
+        data = tiny_manifest(images, tmp_path / "out")
+        data["content"] = [{"uri": str(images["tubingen"]), "mask": str(tmp_path / mask)}]
+        plan = plan_job(write_manifest(tmp_path / mask.replace(".", "-"), data), settings)
+        sheet = sheet_for(Summary.of(plan), open_storage(plan.location, settings), settings)
+        centre = (PAD + CELL // 2, PAD + (CELL + LABEL + PAD) + CELL // 2)
+        return Image.open(io.BytesIO(sheet)).convert("RGB").getpixel(centre)
+
+    def green(pixel: tuple[int, int, int]) -> int:
+        return pixel[1] - (pixel[0] + pixel[2]) // 2
+
+    tinted = content_cell("good.png")
+    plain = content_cell({"tga": "mask.tga", "too-many-pixels": "huge.png"}[hostile])
+    assert green(tinted) > green(plain) + 30  # the good mask tints; the hostile one is ignored

@@ -22,7 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.expand import plan_job
-from common.jobs import JobStore
+from common.state import Held, JobStore
 from common.queue import make_app
 from scheduler.metrics import NAMES, app
 from scheduler.submit import submit
@@ -71,8 +71,9 @@ def test_metrics_endpoint_reads_the_fleet_behind_auth(fleet_state):
     submit(plan, settings, make_app(settings), store)  # 2 renders, 1 task queued, nothing runs
     store.beat("cpu0@host|host|1|t", {"device": "cpu", "healthy": True})
     first, _ = plan.renders
-    store.claim(plan.job_id, first.id, "cpu0@host|host|1|t", 60, 3)
-    store.finish(plan.job_id, first.id, "done", seconds=42.0, device="cpu", pixel_iterations=1e6)
+    claim = store.claim(plan.job_id, first.id, "cpu0@host|host|1|t", 60, 3)
+    held = Held(plan.job_id, first.id, claim.attempt)
+    store.finish(held, "done", seconds=42.0, device="cpu", pixel_iterations=1e6)
     store.count_failure("webhook")
     time.sleep(1)  # the queued task ages, the job goes quiet (stall_after 0.5 s)
 
@@ -152,7 +153,9 @@ def test_status_shows_cancel_eta_and_failures_as_written(fleet_state):
     settings, store, plan = fleet_state
     submit(plan, settings, make_app(settings), store)
     first, second = plan.renders
-    store.finish(plan.job_id, first.id, "failed", error="bad [bold red]input[/] at [x]")
+    claim = store.claim(plan.job_id, first.id, "cpu0@host|host|1|t", 60, 3)
+    held = Held(plan.job_id, first.id, claim.attempt)
+    store.finish(held, "failed", error="bad [bold red]input[/] at [x]")
     store.cancel(plan.job_id)
     shown = cli("status", plan.job_id, url=settings.redis_url)
     assert shown.returncode == 1  # a render failed

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from common.expand import plan_job
-from common.jobs import JobStore
+from common.state import Held, JobStore
 from common.settings import Settings
 from tests.conftest import run_cli, tiny_manifest, write_manifest
 
@@ -54,9 +54,11 @@ def test_status_jobs_retry_and_updates_stay_fast_on_100k_renders(store, tmp_path
         assert s.create(p)
         s.mark_sent(p.job_id)
         for render in p.renders[:40]:  # a worker's updates: claims, then ends, some failures
-            assert s.claim(p.job_id, render.id, "node|h|1|t", 60, 3).outcome == "claimed"
+            claim = s.claim(p.job_id, render.id, "node|h|1|t", 60, 3)
+            assert claim.outcome == "claimed"
             status = "failed" if int(render.id, 16) % 2 else "done"
-            s.finish(p.job_id, render.id, status, error="bad input" if status == "failed" else None)
+            held = Held(p.job_id, render.id, claim.attempt)
+            s.finish(held, status, error="bad input" if status == "failed" else None)
     s.r.config_set("slowlog-log-slower-than", SLOW_US)
     s.r.slowlog_reset()
 
@@ -75,8 +77,8 @@ def test_status_jobs_retry_and_updates_stay_fast_on_100k_renders(store, tmp_path
     assert result.returncode == 0, result.stderr
     assert [j["job"] for j in json.loads(result.stdout)] == [big.job_id]
     for render in big.renders[40:60]:  # more worker updates while the job is that big
-        s.claim(big.job_id, render.id, "node|h|2|t", 60, 3)
-        s.finish(big.job_id, render.id, "done", seconds=1.0)
+        claim = s.claim(big.job_id, render.id, "node|h|2|t", 60, 3)
+        s.finish(Held(big.job_id, render.id, claim.attempt), "done", seconds=1.0)
     assert len(s.reset_failed(big.job_id)) == 20  # reads the failed set, not the job
     assert s.failed(big.job_id) == []
     assert len(s.summary(small.job_id).renders) == 100

@@ -4,16 +4,18 @@ once-per-slot claim, against a real Redis."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
+import redis
 import yaml
 
 from common.errors import ManifestError
 from common.expand import plan_job
-from common.jobs import JobStore
 from common.queue import make_app
-from common.schedule import latest_slot, parse_slot, slot_label
+from common.schedule import latest_slot, next_slot, parse_slot, slot_label
 from common.settings import Settings
+from common.state import JobStore
 from scheduler.beat import ManifestScheduler
 from scheduler.submit import submit
 from tests.conftest import tiny_manifest, write_manifest
@@ -156,3 +158,247 @@ def test_two_sources_with_one_name_the_second_is_refused_naming_both(tmp_path, i
     now[0] += timedelta(seconds=beat.reload_every)
     beat.tick()
     assert [m.source for m in beat.manifests.values()] == [str(copy)]
+
+
+# Daylight-saving changes: a fixed wall-clock time fires once (a repeated one at its first
+# occurrence, a skipped one at the first valid minute after the gap); a cron whose hour field
+# is '*' fires at every real instant that matches, so every real hour.
+
+
+def utc(month, day, hour, minute=0):
+    return datetime(2026, month, day, hour, minute, tzinfo=UTC)
+
+
+def chain(cron, tz, start, end):
+    """Slots after ``start`` up to ``end``, by next_slot, checked against latest_slot."""
+    slots, t = [], start
+    while (t := next_slot(cron, tz, t)) <= end:
+        assert latest_slot(cron, tz, t) == t
+        if slots:  # between two slots, the latest is the earlier one
+            assert latest_slot(cron, tz, t - timedelta(seconds=1)) == slots[-1]
+            assert latest_slot(cron, tz, slots[-1] + (t - slots[-1]) / 2) == slots[-1]
+        slots.append(t)
+    return slots
+
+
+@pytest.mark.parametrize(("cron", "tz", "start", "expected"), [
+    # autumn: 02:00 Berlin is 00:00Z (CEST) and again 01:00Z (CET): once, at the first
+    ("0 2 * * *", "Europe/Berlin", utc(10, 24, 12), [utc(10, 25, 0), utc(10, 26, 1)]),
+    # autumn: 01:30 New York is 05:30Z (EDT) and again 06:30Z (EST)
+    ("30 1 * * *", "America/New_York", utc(10, 31, 12), [utc(11, 1, 5, 30), utc(11, 2, 6, 30)]),
+    # spring: 02:30 Berlin does not exist: 03:00 CEST (01:00Z) instead
+    ("30 2 * * *", "Europe/Berlin", utc(3, 28, 0),
+     [utc(3, 28, 1, 30), utc(3, 29, 1), utc(3, 30, 0, 30)]),
+    # spring: 02:30 New York does not exist: 03:00 EDT (07:00Z) instead
+    ("30 2 * * *", "America/New_York", utc(3, 7, 0),
+     [utc(3, 7, 7, 30), utc(3, 8, 7), utc(3, 9, 6, 30)]),
+    # every hour, also in the repeated hour, and the real hour after the skipped one
+    ("0 * * * *", "Europe/Berlin", utc(10, 24, 22, 30),
+     [utc(10, 24, 23), utc(10, 25, 0), utc(10, 25, 1), utc(10, 25, 2)]),
+    ("0 * * * *", "Europe/Berlin", utc(3, 28, 23, 30),
+     [utc(3, 29, 0), utc(3, 29, 1), utc(3, 29, 2)]),
+    ("0 * * * *", "America/New_York", utc(11, 1, 4, 30),
+     [utc(11, 1, 5), utc(11, 1, 6), utc(11, 1, 7)]),
+    ("0 * * * *", "America/New_York", utc(3, 8, 5, 30),
+     [utc(3, 8, 6), utc(3, 8, 7), utc(3, 8, 8)]),
+])  # fmt: skip
+def test_slots_across_daylight_saving_changes(cron, tz, start, expected):
+    assert chain(cron, tz, start, expected[-1]) == expected
+
+
+@pytest.mark.parametrize(("tz", "day", "hours"), [
+    ("Europe/Berlin", (10, 25), 25), ("Europe/Berlin", (3, 29), 23),
+    ("America/New_York", (11, 1), 25), ("America/New_York", (3, 8), 23),
+])  # fmt: skip
+def test_quarter_hourly_keeps_every_real_quarter_hour(tz, day, hours):
+    from zoneinfo import ZoneInfo
+
+    midnight = datetime(2026, *day, tzinfo=ZoneInfo(tz)).astimezone(UTC)
+    end = datetime(2026, *day, tzinfo=ZoneInfo(tz)) + timedelta(days=1)
+    slots = chain("*/15 * * * *", tz, midnight - timedelta(seconds=1), end.astimezone(UTC))
+    assert len(slots) == hours * 4 + 1  # the local day, both midnights included
+    assert {b - a for a, b in pairwise(slots)} == {timedelta(minutes=15)}
+
+
+@pytest.mark.parametrize(("tz", "fixed", "start", "expected"), [
+    ("Europe/Berlin", "0 2 * * *", utc(10, 24, 12), [utc(10, 25, 0), utc(10, 26, 1)]),
+    ("America/New_York", "30 1 * * *", utc(10, 31, 12), [utc(11, 1, 5, 30), utc(11, 2, 6, 30)]),
+    ("Europe/Berlin", "30 2 * * *", utc(3, 28, 12), [utc(3, 29, 1), utc(3, 30, 0, 30)]),
+    ("America/New_York", "30 2 * * *", utc(3, 7, 12), [utc(3, 8, 7), utc(3, 9, 6, 30)]),
+])  # fmt: skip
+def test_beat_across_daylight_saving_changes(tmp_path, images, env, tz, fixed, start, expected):
+    """Beat ticking every 5 minutes for two days across a change fires the fixed time once a
+    day and the hourly cron every real hour."""
+    settings, _ = env
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    scheduled(images, folder, "nightly", cron=fixed, tz=tz)
+    scheduled(images, folder, "hourly", cron="0 * * * *", tz=tz)
+    now = [start]
+    beat = Recording(app=make_app(settings), source=str(folder), clock=lambda: now[0])
+    while now[0] < start + timedelta(days=2):
+        beat.tick()
+        now[0] += timedelta(minutes=5)
+    assert [slot for name, slot in beat.fired if name == "nightly"] == expected
+    hourly = [slot for name, slot in beat.fired if name == "hourly"]
+    assert hourly == [start + timedelta(hours=h) for h in range(1, 48)]  # every real hour
+
+
+# Outages: beat never dies on an S3 or Redis error.
+
+
+def test_beat_survives_a_manifest_source_outage(tmp_path, images, env, monkeypatch, caplog):
+    from botocore.exceptions import EndpointConnectionError
+
+    from scheduler.beat import ManifestSource
+
+    settings, _ = env
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    scheduled(images, folder, "nightly")
+    real_scan, calls, down = ManifestSource.scan, [], [0]
+
+    def scan(self):
+        calls.append(now[0])
+        if down[0]:
+            down[0] -= 1
+            raise EndpointConnectionError(endpoint_url="http://s3.invalid:9000/schedules")
+        return real_scan(self)
+
+    monkeypatch.setattr(ManifestSource, "scan", scan)
+    now = [T0]
+    down[0] = 1  # S3 away when beat starts: it starts anyway, with nothing scheduled
+    beat = Recording(app=make_app(settings), source=str(folder), clock=lambda: now[0])
+    assert beat.manifests == {}
+    now[0] += timedelta(seconds=1)
+    assert beat.tick() <= beat.retry_every and len(calls) == 1  # retried after retry_every
+    now[0] = T0 + timedelta(seconds=beat.retry_every)
+    beat.tick()
+    assert [m.name for m in beat.manifests.values()] == ["nightly"] and beat.fired == []
+    down[0] = 3  # S3 away again; the 02:00 slot of the next day comes during the outage
+    now[0] = T0 + timedelta(hours=23, minutes=31)
+    with caplog.at_level("WARNING", logger="stylebatch.beat"):
+        assert beat.tick() == beat.retry_every
+    assert "EndpointConnectionError" in caplog.text and "keeping 1 known" in caplog.text
+    assert [m.name for m in beat.manifests.values()] == ["nightly"]  # the known one fires
+    assert beat.fired == [("nightly", datetime(2026, 11, 28, 1, 0, tzinfo=UTC))]
+    scans = len(calls)
+    now[0] += timedelta(seconds=1)
+    beat.tick()
+    assert len(calls) == scans  # not rescanned at every tick: after retry_every
+    for _ in range(3):
+        now[0] += timedelta(seconds=beat.retry_every)
+        beat.tick()
+    assert down[0] == 0 and len(calls) == scans + 3  # two more failures, then back
+    assert beat.tick() > beat.retry_every  # healthy again: back to the normal wait
+    assert beat.fired == [("nightly", datetime(2026, 11, 28, 1, 0, tzinfo=UTC))]  # once
+
+
+class FlakyRedis:
+    """A Redis client whose get and set fail while ``failing`` names them."""
+
+    def __init__(self, real):
+        self.real, self.failing = real, []
+
+    def __getattr__(self, name):
+        method = getattr(self.real, name)
+        if name not in ("get", "set"):
+            return method
+
+        def call(*args, **kwargs):
+            if self.failing and self.failing[0] == name:
+                self.failing.pop(0)
+                raise redis.ConnectionError("Error 111 connecting to redis:6379. Refused.")
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_beat_survives_redis_errors_on_slot_markers(tmp_path, images, env, caplog):
+    settings, _ = env
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    scheduled(images, folder, "nightly")
+    now = [T0]
+    beat = Recording(app=make_app(settings), source=str(folder), clock=lambda: now[0])
+    flaky = beat.store.r = FlakyRedis(beat.store.r)
+    flaky.failing = ["set"]
+    with caplog.at_level("WARNING", logger="stylebatch.beat"):
+        assert beat.tick() == beat.retry_every  # the first-sight marker could not be set
+    assert "Redis error on its marker" in caplog.text
+    now[0] += timedelta(seconds=beat.retry_every)
+    beat.tick()
+    assert beat.fired == []  # first sight now: the slot had passed
+    now[0] = T0 + timedelta(hours=23, minutes=31)  # the next 02:00 is due
+    flaky.failing = ["set", "get"]  # Redis away for two ticks
+    for _ in range(2):
+        assert beat.tick() == beat.retry_every
+        assert beat.fired == []
+        now[0] += timedelta(seconds=beat.retry_every)
+    beat.tick()
+    now[0] += timedelta(seconds=beat.retry_every)
+    beat.tick()
+    assert beat.fired == [("nightly", datetime(2026, 11, 28, 1, 0, tzinfo=UTC))]  # once
+
+
+class FakeS3:
+    """The calls the output probe makes, answering with ``error`` (if any)."""
+
+    def __init__(self):
+        self.error, self.calls = None, 0
+
+    def head_bucket(self, **kwargs):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+
+    def put_object(self, **kwargs):
+        pass
+
+    delete_object = put_object
+
+
+def test_a_transient_preflight_error_is_retried_a_permanent_one_skips(
+    tmp_path, images, env, monkeypatch, caplog
+):
+    import typer
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    import scheduler.preflight
+    from scheduler import cli
+
+    monkeypatch.setenv("STYLEBATCH_ALLOWED_INPUTS", "/")
+    settings = Settings.from_env()
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    path = scheduled(images, folder, "nightly")
+    data = yaml.safe_load(path.read_text())
+    data["output"]["location"], data["weights"] = "s3://out-bucket/nightly", "random"
+    path.write_text(yaml.safe_dump(data))
+    s3 = FakeS3()
+    monkeypatch.setattr(scheduler.preflight, "s3_client", lambda settings: s3)
+    now = [T0]
+    beat = ManifestScheduler(app=make_app(settings), source=str(folder), clock=lambda: now[0])
+    beat.tick()  # first sight
+    now[0] = T0 + timedelta(hours=23, minutes=31)
+    slot = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)
+    s3.error = EndpointConnectionError(endpoint_url="http://s3.invalid:9000/out-bucket")
+    for _ in range(2):  # S3 away: the slot is tried again, not passed over
+        with caplog.at_level("WARNING", logger="stylebatch.beat"):
+            assert beat.tick() == beat.retry_every
+        assert "will retry" in caplog.text and "S3 unreachable" in caplog.text
+        assert beat._marker("nightly") < slot.timestamp()  # the marker stays before the slot
+        now[0] += timedelta(seconds=beat.retry_every)
+    with pytest.raises(typer.Exit) as info:  # submit and validate: exit 3, no traceback
+        cli._preflight(plan_job(path, settings), settings, path)
+    assert info.value.exit_code == cli.EXIT_UNCHECKED
+    tries = s3.calls
+    s3.error = ClientError({"Error": {"Code": "AccessDenied"}}, "PutObject")
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="stylebatch.beat"):
+        beat.tick()
+    assert "not submitted" in caplog.text and "access denied" in caplog.text
+    assert beat._marker("nightly") == slot.timestamp()  # permanent: the slot is passed over
+    now[0] += timedelta(seconds=beat.retry_every)
+    beat.tick()
+    assert s3.calls == tries + 1  # and not tried again

@@ -1,17 +1,20 @@
-"""Render state transitions against a real Redis, each interleaving forced in a fixed order (or
-released together by a barrier): duplicate deliveries, dead and slow workers, reaping, retry.
-Every render is counted once and the job completes exactly once."""
+"""Render and job transitions against a real Redis, each interleaving forced in a fixed order
+(or released together by a barrier): duplicate deliveries, dead, paused and slow workers,
+reaping, fencing, retry, atomic creation, one job end and one webhook delivery. Every render
+is counted once and the job completes exactly once."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
+import time
 
 import pytest
 
 from common.expand import plan_job
-from common.jobs import RENDER_TRANSITIONS, TERMINAL, JobStore
 from common.settings import Settings
+from common.state import RENDER_TRANSITIONS, SCRIPTS, TERMINAL, Held, JobStore, script_source
 from tests.conftest import tiny_manifest, write_manifest
 
 LIVE = 60.0  # seconds a heartbeat stays good
@@ -19,29 +22,51 @@ CAP = 3
 
 
 @pytest.fixture
-def job(redis_server, tmp_path, images):
+def store(redis_server):
     store = JobStore.from_url(redis_server.url(db=5))
     store.r.flushdb()
+    return store
+
+
+@pytest.fixture
+def plan(tmp_path, images):
     data = tiny_manifest(images, tmp_path / "out")
     data["styles"] = data["styles"][:1]  # one render
-    plan = plan_job(write_manifest(tmp_path, data), Settings(), "random")
+    return plan_job(write_manifest(tmp_path, data), Settings(), "random")
+
+
+@pytest.fixture
+def job(store, plan):
     assert store.create(plan)
     store.beat("A", {})
     store.beat("B", {})
     return store, plan.job_id, plan.renders[0].id
 
 
+def take(store, job_id, rid, owner, **kw) -> Held:
+    claim = store.claim(job_id, rid, owner, LIVE, CAP, **kw)
+    assert claim.outcome == "claimed", claim
+    return Held(job_id, rid, claim.attempt)
+
+
+def test_every_script_names_its_transitions_and_loads(store):
+    for name in SCRIPTS:
+        body = script_source(name).split("\n-- ", 1)[-1]
+        assert body.strip(), name
+    assert {"claim", "finish", "release", "reap", "fail_task", "create", "end_job"} <= set(SCRIPTS)
+
+
 def test_duplicate_delivery_while_running_is_ignored_not_a_crash(job):
     store, job_id, rid = job
-    assert store.claim(job_id, rid, "A", LIVE, CAP).outcome == "claimed"
+    held = take(store, job_id, rid, "A")
     duplicate = store.claim(job_id, rid, "B", LIVE, CAP)  # e.g. submit --force, a reconnect
     assert (duplicate.outcome, duplicate.detail) == ("busy", "A")
     assert store.crashes(job_id) == {}
     assert store.get(job_id).running == 1
-    assert store.finish(job_id, rid, "done", seconds=1.0) == 2  # recorded, job complete
+    assert store.finish(held, "done", seconds=1.0) == "complete"
     late = store.claim(job_id, rid, "B", LIVE, CAP)
     assert (late.outcome, late.detail) == ("ended", "done")
-    assert store.finish(job_id, rid, "done") == 0  # a second finish counts nothing
+    assert store.finish(held, "done") == "ended"  # a second finish counts nothing
     info = store.get(job_id)
     assert (info.count("done"), info.running, info.pending, info.status) == (
         1,
@@ -52,21 +77,39 @@ def test_duplicate_delivery_while_running_is_ignored_not_a_crash(job):
     assert store.running_renders() == []
 
 
-def test_a_dead_owner_counts_one_crash_and_its_late_finish_counts_once(job):
+def test_a_silent_owners_late_finish_is_superseded_not_counted(job):
     store, job_id, rid = job
-    store.claim(job_id, rid, "A", LIVE, CAP)
+    a = take(store, job_id, rid, "A")
     store.r.zadd(store.HEARTBEATS, {"A": store.now() - 2 * LIVE})  # A stopped beating
-    taken = store.claim(job_id, rid, "B", LIVE, CAP)
-    assert (taken.outcome, taken.crashes) == ("claimed", 1)
+    b = take(store, job_id, rid, "B")
+    assert (a.attempt, b.attempt) == (1, 2)
     assert store.running_renders() == [(job_id, rid, "B")]
-    assert store.finish(job_id, rid, "done") == 2  # A was only slow after all: its output counts
-    assert store.finish(job_id, rid, "done") == 0  # ... and B's does not count again
-    assert store.get(job_id).count("done") == 1 and store.crashes(job_id) == {rid: 1}
+    assert store.finish(a, "done", seconds=58.0) == "superseded"  # A resumed: refused
+    assert store.release(a, "A") == "superseded"
+    assert store.get(job_id).count("done") == 0 and store.get(job_id).status == "running"
+    assert store.fleet_counters()["superseded"] == "2"
+    assert store.finish(b, "done", seconds=41.0) == "complete"
+    assert store.state(job_id, rid)["seconds"] == 41.0 and store.get(job_id).count("done") == 1
+
+
+def test_a_paused_worker_that_resumes_is_told_and_its_crash_taken_back(job):
+    store, job_id, rid = job
+    a = take(store, job_id, rid, "A")
+    assert store.beat("A", {}, [a]).stale == set()
+    assert store.reap(job_id, rid, "A", CAP).outcome == "requeued"  # silent past the timeout
+    assert store.crashes(job_id) == {rid: 1}
+    b = take(store, job_id, rid, "B")
+    answer = store.beat("A", {}, [a])  # A's heartbeat resumes, still listing its render
+    assert answer.stale == {a.field}
+    assert store.crashes(job_id) == {rid: 0}  # a pause, not a crash
+    assert store.beat("A", {}, [a]).stale == {a.field} and store.crashes(job_id) == {rid: 0}
+    assert store.beat("B", {}, [b]).stale == set()
+    assert not store.holds(a, "A") and store.holds(b, "B")
 
 
 def test_an_owner_known_dead_on_this_host_is_taken_over_at_once(job):
     store, job_id, rid = job
-    store.claim(job_id, rid, "A", LIVE, CAP)  # A's heartbeat is still fresh
+    take(store, job_id, rid, "A")  # A's heartbeat is still fresh
     taken = store.claim(job_id, rid, "B", LIVE, CAP, dead_owner="A")
     assert (taken.outcome, taken.crashes) == ("claimed", 1)
     wrong_hint = store.claim(job_id, rid, "A", LIVE, CAP, dead_owner="someone-else")
@@ -76,10 +119,9 @@ def test_an_owner_known_dead_on_this_host_is_taken_over_at_once(job):
 def test_the_crash_cap_fails_the_render_and_completes_the_job(job):
     store, job_id, rid = job
     owners = ["A", "B", "C", "D"]
-    store.claim(job_id, rid, owners[0], LIVE, CAP)
+    take(store, job_id, rid, owners[0])
     for previous, owner in itertools.pairwise(owners[:-1]):
-        taken = store.claim(job_id, rid, owner, LIVE, CAP, dead_owner=previous)
-        assert taken.outcome == "claimed"
+        take(store, job_id, rid, owner, dead_owner=previous)
     last = store.claim(job_id, rid, "D", LIVE, CAP, dead_owner="C")
     assert (last.outcome, last.complete) == ("gave_up", True)
     state = store.state(job_id, rid)
@@ -88,49 +130,143 @@ def test_the_crash_cap_fails_the_render_and_completes_the_job(job):
     assert (info.count("failed"), info.running, info.status) == (1, 0, "finalizing")
 
 
-def test_reaping_requeues_once_and_only_the_dead_owners_render(job):
+def test_reaping_requeues_once_and_only_the_silent_owners_render(job):
     store, job_id, rid = job
-    store.claim(job_id, rid, "A", LIVE, CAP)
+    take(store, job_id, rid, "A")
     assert store.reap(job_id, rid, "B", CAP).outcome == "gone"  # B does not hold it
     reaped = store.reap(job_id, rid, "A", CAP)
     assert (reaped.outcome, reaped.crashes) == ("requeued", 1)
     assert store.reap(job_id, rid, "A", CAP).outcome == "gone"  # a second pass: nothing
-    assert store.state(job_id, rid) == {"status": "pending"}
+    assert store.state(job_id, rid) == {"status": "pending", "attempt": 1}
     info = store.get(job_id)
     assert (info.running, info.pending, store.crashes(job_id)) == (0, 1, {rid: 1})
     assert store.running_renders() == []
     assert store.claim(job_id, rid, "B", LIVE, CAP).crashes == 0  # pending: no second crash
 
 
-def test_release_only_by_the_owner_and_terminal_states_change_only_by_retry(job):
+def test_release_only_by_the_holding_attempt_and_terminal_states_change_only_by_retry(job):
     store, job_id, rid = job
-    store.claim(job_id, rid, "A", LIVE, CAP)
-    assert not store.release(job_id, rid, "B")
-    assert store.release(job_id, rid, "A") and store.state(job_id, rid)["status"] == "pending"
-    store.claim(job_id, rid, "A", LIVE, CAP)
-    assert store.finish(job_id, rid, "failed", error="bad input") == 2
+    a = take(store, job_id, rid, "A")
+    assert store.release(a, "B") == "superseded"
+    assert store.release(a, "A") == "released" and store.state(job_id, rid)["status"] == "pending"
+    a2 = take(store, job_id, rid, "A")
+    assert store.finish(a2, "failed", error="bad input") == "complete"
     assert store.end_job(job_id, "done") and store.get(job_id).status == "done"
     for status in TERMINAL:
-        assert store.finish(job_id, rid, status) == 0
+        assert store.finish(a2, status) == "ended"
     assert store.claim(job_id, rid, "B", LIVE, CAP).outcome == "ended"
-    assert not store.release(job_id, rid, "A")
+    assert store.release(a2, "A") == "ended"
     assert store.reset_failed(job_id) == [rid]  # retry: failed -> pending, job running again
     info = store.get(job_id)
     assert (info.status, info.count("failed"), info.pending) == ("running", 0, 1)
     assert job_id in store.active()
-    assert store.claim(job_id, rid, "B", LIVE, CAP).outcome == "claimed"
+    assert take(store, job_id, rid, "B").attempt == 3
     assert set(RENDER_TRANSITIONS["failed"]) == {"pending"}
 
 
-def test_a_job_ends_only_from_finalizing(job):
+def test_device_errors_fail_at_the_cap_and_retry_resets_them(job):
     store, job_id, rid = job
+    for _ in range(2):
+        assert store.release(take(store, job_id, rid, "A"), "A", True, 3, "CUDA") == "released"
+    assert store.device_errors(job_id) == {rid: 2}
+    held = take(store, job_id, rid, "A")
+    assert store.release(held, "A", True, 3, "CUDA error") == "complete"
+    assert "device errors on 3 tries" in store.state(job_id, rid)["error"]
+    store.end_job(job_id, "done")
+    store.reset_failed(job_id)
+    assert store.device_errors(job_id) == {}
+
+
+def test_the_errback_fails_only_what_its_own_task_claimed(job):
+    store, job_id, rid = job
+    take(store, job_id, rid, "A", task="task-2")  # a live worker renders it for task 2
+    assert not store.fail_task(job_id, "task-1", [rid], "TimeLimitExceeded")  # a duplicate's
+    assert store.state(job_id, rid)["status"] == "running"
+    assert store.fail_task(job_id, "task-2", [rid], "TimeLimitExceeded: 20")
+    state = store.state(job_id, rid)
+    assert state["status"] == "failed" and store.get(job_id).count("failed") == 1
+    assert not store.fail_task(job_id, "task-2", [rid], "again")  # counted once
+
+
+def test_a_job_ends_once_by_the_finalize_that_holds_its_end(job):
+    store, job_id, rid = job
+    assert store.begin_finalize(job_id, "f1", 60) == "running"
     assert not store.end_job(job_id, "done")  # still running
-    store.finish(job_id, rid, "done")
-    assert store.end_job(job_id, "failed", "summary not written: bucket gone")
-    assert not store.end_job(job_id, "done")  # the first end wins
+    store.finish(take(store, job_id, rid, "A"), "done")
+    assert store.begin_finalize(job_id, "f1", 60) == "ok"
+    assert store.begin_finalize(job_id, "f2", 60) == "busy"  # a resend, a duplicate
+    assert store.end_job(job_id, "done", token="f2") == ""
+    finished = store.end_job(job_id, "failed", "summary not written: bucket gone", token="f1")
+    assert finished
+    assert store.end_job(job_id, "done", token="f1") == ""  # the first end wins
     info = store.get(job_id)
     assert (info.status, info.meta["reason"]) == ("failed", "summary not written: bucket gone")
     assert job_id not in store.active()
+
+
+def test_an_expired_finalize_lease_is_taken_over(job):
+    store, job_id, rid = job
+    store.finish(take(store, job_id, rid, "A"), "done")
+    assert store.begin_finalize(job_id, "f1", 0.001) == "ok"  # f1 dies mid-finalize
+    time.sleep(0.05)
+    assert store.begin_finalize(job_id, "f2", 60) == "ok"
+    assert store.end_job(job_id, "done", token="f1") == ""  # f1 comes back: too late
+    assert store.end_job(job_id, "done", token="f2")
+
+
+def test_one_webhook_delivery_per_job_end_claimed_once(store, plan, tmp_path):
+    from common.manifest import Notify
+
+    manifest = plan.manifest.model_copy(update={"notify": Notify(webhook="http://127.0.0.1:9/h")})
+    plan = dataclasses.replace(plan, manifest=manifest)
+    assert store.create(plan)
+    job_id, rid = plan.job_id, plan.renders[0].id
+    store.beat("A", {})
+    store.finish(take(store, job_id, rid, "A"), "done")
+    store.begin_finalize(job_id, "f", 60)
+    finished = store.end_job(job_id, "done", token="f")
+    delivery = store.get(job_id).meta["webhook_delivery"]
+    assert delivery == f"{job_id}:{finished}"
+    assert store.claim_delivery(job_id, delivery, "n1", 60) == ("claimed", 1)
+    assert store.claim_delivery(job_id, delivery, "n2", 60)[0] == "busy"
+    assert store.delivery_outcome(job_id, delivery, "n1", "retrying", "retrying", 60)
+    assert store.claim_delivery(job_id, delivery, "n1", 60) == ("claimed", 2)  # its retry
+    assert not store.delivery_outcome(job_id, delivery, "n2", "delivered", "delivered")
+    assert store.delivery_outcome(job_id, delivery, "n1", "delivered", "delivered")
+    assert store.claim_delivery(job_id, delivery, "n2", 60)[0] == "delivered"
+    assert store.claim_delivery(job_id, "old:1", "n3", 60)[0] == "stale"
+    assert store.get(job_id).meta["webhook_status"] == "delivered"
+
+
+def test_a_create_cut_short_leaves_no_job_and_the_next_completes_it(store, tmp_path, images):
+    data = tiny_manifest(images, tmp_path / "out")
+    plan = plan_job(write_manifest(tmp_path, data), Settings(), "random")
+    job_id = plan.job_id
+    # a submit killed after staging half its renders: nothing is visible
+    staged = store._specs(job_id) + ":staging"
+    store.r.hset(staged, mapping={r.id: "{}" for r in plan.renders[:1]})
+    script = store._scripts["create"]
+    keys = [store._job(job_id), staged, store._states(job_id) + ":staging"]
+    keys += [store._specs(job_id), store._states(job_id), store.JOBS, store.ACTIVE]
+    assert script(keys=keys, args=[job_id, "{}", len(plan.renders)]) == "incomplete"
+    assert store.get(job_id) is None and store.jobs() == [] and store.active() == []
+    assert store.create(plan)  # the rerun stages again and makes it visible whole
+    info = store.get(job_id)
+    assert info.total == len(plan.renders) and info.meta["location"]
+    assert len(store.specs(job_id)) == len(plan.renders) == len(store.states(job_id))
+    assert [j.job_id for j in store.jobs()] == [job_id] and store.active() == [job_id]
+    assert not store.r.exists(staged)
+    assert not store.create(plan)  # exists
+
+
+def test_a_lease_is_held_by_one_token_renewed_and_let_go(store):
+    assert store.lease("watchdog", "t1", 5)
+    assert not store.lease("watchdog", "t2", 5)
+    assert store.lease("watchdog", "t1", 5)  # renewed
+    store.let_go("watchdog", "t2")  # not the holder: nothing
+    assert not store.lease("watchdog", "t2", 5)
+    store.let_go("watchdog", "t1")
+    assert store.lease("watchdog", "t2", 5)
 
 
 @pytest.mark.parametrize("racers", [2, 8])
@@ -142,9 +278,11 @@ def test_racing_claims_and_finishes_released_together(job, racers):
 
     def race(i: int) -> None:
         barrier.wait()
-        claims[i] = clients[i].claim(job_id, rid, f"W{i}", LIVE, CAP).outcome
+        claim = clients[i].claim(job_id, rid, f"W{i}", LIVE, CAP)
+        claims[i] = claim.outcome
         barrier.wait()
-        finishes[i] = clients[i].finish(job_id, rid, "done")
+        attempt = claim.attempt or 1  # the losers try the winner's token: still one count
+        finishes[i] = clients[i].finish(Held(job_id, rid, attempt), "done")
 
     threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
     for t in threads:
@@ -152,23 +290,21 @@ def test_racing_claims_and_finishes_released_together(job, racers):
     for t in threads:
         t.join(30)
     assert sorted(claims) == ["busy"] * (racers - 1) + ["claimed"]
-    assert sorted(finishes) == [0] * (racers - 1) + [2]  # one count, one completion
+    assert sorted(finishes) == ["complete"] + ["ended"] * (racers - 1)
     assert store.get(job_id).count("done") == 1 and store.crashes(job_id) == {}
 
 
 def test_an_ended_job_expires_a_retried_one_lasts_and_gc_frees_ended_jobs(job):
     store, job_id, rid = job
     keys = store._job_keys(job_id)
-    store.claim(job_id, rid, "A", LIVE, CAP)
-    assert store.finish(job_id, rid, "failed", error="bad input") == 2
+    assert store.finish(take(store, job_id, rid, "A"), "failed", error="bad") == "complete"
     assert all(store.r.ttl(k) == -1 for k in keys if store.r.exists(k))  # running: kept
     assert store.end_job(job_id, "done")
     ttls = [store.r.ttl(k) for k in keys if store.r.exists(k)]
     assert ttls and all(0 < t <= store.job_ttl for t in ttls)  # ended: expires
     store.reset_failed(job_id)  # retried: it lasts again until it ends
     assert all(store.r.ttl(k) == -1 for k in keys if store.r.exists(k))
-    store.claim(job_id, rid, "A", LIVE, CAP)
-    store.finish(job_id, rid, "done")
+    store.finish(take(store, job_id, rid, "A"), "done")
     store.end_job(job_id, "done")
     store.r.zadd("sb:jobs", {"long-gone-job": 1.0})  # its keys expired already
     assert store.gc(older_than=3600) == {"jobs": 0, "bytes": 0, "expired_ids": 1}

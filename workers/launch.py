@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from common.queue import BOOKKEEPING_QUEUE, EXIT_SICK, RENDER_QUEUE
+from common.queue import BOOKKEEPING_QUEUE, EXIT_MISCONFIGURED, EXIT_SICK, RENDER_QUEUE
 
 
 def visible_gpus() -> list[str]:
@@ -86,8 +86,9 @@ def worker_commands(
 
 def run_workers(commands: list[Command]) -> int:
     """Start every worker; forward SIGTERM/SIGINT; return when all have exited. A render
-    worker that stepped aside (its device failed: exit status 3) stops the others too, and
-    this returns 3, so the orchestrator restarts the whole unit."""
+    worker that stepped aside (its device failed: exit status 3; its configuration is broken:
+    4) stops the others too, and this returns that status, so the orchestrator restarts the
+    whole unit (and an operator sees which)."""
     procs = [subprocess.Popen(argv, env={**os.environ, **env}) for argv, env in commands]
 
     def forward(signum, _frame):
@@ -98,11 +99,14 @@ def run_workers(commands: list[Command]) -> int:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     sick = False
     while any(proc.poll() is None for proc in procs):
-        if not sick and any(proc.returncode == EXIT_SICK for proc in procs):
+        if not sick and any(p.returncode in (EXIT_SICK, EXIT_MISCONFIGURED) for p in procs):
             sick = True
             forward(signal.SIGTERM, None)  # warm: running renders finish
         time.sleep(0.5)
     for sig, handler in previous.items():
         signal.signal(sig, handler)
     codes = [proc.returncode for proc in procs]
-    return EXIT_SICK if EXIT_SICK in codes else max(codes, default=0)
+    for status in (EXIT_MISCONFIGURED, EXIT_SICK):
+        if status in codes:
+            return status
+    return max(codes, default=0)

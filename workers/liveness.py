@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from common.jobs import JobStore, running_field
+from common.state import Held, JobStore
 
 log = logging.getLogger("stylebatch.liveness")
 
@@ -43,7 +43,9 @@ def known_dead(owner: str) -> str:
 
 
 class Heartbeat:
-    """Beats ``store.beat(owner, ...)`` every ``interval`` seconds until stopped."""
+    """Beats ``store.beat(owner, ...)`` every ``interval`` seconds until stopped, with the
+    renders (and attempts) this process holds; the answer names any taken from it since (it
+    was paused or cut off past the worker timeout), which the render then abandons."""
 
     def __init__(self, store: JobStore, owner: str, interval: float, device: str):
         self.store, self.owner, self.interval = store, owner, interval
@@ -54,7 +56,8 @@ class Heartbeat:
             "pid": os.getpid(),
             "holding": [],  # the renders it is working on: the reaper's check on live owners
         }
-        self.holding: set[str] = set()
+        self.holding: dict[str, Held] = {}
+        self.stale: set[str] = set()  # renders taken from this process: do not write them
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="stylebatch-heartbeat", daemon=True)
@@ -67,18 +70,33 @@ class Heartbeat:
     def beat(self) -> None:
         with self.lock:
             self.description["holding"] = sorted(self.holding)
+            held = list(self.holding.values())
         try:
-            self.store.beat(self.owner, self.description)
+            answer = self.store.beat(self.owner, self.description, held)
         except Exception as exc:  # Redis away: the next beat tries again
             log.warning("heartbeat failed: %s", exc)
-
-    def hold(self, job_id: str, render_id: str) -> None:
+            return
         with self.lock:
-            self.holding.add(running_field(job_id, render_id))
+            lost = {f for f in answer.stale if f in self.holding}
+            self.stale |= lost
+        for fld in lost:
+            log.warning("render %s was taken from this process (superseded); abandoning", fld)
 
-    def drop(self, job_id: str, render_ids: list[str]) -> None:
+    def hold(self, held: Held) -> None:
         with self.lock:
-            self.holding -= {running_field(job_id, r) for r in render_ids}
+            self.holding[held.field] = held
+            self.stale.discard(held.field)
+
+    def holds(self, held: Held) -> bool:
+        """False once the heartbeat learnt that another attempt has this render."""
+        with self.lock:
+            return held.field not in self.stale
+
+    def drop(self, held: list[Held]) -> None:
+        with self.lock:
+            for h in held:
+                self.holding.pop(h.field, None)
+                self.stale.discard(h.field)
 
     def unhealthy(self, reason: str) -> None:
         self.description.update(healthy=False, reason=reason, since=time.time())

@@ -8,7 +8,6 @@ render twice yields one output.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import re
 import time
@@ -21,9 +20,22 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image, ImageChops, ImageFilter
 
-from common.errors import DeviceError, InputError, StylebatchError, TransientError
+from common.errors import (
+    ConfigError,
+    DeviceError,
+    InputError,
+    StylebatchError,
+    TransientError,
+)
 from common.expand import Render
-from common.imageio import CONTENT_TYPES, decode, encode, fit_long_side, fitted_size
+from common.imageio import (
+    CONTENT_TYPES,
+    decode,
+    decode_alpha,
+    encode,
+    fit_long_side,
+    fitted_size,
+)
 from common.queue import MAX_BATCH_PIXELS
 from common.settings import Settings
 from common.sizes import cover_box, parse_size
@@ -49,7 +61,7 @@ def is_device_error(exc: BaseException) -> bool:
 @dataclass
 class Outcome:
     render: Render
-    status: str  # done | skipped | failed
+    status: str  # done | failed | superseded (another attempt has it: nothing written)
     seconds: float = 0.0
     error: str | None = None
     losses: dict[str, float] | None = None
@@ -66,15 +78,19 @@ class ImageCache:
         self.max_pixels = max_pixels
         self.inputs = InputCache(settings)
         self.items: OrderedDict[tuple[str, str], Image.Image] = OrderedDict()
-        self.alphas: dict[tuple[str, str, str], Image.Image | None] = {}
+        self.alphas: OrderedDict[tuple[str, str], Image.Image | None] = OrderedDict()
 
     def alpha(self, uri: str, identity: str = "") -> Image.Image | None:
-        """An input's own alpha channel ("L"), or None where it has none."""
-        entry = ("alpha", uri, identity)
-        if entry not in self.alphas:
-            img = Image.open(io.BytesIO(self.inputs.read(uri, identity)))
-            has = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-            self.alphas[entry] = img.convert("RGBA").getchannel("A") if has else None
+        """An input's own alpha channel ("L"), or None where it has none; decoded under the
+        same format allow-list and pixel limits as every input, a few kept."""
+        entry = (uri, identity)
+        if entry in self.alphas:
+            self.alphas.move_to_end(entry)
+            return self.alphas[entry]
+        limits = self.settings.max_input_pixels, self.settings.min_input_side
+        self.alphas[entry] = decode_alpha(self.inputs.read(uri, identity), uri, *limits)
+        while len(self.alphas) > 16:
+            self.alphas.popitem(last=False)
         return self.alphas[entry]
 
     def get(self, uri: str, identity: str = "") -> Image.Image:
@@ -120,10 +136,14 @@ def metadata_for(
 
 def earlier(storage: Storage, render: Render) -> dict[str, Any] | None:
     """The record of this very render's existing output (same id), or None: the job that
-    made it, its seconds, losses and weights id. Local files embed the whole record; S3
-    objects carry it as flat metadata."""
-    meta = storage.metadata(render.key)
-    if not meta or meta.get("render_id", meta.get("render-id")) != render.id:
+    made it, its seconds, losses and weights id."""
+    return measured(storage.metadata(render.key), render.id)
+
+
+def measured(meta: dict[str, Any] | None, render_id: str) -> dict[str, Any] | None:
+    """What an output of ``render_id`` says its making measured, or None if it is not one.
+    Local files embed the whole record; S3 objects carry it as flat metadata."""
+    if not meta or meta.get("render_id", meta.get("render-id")) != render_id:
         return None
     if "render-id" in meta:
         try:
@@ -176,20 +196,30 @@ class Renderer:
     @property
     def engine(self) -> Any:
         if self._engine is None:
-            from workers.engine import StyleEngine
+            from workers.engine import StyleEngine, WeightsError
             from workers.weights import local_weights
 
-            path = local_weights(self.weights, self.settings, self.weights_identity)
-            self._engine = StyleEngine(path, self.device)
+            try:
+                path = local_weights(self.weights, self.settings, self.weights_identity)
+                self._engine = StyleEngine(path, self.device)
+            except (WeightsError, OSError) as exc:
+                raise ConfigError(f"weights {self.weights}: cannot be loaded: {exc}") from None
+            except InputError as exc:
+                if "changed after the job was planned" in str(exc) or "not allowed" in str(exc):
+                    raise  # the job's weights, not this worker: fails its renders
+                raise ConfigError(str(exc)) from None
         return self._engine
 
     @property
     def signer(self) -> Any:
         """The content-credentials signer, loaded on first use (its errors fail renders)."""
         if self._signer is None:
-            from workers.credentials import Signer
+            from workers.credentials import CredentialsError, Signer
 
-            self._signer = Signer(self.settings)
+            try:
+                self._signer = Signer(self.settings)
+            except CredentialsError as exc:
+                raise ConfigError(str(exc)) from None
         return self._signer
 
     @property
@@ -272,9 +302,14 @@ class Renderer:
         quality: int,
         progress: Callable | None = None,
         credentials: bool = False,
+        may_write: Callable[[Render], bool] | None = None,
+        written: list[Outcome] | None = None,
     ) -> list[Outcome]:
         """Render a compatible group and write each output (with content credentials if
-        asked); failures are per render."""
+        asked); failures are per render. ``may_write`` is asked just before each write (False:
+        another attempt has the render now, and nothing is written); each outcome is also
+        appended to ``written`` as it happens, so a time limit mid-group knows what was."""
+        written = [] if written is None else written
         from workers.engine import EngineConfig, RenderItem
         from workers.images import to_image, to_tensor
 
@@ -300,7 +335,7 @@ class Renderer:
                 for r in group
             ]
             results = self.engine.render_batch(items, config, progress)
-        except (SoftTimeLimitExceeded, TransientError, DeviceError):
+        except (SoftTimeLimitExceeded, TransientError, DeviceError, ConfigError):
             raise  # the task handles these: a clean failure, or a retry (elsewhere) later
         except Exception as exc:
             if len(group) > 1:  # find which render is at fault (or OOM at batch 1), keep the rest
@@ -308,12 +343,22 @@ class Renderer:
                     o
                     for r in group
                     for o in self.render_batch(
-                        [r], storage, job_id, fmt, quality, progress, credentials
+                        [r],
+                        storage,
+                        job_id,
+                        fmt,
+                        quality,
+                        progress,
+                        credentials,
+                        may_write,
+                        written,
                     )
                 ]
             if is_device_error(exc):
                 raise DeviceError(_reason(exc)) from exc
-            return [Outcome(group[0], "failed", time.perf_counter() - started, _reason(exc))]
+            failed = Outcome(group[0], "failed", time.perf_counter() - started, _reason(exc))
+            written.append(failed)
+            return [failed]
         outcomes = []
         device = self.engine.device_name
         for render, result in zip(group, results, strict=True):
@@ -332,20 +377,31 @@ class Renderer:
             long = max(height, width)
             work = sum(n * height * width * (side / long) ** 2 for side, n in result.schedule)
             meta = metadata_for(render, job_id, self.weights_id, result.seconds, result.losses)
+            if may_write is not None and not may_write(render):
+                outcomes.append(Outcome(render, "superseded"))
+                continue
             try:
                 data = encode(to_image(result.image), fmt, quality, meta)
                 if credentials:
                     data = self.signer.sign(data, fmt, meta, render.key)
-                storage.put(render.key, data, CONTENT_TYPES[fmt], _flat_metadata(meta))
-            except (SoftTimeLimitExceeded, TransientError):
-                raise  # a time limit is the task's to report, never this render's error
+                there = storage.put_output(
+                    render.key, data, CONTENT_TYPES[fmt], _flat_metadata(meta), render.id
+                )
+            except (SoftTimeLimitExceeded, TransientError, ConfigError):
+                raise  # the task's to handle, never this render's error
             except Exception as exc:
                 failed = Outcome(render, "failed", result.seconds, _reason(exc))
                 outcomes.append(dataclasses.replace(failed, device=device, pixel_iterations=work))
+                written.append(outcomes[-1])
                 continue
-            outcomes.append(
-                Outcome(render, "done", result.seconds, None, result.losses, device, work)
-            )
+            if there is not None:  # another attempt wrote this render first: report its record
+                prior = measured(there, render.id) or {}
+                seconds = prior.get("seconds") or result.seconds
+                outcome = Outcome(render, "done", seconds, None, prior.get("losses"), device, work)
+            else:
+                outcome = Outcome(render, "done", result.seconds, None, result.losses, device, work)
+            outcomes.append(outcome)
+            written.append(outcome)
         return outcomes
 
 

@@ -15,12 +15,15 @@ from celery import Task
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 from celery.utils.log import get_task_logger
 from celery.worker.request import Request
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
-from common.errors import DeviceError, StylebatchError, TransientError
-from common.jobs import JobStore
+from common.dispatch import redrive, settle
+from common.errors import ConfigError, DeviceError, StylebatchError, TransientError
 from common.params import schedule
 from common.queue import (
     BOOKKEEPING_QUEUE,
+    EXIT_MISCONFIGURED,
     EXIT_SICK,
     FAILED_TASK,
     FINALIZE_TASK,
@@ -36,6 +39,7 @@ from common.queue import (
 from common.report import publish, record_key
 from common.settings import Settings
 from common.sizes import parse_size
+from common.state import Held, JobStore
 from common.storage import open_storage
 from workers.liveness import Heartbeat, known_dead, owner_id
 from workers.render import ENGINE_VERSION, Renderer, earlier
@@ -54,9 +58,7 @@ _device_errors = [0]  # consecutive, in this process
 def store() -> JobStore:
     global _store
     if _store is None:
-        _store = JobStore.from_url(
-            settings.redis_url, settings.redis_tls_ca, job_ttl=settings.job_ttl
-        )
+        _store = JobStore.from_settings(settings)
     return _store
 
 
@@ -95,9 +97,15 @@ def limits_for(work: Any) -> tuple[int, int] | None:
     return time_limits(float(work), seconds_per_unit(settings), settings.max_time_limit)
 
 
-def _end(job_id: str, render_id: str, status: str, **fields: Any) -> None:
-    if store().finish(job_id, render_id, status, **fields) == 2:
-        app.send_task(FINALIZE_TASK, args=[job_id])
+def _end(held: Held, status: str, **fields: Any) -> str:
+    """A render's outcome, from the attempt that holds it; a superseded attempt (another has
+    the render now) is logged and counted by the state, never recorded."""
+    outcome = store().finish(held, status, **fields)
+    if outcome == "superseded":
+        log.warning("render %s: attempt %d superseded; its %s not recorded", held.render_id,
+                    held.attempt, status)  # fmt: skip
+    settle(app, held.job_id, outcome)
+    return outcome
 
 
 class RenderRequest(Request):
@@ -121,21 +129,23 @@ def _sick_marker(main_pid: int) -> Path:
     return Path(tempfile.gettempdir()) / f"stylebatch-sick-{main_pid}"
 
 
-def _step_aside(reason: str) -> None:
+def _step_aside(reason: str, status: int = EXIT_SICK) -> None:
     """From the render process: leave a note for the main process, then ask it for a warm
     shutdown (it stops taking tasks and waits for this one, which returns at once)."""
-    log.error("stepping aside, device unhealthy: %s", reason)
-    _sick_marker(os.getppid()).write_text(reason)
+    log.error("stepping aside (exit %d): %s", status, reason)
+    _sick_marker(os.getppid()).write_text(f"{status}\n{reason}")
     os.kill(os.getppid(), signal.SIGTERM)
 
 
 @worker_shutdown.connect
 def _exit_status(sender: Any = None, **_: Any) -> None:
-    """In the main process: exit with EXIT_SICK if a render process stepped aside."""
+    """In the main process: exit with the status a render process stepped aside with."""
     marker = _sick_marker(os.getpid())
     if marker.exists() and sender is not None:
+        status, _, reason = marker.read_text().partition("\n")
         marker.unlink(missing_ok=True)
-        sender.exitcode = EXIT_SICK
+        log.error("worker stepped aside: %s", reason)
+        sender.exitcode = int(status) if status.isdigit() else EXIT_SICK
 
 
 class RenderTask(Task):
@@ -154,92 +164,127 @@ def render(
 ) -> dict[str, Any]:
     """Render a group of compatible renders of one job (one content, one size).
 
-    Each render is claimed atomically (common/jobs.py): one already ended, or running under a
-    live worker, is a duplicate delivery and is skipped; one running under a dead worker counts
-    a crash, and after MAX_CRASHES is failed instead of tried again. S3 or Redis being
-    unreachable, or the device failing, is not the render's fault: the renders go back to
-    pending, and are retried later (with backoff) or elsewhere.
+    Each render is claimed atomically as a new attempt (common/state.py): one already ended,
+    or running under a live worker, is a duplicate delivery and is skipped; one running under
+    a dead worker counts a crash, and after MAX_CRASHES is failed instead of tried again.
+    Every outcome carries the attempt, so a worker that was taken over cannot record or
+    write over a newer attempt. S3 or Redis being unreachable, the device failing, or this
+    worker's configuration being broken is not the render's fault: the renders go back to
+    pending and are retried later (with backoff) or elsewhere.
     """
-    jobs = store()
-    info = jobs.get(job_id)
+    try:
+        jobs = store()
+        info = jobs.get(job_id)
+    except RedisError as exc:  # nothing claimed yet
+        raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from None
     if info is None:
         return {"ignored": "job not found"}
     beat = heartbeat(self.request.hostname or "worker")
     owner = beat.owner
     storage = open_storage(info.location, settings)
-    claimed, ready, ignored = [], [], []
+    claimed: list[Held] = []
+    ready: list[tuple[Any, Held]] = []
+    ignored: list[dict[str, Any]] = []
     try:
         for spec in jobs.specs(job_id, render_ids):
             state = jobs.state(job_id, spec.id) or {}
             dead = known_dead(state.get("owner", "")) if state.get("status") == "running" else ""
             claim = jobs.claim(
-                job_id, spec.id, owner, settings.worker_timeout, MAX_CRASHES, dead_owner=dead
+                job_id,
+                spec.id,
+                owner,
+                settings.worker_timeout,
+                MAX_CRASHES,
+                dead_owner=dead,
+                task=self.request.id or "",
             )
             if claim.outcome == "gave_up":
                 log.warning("render %s: its worker died %d times; failed", spec.id, MAX_CRASHES)
-                if claim.complete:
-                    app.send_task(FINALIZE_TASK, args=[job_id])
+                settle(app, job_id, claim.complete)
                 continue
             if claim.outcome != "claimed":
                 ignored.append({"render": spec.id, "why": claim.outcome, "detail": claim.detail})
                 continue
-            claimed.append(spec)
-            beat.hold(job_id, spec.id)
+            held = Held(job_id, spec.id, claim.attempt)
+            claimed.append(held)
+            beat.hold(held)
             if claim.crashes:
                 log.warning("render %s: its worker died (%d time(s))", spec.id, claim.crashes)
             if info.cancelled:
-                _end(job_id, spec.id, "cancelled", error="job cancelled")
+                _end(held, "cancelled", error="job cancelled")
                 continue
             prior = earlier(storage, spec)
             if prior is not None:  # keep what the job that made it measured
-                _end(job_id, spec.id, "skipped", error=None, rendered_by=prior.pop("job"), **prior)
+                made_by = prior.pop("job")
+                # an earlier attempt of this very job wrote it (and was cut off before it
+                # could say so): done; else a job before this one made it: skipped
+                status = "done" if made_by == job_id and claim.attempt > 1 else "skipped"
+                _end(held, status, error=None, rendered_by=made_by, **prior)
                 continue
-            ready.append(spec)
+            ready.append((spec, held))
         if not ready:
             return {"rendered": [], "ignored": ignored}
-        result = _render(self, job_id, info, ready, storage, size)
+        result = _render(self, info, ready, storage, size, beat)
         _device_errors[0] = 0
         return {**result, "ignored": ignored}
-    except TransientError as exc:
-        _release(job_id, claimed, owner)
+    except (TransientError, RedisError, OperationalError) as exc:
+        _release(claimed, owner)
         delay = retry_delay(self.request.retries)
         log.warning(
             "transient failure, retry %d in %.0f s: %s", self.request.retries + 1, delay, exc
         )
         raise self.retry(exc=exc, countdown=delay) from None
+    except ConfigError as exc:
+        return _misconfigured(job_id, claimed, owner, beat, exc)
     except DeviceError as exc:
         return _device_failed(job_id, claimed, owner, beat, exc)
     except BaseException:
-        _release(job_id, claimed, owner)  # whatever went wrong, nothing stays held
+        _release(claimed, owner)  # whatever went wrong, nothing stays held
         raise
     finally:
-        beat.drop(job_id, [s.id for s in claimed])
+        beat.drop(claimed)
 
 
-def _release(job_id: str, specs: list, owner: str) -> None:
-    """Hand back what this task still holds (a no-op for renders it already ended)."""
-    for spec in specs:
-        store().release(job_id, spec.id, owner)
+def _release(claimed: list[Held], owner: str) -> list[str]:
+    """Hand back what this task still holds (a no-op for renders it already ended); returns
+    those handed back. Redis away: the watchdog frees them once the heartbeat stops listing
+    them."""
+    back = []
+    for held in claimed:
+        try:
+            if store().release(held, owner) == "released":
+                back.append(held.render_id)
+        except RedisError as exc:
+            log.warning("render %s not handed back (%s); the watchdog will", held.render_id, exc)
+    return back
+
+
+def _misconfigured(
+    job_id: str, claimed: list[Held], owner: str, beat: Heartbeat, exc: ConfigError
+) -> dict[str, Any]:
+    """This worker cannot render anything: hand the renders back (not counted against them),
+    report the reason in the heartbeat, and step aside; another worker takes them."""
+    again = _release(claimed, owner)
+    beat.unhealthy(f"configuration: {exc}")
+    redrive(job_id, again, store(), app, settings)
+    _step_aside(f"configuration: {exc}", EXIT_MISCONFIGURED)
+    return {"rendered": [], "misconfigured": str(exc), "handed_back": again}
 
 
 def _device_failed(
-    job_id: str, claimed: list, owner: str, beat: Heartbeat, exc: DeviceError
+    job_id: str, claimed: list[Held], owner: str, beat: Heartbeat, exc: DeviceError
 ) -> dict[str, Any]:
-    """Hand the renders back (retried elsewhere, not counted against them); after
-    ``max_device_errors`` in a row, report this process unhealthy and step aside."""
-    from scheduler.recovery import redrive
-
+    """Hand the renders back (retried elsewhere, not counted against them); a render that
+    met device errors on MAX_DEVICE_RETRIES tries fails; after ``max_device_errors`` in a row,
+    report this process unhealthy and step aside."""
     jobs = store()
     _device_errors[0] += 1
     again = []
-    for spec in claimed:
-        if not jobs.release(job_id, spec.id, owner):
-            continue  # it had ended already
-        tries = jobs.device_error(job_id, spec.id)
-        if tries >= MAX_DEVICE_RETRIES:
-            _end(job_id, spec.id, "failed", error=f"device errors on {tries} tries: {exc}")
-        else:
-            again.append(spec.id)
+    for held in claimed:
+        outcome = jobs.release(held, owner, True, MAX_DEVICE_RETRIES, str(exc))
+        if outcome == "released":
+            again.append(held.render_id)
+        settle(app, job_id, outcome)
     log.error("device error (%d in a row): %s", _device_errors[0], exc)
     sick = _device_errors[0] >= settings.max_device_errors
     if sick:
@@ -250,10 +295,13 @@ def _device_failed(
     return {"rendered": [], "device_error": str(exc), "handed_back": again, "sick": sick}
 
 
-def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
+def _render(task, info, ready, storage, size, beat: Heartbeat) -> dict[str, Any]:
+    job_id = info.job_id
     last = [0.0]
+    specs = [spec for spec, _ in ready]
+    held_of = {spec.id: held for spec, held in ready}
 
-    plan = schedule(ready[0].params, parse_size(ready[0].size).long)
+    plan = schedule(specs[0].params, parse_size(specs[0].size).long)
     work = [n * side * side for side, n in plan]  # each scale's share of the render's work
     began = time.monotonic()
 
@@ -266,7 +314,7 @@ def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
             eta = (now - began) * (1 - fraction) / fraction if fraction > 0 else None
             progress = {
                 "job": job_id,
-                "renders": [s.id for s in ready],
+                "renders": [s.id for s in specs],
                 "size": size,
                 "scale": scale + 1,
                 "scales": scales,
@@ -274,35 +322,60 @@ def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
                 "iterations": iterations,
                 "eta_seconds": round(eta, 1) if eta is not None else None,
             }
-            task.update_state(state="PROGRESS", meta=progress)
-            # a custom task event: Flower shows it on the task's page (state PROGRESS, and the
-            # line as the task's result until it ends); custom states alone send no event
             line = f"scale {scale + 1}/{scales}, iteration {iteration}/{iterations}"
             line += f", eta {eta:.0f} s" if eta is not None else ""
-            task.send_event("task-progress", result=line, progress=progress)
+            try:  # progress is for people: Redis away must not fail the render
+                task.update_state(state="PROGRESS", meta=progress)
+                # a custom task event: Flower shows it on the task's page (state PROGRESS, and
+                # the line as the task's result until it ends); custom states send no event
+                task.send_event("task-progress", result=line, progress=progress)
+            except (RedisError, OperationalError, OSError) as exc:
+                log.warning("progress not reported: %s", exc)
+
+    def may_write(render: Any) -> bool:
+        """Only while this attempt holds the render: checked in Redis just before the write
+        (the conditional PUT guards the rest of the window)."""
+        held = held_of[render.id]
+        return beat.holds(held) and store().holds(held, beat.owner)
 
     weights = info.meta["weights"]
-    r = renderer(weights, ready[0].identities.get(weights, ""))
+    r = renderer(weights, specs[0].identities.get(weights, ""))
     fmt, quality = info.meta["format"], int(info.meta["quality"])
+    written: list[Any] = []
     try:
         signed = settings.signs(info.meta.get("credentials"))
-        outcomes = r.render_batch(ready, storage, job_id, fmt, quality, on_step, signed)
+        outcomes = r.render_batch(
+            specs, storage, job_id, fmt, quality, on_step, signed, may_write, written
+        )
     except SoftTimeLimitExceeded:
         limit = (limits_for(task.request.kwargs.get("work")) or ("?",))[0]
-        for spec in ready:
+        result = _record(task, info, r, written, held_of)
+        recorded = {o.render.id for o in written}
+        missing = [s for s in specs if s.id not in recorded]
+        names = ", ".join(o.render.key for o in written if o.status == "done") or "none"
+        for spec in missing:
             _end(
-                job_id,
-                spec.id,
+                held_of[spec.id],
                 "failed",
-                error=f"soft time limit ({limit} s) exceeded; no output written",
+                error=f"soft time limit ({limit} s) exceeded; no output written for this "
+                f"render (outputs written by its task: {names})",
             )
-        return {"rendered": [], "failed": [s.id for s in ready]}
-    result: dict[str, Any] = {"rendered": [], "failed": []}
+        result["failed"] += [{"render": s.id, "error": "soft time limit"} for s in missing]
+        return result
+    return _record(task, info, r, outcomes, held_of)
+
+
+def _record(task, info, r, outcomes, held_of) -> dict[str, Any]:
+    """Record each outcome from the attempt that holds its render."""
+    result: dict[str, Any] = {"rendered": [], "failed": [], "superseded": []}
     for outcome in outcomes:
+        if outcome.status == "superseded":
+            result["superseded"].append(outcome.render.id)
+            continue
         ok = outcome.status == "done"
+        held = held_of[outcome.render.id]
         _end(
-            job_id,
-            outcome.render.id,
+            held,
             outcome.status,
             seconds=outcome.seconds,
             error=outcome.error,
@@ -319,28 +392,36 @@ def _render(task, job_id, info, ready, storage, size) -> dict[str, Any]:
     return result
 
 
-@app.task(name=FAILED_TASK)
+@app.task(name=FAILED_TASK, bind=True)
 def render_failed(
-    request: Any, exc: BaseException, traceback: Any, job_id: str, render_ids: list[str]
+    self, request: Any, exc: BaseException, traceback: Any, job_id: str, render_ids: list[str]
 ) -> None:
-    """Errback: a render task that died without recording its renders (hard time limit)."""
-    for render_id in render_ids:
-        state = store().state(job_id, render_id) or {}
-        if state.get("status") in (None, "pending", "running"):
-            _end(job_id, render_id, "failed", error=f"{type(exc).__name__}: {exc}")
+    """Errback: a render task that died without recording its renders (a hard time limit).
+    Fails only the renders that very task claimed and still holds; a duplicate of it that
+    fails touches nothing a live worker is rendering."""
+    task_id = getattr(request, "id", "") or ""
+    if not task_id:
+        return
+    complete = store().fail_task(job_id, task_id, render_ids, f"{type(exc).__name__}: {exc}")
+    settle(app, job_id, complete)
 
 
 @app.task(name=FINALIZE_TASK, bind=True, max_retries=TRANSIENT_RETRIES)
 def finalize(self, job_id: str) -> dict[str, Any]:
-    """Write the job's summary.json and contact sheet once its last render has ended. An
+    """Write the job's summary.json and contact sheet once its last render has ended, then end
+    the job. One finalize holds the job's end at a time (a lease with this task's id), and
+    exactly one ends it and sends its webhook; a duplicate or a resend finds the lease. An
     unreachable store is retried with backoff; after that, or on a permanent error (the
     bucket gone, access denied), the job ends ``failed`` with the reason. Outputs are kept."""
     jobs = store()
+    token = self.request.id or jobs.token()
+    lease = max(2 * settings.stall_after, 60.0)
+    began = jobs.begin_finalize(job_id, token, lease)
+    if began != "ok":
+        return {"ignored": f"job is {began or 'gone'}"}
     info = jobs.get(job_id)
     if info is None:
         return {"ignored": "job not found"}
-    if info.status != "finalizing":
-        return {"ignored": f"job is {info.status}"}
     try:
         summary = jobs.summary(job_id)
         summary.engine = ENGINE_VERSION
@@ -354,15 +435,15 @@ def finalize(self, job_id: str) -> dict[str, Any]:
             )
             raise self.retry(exc=exc, countdown=delay) from None
         return _finalize_failed(
-            job_id, f"summary not written after {self.max_retries} retries: {exc}"
+            job_id, token, f"summary not written after {self.max_retries} retries: {exc}"
         )
     except StylebatchError as exc:
-        return _finalize_failed(job_id, f"summary not written: {exc}")
+        return _finalize_failed(job_id, token, f"summary not written: {exc}")
     except Exception as exc:  # a bug must end the job with a reason, not retry it forever
         log.exception("finalize %s failed", job_id)
-        return _finalize_failed(job_id, f"summary not written: {type(exc).__name__}: {exc}")
-    jobs.end_job(job_id, "done")
-    _notify(job_id)
+        return _finalize_failed(job_id, token, f"summary not written: {type(exc).__name__}: {exc}")
+    if not _end_job(job_id, token, "done"):
+        return {"ignored": "another finalize ended the job"}
     return {
         "job": job_id,
         "counts": summary.counts(),
@@ -370,59 +451,71 @@ def finalize(self, job_id: str) -> dict[str, Any]:
     }
 
 
-def _finalize_failed(job_id: str, reason: str) -> dict[str, Any]:
+def _end_job(job_id: str, token: str, status: str, reason: str = "") -> bool:
+    """End the job (once: only the lease holder can) and send its webhook delivery."""
+    finished = store().end_job(job_id, status, reason, token)
+    if not finished:
+        return False
+    info = store().get(job_id)
+    if info is not None and info.meta.get("webhook"):
+        app.send_task(NOTIFY_TASK, args=[job_id, info.meta.get("webhook_delivery", "")])
+    return True
+
+
+def _finalize_failed(job_id: str, token: str, reason: str) -> dict[str, Any]:
     log.error("job %s failed: %s", job_id, reason)
-    store().count_failure("finalize")
-    store().end_job(job_id, "failed", reason)
-    _notify(job_id)
+    if _end_job(job_id, token, "failed", reason):
+        store().count_failure("finalize")
     return {"job": job_id, "failed": reason}
 
 
-def _notify(job_id: str) -> None:
-    info = store().get(job_id)
-    if info is not None and info.meta.get("webhook") and info.terminal:
-        app.send_task(NOTIFY_TASK, args=[job_id, info.meta.get("finished", "")])
-
-
 @app.task(name=NOTIFY_TASK, bind=True, max_retries=None)
-def notify(self, job_id: str, finished: str) -> dict[str, Any]:
+def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
     """POST the ended job to its webhook, signed; retried with backoff (2, 4, 8 .. 300 s) up
-    to STYLEBATCH_WEBHOOK_RETRIES times. Each attempt and the outcome are recorded in the
-    job (``webhook_status``, ``webhook_attempts``); a delivery already made for this end of
-    the job is not made again."""
+    to STYLEBATCH_WEBHOOK_RETRIES times. Delivery ``job:finished`` is claimed atomically by
+    one task (this one, across its retries); a delivery already made is not made again, so a
+    receiver sees one id per job end, as many times as it had to be retried. Each attempt and
+    the outcome are recorded in the job. The result names no URL (it may hold a secret)."""
     from common.notify import check_webhook, payload, post
 
     jobs = store()
+    token = self.request.id or jobs.token()
+    hold = settings.webhook_backoff * 2 ** min(self.request.retries, 10) + 60
+    claimed, attempts = jobs.claim_delivery(job_id, delivery, token, hold)
+    if claimed != "claimed":
+        why = {
+            "delivered": "delivered already",
+            "busy": "another task has it",
+            "stale": "the job is gone or has ended again since",
+        }
+        return {"ignored": why[claimed]}
     info = jobs.get(job_id)
-    if info is None or info.meta.get("finished", "") != finished:
-        return {"ignored": "the job is gone or has ended again since"}
+    if info is None:
+        return {"ignored": "the job is gone"}
     url = info.meta.get("webhook", "")
-    delivery = f"{job_id}:{finished}"
-    if info.meta.get("webhook_delivered") == delivery:
-        return {"ignored": "delivered already"}
     refused = check_webhook(url, settings)  # checked at submit; the worker checks again
     if refused:
-        jobs.note(job_id, webhook_status=f"refused: {refused[0].message}")
-        return {"refused": refused[0].message}
+        status = f"refused: {refused[0].message}"
+        jobs.delivery_outcome(job_id, delivery, token, status, "refused")
+        return {"refused": status}
     failed = [
         {"render": r.id, "content": r.content_name, "style": r.style, "size": r.size,
          "error": (jobs.state(job_id, r.id) or {}).get("error")}
         for r in jobs.specs(job_id, jobs.failed(job_id, 20))
     ]  # fmt: skip
     summary = info.location.uri_of(record_key(job_id, "summary.json"))
-    delivery, body = payload(info, failed, summary)
-    attempts = jobs.tally(job_id, "webhook_attempts")
-    error = post(url, body, delivery, settings.webhook_secret)
+    delivery_id, body = payload(info, failed, summary)
+    error = post(url, body, delivery_id, settings.webhook_secret)
     if error is None:
-        jobs.note(job_id, webhook_status="delivered", webhook_delivered=delivery)
-        return {"delivered": url, "attempts": attempts}
+        jobs.delivery_outcome(job_id, delivery, token, "delivered", "delivered")
+        return {"delivered": delivery, "attempts": attempts}
     if self.request.retries < settings.webhook_retries:
         delay = min(300.0, settings.webhook_backoff * 2**self.request.retries)
-        jobs.note(job_id, webhook_status=f"retrying in {delay:g} s: {error}")
+        status = f"retrying in {delay:g} s: {error}"
+        jobs.delivery_outcome(job_id, delivery, token, status, "retrying", delay + 60)
         raise self.retry(countdown=delay)
     status = f"failed after {attempts} attempts: {error}"
-    jobs.note(job_id, webhook_status=status)
-    jobs.count_failure("webhook")
+    jobs.delivery_outcome(job_id, delivery, token, status, "failed")
     log.error("webhook for job %s %s", job_id, status)
     return {"failed": status}
 
@@ -436,7 +529,7 @@ def _start_watchdog(sender: Any = None, **_: Any) -> None:
     global _watchdog
     queues = {q.name for q in sender.task_consumer.queues} if sender is not None else set()
     if BOOKKEEPING_QUEUE in queues and _watchdog is None:
-        from scheduler.recovery import Watchdog
+        from workers.watchdog import Watchdog
 
         _watchdog = Watchdog(store(), app, settings).start()
 

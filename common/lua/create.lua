@@ -1,0 +1,30 @@
+-- Make a job visible, whole: its record, specs, states and index entries appear at once.
+-- The specs and states were written beforehand to staging keys (in chunks, invisible); a
+-- submit killed before this script leaves only staging keys, which expire, and the next
+-- submit writes them again. Transition: (none) -> running, or -> finalizing with no renders.
+-- KEYS: job, staged specs, staged states, specs, states, jobs index, active
+-- ARGV: job id, record (JSON object of fields), total
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+local total = tonumber(ARGV[3])
+if total > 0 then
+  if redis.call('HLEN', KEYS[2]) ~= total or redis.call('HLEN', KEYS[3]) ~= total then
+    return 'incomplete'
+  end
+  redis.call('RENAME', KEYS[2], KEYS[4])
+  redis.call('RENAME', KEYS[3], KEYS[5])
+  redis.call('PERSIST', KEYS[4])
+  redis.call('PERSIST', KEYS[5])
+end
+local t = now()
+local record = cjson.decode(ARGV[2])
+for field, value in pairs(record) do redis.call('HSET', KEYS[1], field, tostring(value)) end
+redis.call('HSET', KEYS[1], 'created', t, 'activity', t, 'total', total, 'ended', 0,
+           'n_running', 0, 'sent', 0)
+if total > 0 then
+  redis.call('HSET', KEYS[1], 'status', 'running')
+else
+  redis.call('HSET', KEYS[1], 'status', 'finalizing', 'finalizing_since', t)
+end
+redis.call('ZADD', KEYS[6], t, ARGV[1])
+redis.call('SADD', KEYS[7], ARGV[1])
+return 'created'

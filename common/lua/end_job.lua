@@ -1,0 +1,25 @@
+-- finalizing -> done (cancelled if a cancel was asked for) | failed, by the finalize that
+-- holds the lease (or any caller when the token is ''). Exactly one caller gets 'ok', with
+-- the end's time; a job with a webhook gets its one delivery id for this end.
+-- KEYS: job, active, then the job's other keys
+-- ARGV: job id, terminal status, reason, seconds its state is kept, token
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'finalizing' then return {status or '', ''} end
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'finalize_owner') ~= ARGV[5] then
+  return {'busy', ''}
+end
+local final = ARGV[2]
+if final == 'done' and redis.call('HGET', KEYS[1], 'cancelled') == '1' then final = 'cancelled' end
+local t = tostring(now())
+redis.call('HSET', KEYS[1], 'status', final, 'finished', t)
+redis.call('HDEL', KEYS[1], 'finalize_owner', 'finalize_until')
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
+if (redis.call('HGET', KEYS[1], 'webhook') or '') ~= '' then
+  redis.call('HSET', KEYS[1], 'webhook_delivery', ARGV[1] .. ':' .. t, 'webhook_status', 'pending')
+  redis.call('HDEL', KEYS[1], 'webhook_owner', 'webhook_until')
+end
+redis.call('SREM', KEYS[2], ARGV[1])
+for i = 1, #KEYS do
+  if i ~= 2 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
+end
+return {'ok', t}

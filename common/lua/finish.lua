@@ -1,0 +1,34 @@
+-- A render's outcome, from the attempt that holds it: running (this attempt) -> done |
+-- skipped | failed | cancelled, counted once. Any other attempt is superseded: refused and
+-- counted as such, never as an outcome. Returns 2 when it ended the job's last render.
+-- KEYS: job, states, running, fleet metrics
+-- ARGV: render, status, record (JSON), running field, attempt
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return -1 end
+local state = cjson.decode(raw)
+local status = state['status']
+if status ~= 'pending' and status ~= 'running' then return 0 end
+if status ~= 'running' or tonumber(state['attempt']) ~= tonumber(ARGV[5]) then
+  superseded(KEYS[4])
+  return -2
+end
+local t = now()
+leave_running(KEYS[1], KEYS[3], ARGV[4])
+local record = cjson.decode(ARGV[3])
+record['ended_at'] = t
+record['attempt'] = tonumber(ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(record))
+if type(record['device']) == 'string' and tonumber(record['seconds']) then
+  local seconds = tonumber(record['seconds'])
+  redis.call('HINCRBYFLOAT', KEYS[1], 'cost:seconds:' .. record['device'], seconds)
+  redis.call('HINCRBYFLOAT', KEYS[1], 'cost:pixel_iterations', record['pixel_iterations'] or 0)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'device_seconds:' .. record['device'], seconds)
+  local bucket = '+Inf'
+  for _, le in ipairs({__BUCKETS__}) do
+    if seconds <= le then bucket = tostring(le); break end
+  end
+  redis.call('HINCRBY', KEYS[4], 'render_seconds_bucket:' .. bucket, 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], 'render_seconds_sum', seconds)
+end
+if ARGV[2] == 'done' then redis.call('HINCRBY', KEYS[1], 'cost:outputs', 1) end
+return ended(KEYS[1], ARGV[2], t, ARGV[1])

@@ -1,0 +1,672 @@
+"""The fleet's state in Redis, and the only module that writes it: jobs, renders, workers'
+heartbeats, locks, schedule slots and beat markers, webhook deliveries and counters.
+
+Every change with a rule is one Lua script in ``common/lua/`` (one file per operation, each
+opening with the transitions it allows), so it is atomic and can be read whole. Render states
+(``RENDER_TRANSITIONS``)::
+
+    pending -> running                 claim: a new attempt, whose number is the fencing token
+    running -> done | skipped | failed | cancelled     finish, by the attempt that holds it
+    running -> pending                 release (transient, configuration or device error) by
+                                       its attempt; reap (its owner went silent): one crash
+    running -> failed                  crash cap, device-error cap, or its task's errback
+    failed  -> pending                 only through `stylebatch retry`
+
+A transition that carries an attempt other than the render's current one is *superseded*:
+refused, logged by the caller and counted (``superseded`` in the fleet counters), never
+recorded as an outcome. The first terminal state wins and is counted once, and exactly one
+caller learns that the job's last render ended (the job moves to finalizing); one finalize
+holds the job's end at a time, and one caller ends it. Times come from the Redis server's
+clock. Other modules read through ``JobStore.read``, which has no write commands.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from common.expand import JobPlan, Render
+from common.sizes import parse_size
+from common.summary import RenderRecord, Summary
+from common.uris import Location
+
+TERMINAL = ("done", "skipped", "failed", "cancelled")
+# upper bounds (seconds) of the render-time histogram: a 0.1 s GPU draft to a 3 h CPU render
+RENDER_SECONDS_BUCKETS = (0.1, 0.3, 1, 3, 10, 30, 60, 180, 600, 1800, 3600, 10800)
+JOB_TERMINAL = ("done", "cancelled", "failed")
+PREFIX = "sb"
+RENDER_TRANSITIONS = {
+    "pending": ("running", *TERMINAL),  # terminal from pending: only the crash cap's give-up
+    "running": ("pending", *TERMINAL),
+    "failed": ("pending",),  # retry only
+}
+JOB_TRANSITIONS = {
+    "running": ("finalizing",),
+    "finalizing": JOB_TERMINAL,
+    "done": ("running",),  # retry of failed renders
+    "failed": ("running",),
+}
+LUA = Path(__file__).with_name("lua")
+STAGING_TTL = 24 * 3600  # a killed submit's staged specs and states expire after this
+
+
+@cache
+def script_source(name: str) -> str:
+    """One operation's script, with the shared prelude."""
+    body = (LUA / f"{name}.lua").read_text()
+    body = body.replace("__BUCKETS__", ", ".join(map(str, RENDER_SECONDS_BUCKETS)))
+    return (LUA / "prelude.lua").read_text() + "\n" + body
+
+
+SCRIPTS = tuple(sorted(p.stem for p in LUA.glob("*.lua") if p.stem != "prelude"))
+
+# What other modules may call on Redis: reads only (JobStore.read).
+READ_COMMANDS = frozenset(
+    {
+        *("get", "mget", "hget", "hgetall", "hmget", "hlen", "hexists", "hscan_iter"),
+        *("sscan_iter", "smembers", "scard", "sismember", "zrange", "zrevrange"),
+        *("zrangebyscore", "zscore", "zcard", "llen", "lrange", "lindex", "exists", "ttl"),
+        *("pttl", "time", "info", "memory_usage", "ping", "type"),
+    }
+)
+
+
+class ReadOnly:
+    """A Redis client (or pipeline) that only reads: every other module's view of the state."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        if name in READ_COMMANDS or name == "execute":
+            return getattr(self._client, name)
+        raise AttributeError(f"{name!r}: only common/state.py writes to Redis")
+
+    def pipeline(self) -> ReadOnly:
+        return ReadOnly(self._client.pipeline(transaction=False))
+
+
+@dataclass
+class JobInfo:
+    job_id: str
+    meta: dict[str, str]
+
+    @property
+    def total(self) -> int:
+        return int(self.meta.get("total", 0))
+
+    @property
+    def status(self) -> str:
+        return self.meta.get("status", "unknown")
+
+    @property
+    def cancelled(self) -> bool:
+        return self.meta.get("cancelled") == "1"
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in JOB_TERMINAL
+
+    def count(self, status: str) -> int:
+        return int(self.meta.get(f"n_{status}", 0))
+
+    def cost(self) -> dict[str, Any]:
+        """What the job has spent, counted once per render by its transition to an end (a
+        render that ran: done, or failed after rendering): device-seconds by device type,
+        pixel-iterations, and outputs written. Same shape as ``Summary.cost``."""
+        prefix = "cost:seconds:"
+        return {
+            "device_seconds": {
+                k.removeprefix(prefix): round(float(v), 3)
+                for k, v in self.meta.items()
+                if k.startswith(prefix)
+            },
+            "pixel_iterations": float(self.meta.get("cost:pixel_iterations", 0)),
+            "outputs": int(self.meta.get("cost:outputs", 0)),
+        }
+
+    @property
+    def running(self) -> int:
+        return max(0, self.count("running"))
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - int(self.meta.get("ended", 0)) - self.running)
+
+    def seconds_since(self, field: str, now: float) -> float:
+        return now - float(self.meta.get(field) or self.meta.get("created") or now)
+
+    @property
+    def location(self) -> Location:
+        scheme, root, prefix = json.loads(self.meta["location"])
+        return Location(scheme, root, prefix)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a task may do with a render: ``claimed`` (render it, as ``attempt``), ``busy`` (a
+    live worker has it: a duplicate delivery, ignore), ``ended`` (already terminal: ignore),
+    ``gave_up`` (its worker died too often: recorded failed; ``complete`` if that ended the
+    job's last render)."""
+
+    outcome: str
+    crashes: int = 0
+    detail: str = ""
+    complete: bool = False
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Held:
+    """A render as one attempt holds it: what finish and release carry."""
+
+    job_id: str
+    render_id: str
+    attempt: int
+
+    @property
+    def field(self) -> str:
+        return running_field(self.job_id, self.render_id)
+
+
+@dataclass
+class Beat:
+    """A heartbeat's answer: the Redis time, and the held renders that are no longer this
+    process's (superseded: reaped and taken by another attempt, or ended)."""
+
+    time: float
+    stale: set[str] = field(default_factory=set)
+
+
+FINISH = {-2: "superseded", -1: "missing", 0: "ended", 1: "recorded", 2: "complete"}
+
+
+def running_field(job_id: str, render_id: str) -> str:
+    return f"{job_id} {render_id}"
+
+
+class JobStore:
+    ACTIVE = f"{PREFIX}:active"  # jobs not yet ended: what the reconciler looks at
+    JOBS = f"{PREFIX}:jobs"  # every job by creation time: `stylebatch jobs`
+    RUNNING = f"{PREFIX}:running"  # "job render" -> "owner attempt", every running render
+    HEARTBEATS = f"{PREFIX}:heartbeats"  # owner -> last beat (Redis time)
+    WORKERS = f"{PREFIX}:workers"  # owner -> its description and health (JSON)
+    METRICS = f"{PREFIX}:metrics"  # fleet-wide counters (scheduler/metrics.py)
+
+    def __init__(self, client: redis.Redis, job_ttl: int = 30 * 24 * 3600):
+        self.r = client
+        self.job_ttl = job_ttl  # seconds an ended job's state is kept (STYLEBATCH_JOB_TTL)
+        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
+
+    @property
+    def read(self) -> ReadOnly:
+        return ReadOnly(self.r)
+
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self._scripts[name](keys=keys, args=args)
+
+    @classmethod
+    def from_settings(cls, settings: Any, retries: int = 20) -> JobStore:
+        """The store for a deployment: plain Redis or through Sentinel (common/redis_client.py),
+        riding out restarts and failovers with retries."""
+        from common.redis_client import client
+
+        return cls(client(settings, retries=retries), settings.job_ttl)
+
+    @classmethod
+    def from_url(cls, url: str, tls_ca: str = "", retries: int = 20) -> JobStore:
+        """A store for one Redis URL (tests and benchmarks)."""
+        from common.settings import Settings
+
+        return cls.from_settings(Settings(redis_url=url, redis_tls_ca=tls_ca), retries)
+
+    # keys
+    def _job(self, job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}"
+
+    def _specs(self, job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}:specs"
+
+    def _states(self, job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}:states"
+
+    def _crashes(self, job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}:crashes"  # beat.lua derives the same name
+
+    def _devices(self, job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}:device_errors"
+
+    def _failed(self, job_id: str) -> str:
+        """The ids of its failed renders (the Lua prelude derives the same name)."""
+        return f"{PREFIX}:job:{job_id}:failed"
+
+    def _reaped(self, job_id: str, render_id: str) -> str:
+        return f"{PREFIX}:reaped:{job_id}:{render_id}"  # beat.lua derives the same name
+
+    def _job_keys(self, job_id: str) -> list[str]:
+        return [
+            self._job(job_id),
+            self._specs(job_id),
+            self._states(job_id),
+            self._crashes(job_id),
+            self._devices(job_id),
+            self._failed(job_id),
+        ]
+
+    def count_failure(self, what: str) -> None:
+        """A fleet-wide failure counter: ``finalize`` or ``webhook``."""
+        self.r.hincrby(self.METRICS, f"failures:{what}", 1)
+
+    def now(self) -> float:
+        """The Redis server's clock, which every transition and heartbeat uses."""
+        seconds, micros = self.r.time()
+        return seconds + micros / 1e6
+
+    # creation
+    def create(self, plan: JobPlan, force: bool = False) -> bool:
+        """Record a new job, whole; False if it already exists (and ``force`` is not set).
+        Specs and states are staged in chunks first, where nothing looks, then one script makes
+        the job visible with all of them: a submit killed part way leaves no job, and the next
+        one stages again. The job is marked ``sent`` once all its tasks are published."""
+        job_id = plan.job_id
+        if force:
+            self.delete(job_id)
+        elif self.r.exists(self._job(job_id)):
+            return False
+        staged = [f"{self._specs(job_id)}:staging", f"{self._states(job_id)}:staging"]
+        self.r.delete(*staged)
+        for i in range(0, len(plan.renders), 1000):
+            chunk = plan.renders[i : i + 1000]
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hset(
+                staged[0],
+                mapping={r.id: json.dumps(r.to_dict(), separators=(",", ":")) for r in chunk},
+            )
+            pipe.hset(
+                staged[1], mapping=dict.fromkeys((r.id for r in chunk), '{"status":"pending"}')
+            )
+            pipe.expire(staged[0], STAGING_TTL)
+            pipe.expire(staged[1], STAGING_TTL)
+            pipe.execute()
+        loc = plan.location
+        record = {
+            "name": plan.name,
+            "source": plan.source,
+            "location": json.dumps([loc.scheme, loc.root, loc.prefix]),
+            "format": plan.format,
+            "quality": plan.manifest.output.quality,
+            "weights": plan.weights,
+            "priority": plan.manifest.priority,
+            "webhook": plan.manifest.notify.webhook if plan.manifest.notify else "",
+            # signing as planned (and in the render ids), not as each worker's setting says
+            "credentials": "1" if plan.signed else "0",
+        }
+        keys = [
+            self._job(job_id),
+            *staged,
+            self._specs(job_id),
+            self._states(job_id),
+            self.JOBS,
+            self.ACTIVE,
+        ]
+        outcome = self._run("create", keys, [job_id, json.dumps(record), len(plan.renders)])
+        if outcome == "incomplete":  # staging keys expired or were deleted under us
+            raise redis.RedisError(f"job {job_id}: staged renders incomplete; submit again")
+        return outcome == "created"
+
+    def mark_sent(self, job_id: str) -> None:
+        self._run("touch", [self._job(job_id)], ["sent", "1"])
+
+    def touch(self, job_id: str) -> None:
+        self._run("touch", [self._job(job_id)], [])
+
+    def touch_finalizing(self, job_id: str) -> None:
+        self._run("touch", [self._job(job_id)], ["finalizing_since", "@now"])
+
+    def delete(self, job_id: str) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(*self._job_keys(job_id))
+        pipe.zrem(self.JOBS, job_id)
+        pipe.srem(self.ACTIVE, job_id)
+        pipe.execute()
+
+    def cancel(self, job_id: str) -> bool:
+        return bool(self._run("cancel", [self._job(job_id)], []))
+
+    def drop_active(self, job_id: str) -> bool:
+        """Off the reconciler's list, if the job ended or is gone."""
+        return bool(self._run("drop_active", [self._job(job_id), self.ACTIVE], [job_id]))
+
+    # reading
+    def get(self, job_id: str) -> JobInfo | None:
+        meta = self.r.hgetall(self._job(job_id))
+        return JobInfo(job_id, meta) if meta else None
+
+    def jobs(self, limit: int = 50, offset: int = 0) -> list[JobInfo]:
+        """Newest first, one page."""
+        ids = self.r.zrevrange(self.JOBS, offset, offset + limit - 1)
+        return [info for job_id in ids if (info := self.get(job_id))]
+
+    def active(self) -> list[str]:
+        return sorted(self.r.smembers(self.ACTIVE))
+
+    def specs(self, job_id: str, render_ids: list[str] | None = None) -> list[Render]:
+        """Of ``render_ids`` (HMGET, a thousand at a time), or all (HSCAN, in pages): no single
+        command grows with the job, so a 100,000-render job never blocks Redis."""
+        if render_ids is None:
+            raw = [v for _, v in self.r.hscan_iter(self._specs(job_id), count=500)]
+        else:
+            raw = [
+                x
+                for i in range(0, len(render_ids), 1000)
+                for x in self.r.hmget(self._specs(job_id), render_ids[i : i + 1000])
+                if x
+            ]
+        return [Render.from_dict(json.loads(x)) for x in raw]
+
+    def states(self, job_id: str) -> dict[str, dict[str, Any]]:
+        return {k: json.loads(v) for k, v in self.r.hscan_iter(self._states(job_id), count=1000)}
+
+    def failed(self, job_id: str, limit: int = 50) -> list[str]:
+        """Up to ``limit`` failed render ids, sorted, read from the job's failed set in small
+        pages: what ``status`` shows costs the same for any size of job."""
+        found: list[str] = []
+        for render_id in self.r.sscan_iter(self._failed(job_id), count=100):
+            found.append(render_id)
+            if len(found) >= limit:
+                break
+        return sorted(found)
+
+    def state(self, job_id: str, render_id: str) -> dict[str, Any] | None:
+        raw = self.r.hget(self._states(job_id), render_id)
+        return json.loads(raw) if raw else None
+
+    def with_status(self, job_id: str, status: str, among: list[str] | None = None) -> list[str]:
+        """Render ids in one state: of ``among`` (HMGET, a thousand at a time), or of the whole
+        job (HSCAN, in pages), so a big job never blocks Redis."""
+        if among is None:
+            pairs = self.r.hscan_iter(self._states(job_id), count=1000)
+        else:
+            pairs = (
+                pair
+                for i in range(0, len(among), 1000)
+                for pair in zip(
+                    among[i : i + 1000],
+                    self.r.hmget(self._states(job_id), among[i : i + 1000]),
+                    strict=True,
+                )
+            )
+        return [rid for rid, raw in pairs if raw and json.loads(raw)["status"] == status]
+
+    def holds(self, held: Held, owner: str) -> bool:
+        """Whether this attempt still holds its render (checked before an output is written)."""
+        return self.r.hget(self.RUNNING, held.field) == f"{owner} {held.attempt}"
+
+    # render transitions
+    def claim(
+        self,
+        job_id: str,
+        render_id: str,
+        owner: str,
+        liveness: float,
+        max_crashes: int,
+        dead_owner: str = "",
+        task: str = "",
+    ) -> Claim:
+        """Take a render for ``owner`` as a new attempt. A render running under another owner
+        whose heartbeat is older than ``liveness`` seconds (or ``dead_owner``, known dead)
+        counts a crash. ``task`` is the claiming task's id (its errback fails only these)."""
+        keys = [
+            self._job(job_id),
+            self._states(job_id),
+            self._crashes(job_id),
+            self.RUNNING,
+            self.HEARTBEATS,
+        ]
+        fld = running_field(job_id, render_id)
+        reaped = self._reaped(job_id, render_id)
+        args = [render_id, owner, liveness, max_crashes, dead_owner, fld, task, reaped]
+        outcome, detail, attempt = self._run("claim", keys, args)
+        if outcome == "claimed":
+            return Claim("claimed", crashes=int(detail), attempt=int(attempt))
+        if outcome == "gave_up":
+            return Claim("gave_up", crashes=max_crashes, complete=detail == "2")
+        return Claim(outcome, detail=detail)
+
+    def finish(self, held: Held, status: str, **fields: Any) -> str:
+        """Record a terminal state for the attempt that holds the render: ``recorded``,
+        ``complete`` (recorded, and it ended the job's last render), ``ended`` (already
+        terminal), ``superseded`` (another attempt holds it: refused) or ``missing``."""
+        assert status in TERMINAL, status
+        record = json.dumps({"status": status, **fields})
+        keys = [self._job(held.job_id), self._states(held.job_id), self.RUNNING, self.METRICS]
+        args = [held.render_id, status, record, held.field, held.attempt]
+        return FINISH[int(self._run("finish", keys, args))]
+
+    def release(
+        self, held: Held, owner: str, device_error: bool = False, max_device_errors: int = 0,
+        reason: str = "",
+    ) -> str:  # fmt: skip
+        """Back to pending, if this attempt holds it (a transient, configuration or device
+        error is no crash): ``released``; with ``device_error``, one counted against the
+        render, and at ``max_device_errors`` ``failed`` (or ``complete``: it ended the job)
+        instead; else ``superseded``, ``ended`` or ``missing``."""
+        keys = [
+            self._job(held.job_id),
+            self._states(held.job_id),
+            self.RUNNING,
+            self._devices(held.job_id),
+            self.METRICS,
+        ]
+        args = [held.render_id, owner, held.field, held.attempt]
+        args += ["1" if device_error else "", max_device_errors, reason]
+        outcome, detail = self._run("release", keys, args)
+        return "complete" if outcome == "failed" and detail == "2" else outcome
+
+    def reap(self, job_id: str, render_id: str, silent_owner: str, max_crashes: int) -> Claim:
+        """A render whose owner went silent: one crash, then pending again (or failed at the
+        cap). Taken back if the owner's heartbeat resumes."""
+        keys = [
+            self._job(job_id),
+            self._states(job_id),
+            self._crashes(job_id),
+            self.RUNNING,
+            self._reaped(job_id, render_id),
+        ]
+        args = [render_id, silent_owner, max_crashes, running_field(job_id, render_id)]
+        outcome, detail = self._run("reap", keys, args)
+        if outcome == "gave_up":
+            return Claim("gave_up", crashes=max_crashes, complete=detail == "2")
+        return Claim(outcome, crashes=int(detail))
+
+    def fail_task(self, job_id: str, task: str, render_ids: list[str], reason: str) -> bool:
+        """Fail the renders that task ``task`` claimed and still holds (its errback); True if
+        that ended the job's last render."""
+        keys = [self._job(job_id), self._states(job_id), self.RUNNING, self.METRICS]
+        _, complete = self._run("fail_task", keys, [task, reason, job_id, *render_ids])
+        return bool(complete)
+
+    def crashes(self, job_id: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(self._crashes(job_id)).items()}
+
+    def device_errors(self, job_id: str) -> dict[str, int]:
+        return {k: int(v) for k, v in self.r.hgetall(self._devices(job_id)).items()}
+
+    def reset_failed(self, job_id: str) -> list[str]:
+        keys = [
+            self._job(job_id),
+            self._states(job_id),
+            self._crashes(job_id),
+            self.ACTIVE,
+            self._specs(job_id),
+            self._devices(job_id),
+            self._failed(job_id),
+        ]
+        return list(self._run("reset_failed", keys, [job_id]))
+
+    # job transitions
+    def begin_finalize(self, job_id: str, token: str, lease: float) -> str:
+        """Lease the job's end for one finalize: ``ok``, ``busy`` (another holds it), or the
+        job's status if it is not finalizing."""
+        return self._run("begin_finalize", [self._job(job_id)], [token, lease])
+
+    def end_job(self, job_id: str, status: str = "done", reason: str = "", token: str = "") -> str:
+        """finalizing -> done (cancelled if a cancel was asked for) or failed with a reason, by
+        the finalize holding the lease (``token``; '' for anyone). Returns the end's time
+        (the webhook's delivery id derives from it) to exactly one caller, else ''."""
+        assert status in ("done", "failed"), status
+        keys = [self._job(job_id), self.ACTIVE, *self._job_keys(job_id)[1:]]
+        outcome, finished = self._run(
+            "end_job", keys, [job_id, status, reason, self.job_ttl, token]
+        )
+        return finished if outcome == "ok" else ""
+
+    # webhook deliveries
+    def claim_delivery(
+        self, job_id: str, delivery: str, token: str, lease: float
+    ) -> tuple[str, int]:
+        """(``claimed`` | ``delivered`` | ``busy`` | ``stale``, attempts so far)."""
+        outcome, attempts = self._run(
+            "claim_delivery", [self._job(job_id)], [delivery, token, lease]
+        )
+        return outcome, int(attempts)
+
+    def delivery_outcome(
+        self, job_id: str, delivery: str, token: str, status: str, outcome: str, hold: float = 0
+    ) -> bool:
+        keys = [self._job(job_id), self.METRICS]
+        return bool(self._run("delivery_outcome", keys, [delivery, token, status, outcome, hold]))
+
+    # schedules
+    def claim_slot(self, name: str, label: str, job_id: str) -> str | None:
+        """Claim a schedule slot for a job: None if claimed now, else the job that holds it."""
+        key = f"{PREFIX}:slot:{name}:{label}"
+        if self.r.set(key, job_id, nx=True, ex=400 * 24 * 3600):
+            return None
+        return self.r.get(key)
+
+    def beat_marker(self, name: str) -> float | None:
+        """The last slot beat fired for a scheduled manifest (UTC timestamp), or None."""
+        value = self.r.get(f"{PREFIX}:beat:last:{name}")
+        return float(value) if value is not None else None
+
+    def set_beat_marker(self, name: str, timestamp: float, if_absent: bool = False) -> bool:
+        return bool(self.r.set(f"{PREFIX}:beat:last:{name}", timestamp, nx=if_absent))
+
+    # locks
+    def lease(self, name: str, token: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``token``; False while another holds it."""
+        ms = max(1, int(seconds * 1000))
+        return bool(self._run("lock", [f"{PREFIX}:lock:{name}"], [token, ms]))
+
+    def let_go(self, name: str, token: str) -> None:
+        self._run("unlock", [f"{PREFIX}:lock:{name}"], [token])
+
+    @staticmethod
+    def token() -> str:
+        return secrets.token_hex(8)
+
+    # worker liveness
+    def beat(self, owner: str, description: dict[str, Any], held: list[Held] = ()) -> Beat:
+        """Record that ``owner`` (a worker process) is alive, and learn which of the renders
+        it holds have been taken from it."""
+        keys = [self.HEARTBEATS, self.WORKERS, self.RUNNING]
+        args: list[Any] = [owner, json.dumps(description)]
+        for h in held:
+            args += [h.job_id, h.render_id, h.attempt]
+        t, stale = self._run("beat", keys, args)
+        return Beat(float(t), set(stale))
+
+    def forget(self, owner: str, silent_before: float | None = None) -> bool:
+        """Drop a worker from the roll (only if still silent since ``silent_before``)."""
+        args = [owner, "" if silent_before is None else silent_before]
+        return bool(self._run("forget", [self.HEARTBEATS, self.WORKERS], args))
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Every known worker process: its description, health and seconds since its beat."""
+        now = self.now()
+        beats = dict(self.r.zrange(self.HEARTBEATS, 0, -1, withscores=True))
+        out = {}
+        for owner, raw in self.r.hgetall(self.WORKERS).items():
+            out[owner] = {**json.loads(raw), "age": now - beats.get(owner, 0.0)}
+        return out
+
+    def beating(self) -> set[str]:
+        return set(self.r.zrange(self.HEARTBEATS, 0, -1))
+
+    def silent_owners(self, liveness: float) -> list[str]:
+        """Owners whose last heartbeat is older than ``liveness`` seconds."""
+        return list(self.r.zrangebyscore(self.HEARTBEATS, "-inf", self.now() - liveness))
+
+    def running_renders(self) -> list[tuple[str, str, str]]:
+        """(job, render, owner) for every running render, fleet-wide."""
+        out = []
+        for fld, value in self.r.hscan_iter(self.RUNNING, count=1000):
+            job_id, render_id = fld.split(" ", 1)
+            out.append((job_id, render_id, value.rsplit(" ", 1)[0]))
+        return out
+
+    def fleet_counters(self) -> dict[str, str]:
+        return self.r.hgetall(self.METRICS)
+
+    # retention
+    def memory(self, job_id: str) -> int:
+        """Bytes the job's state takes in Redis."""
+        return sum(self.r.memory_usage(key) or 0 for key in self._job_keys(job_id))
+
+    def gc(self, older_than: float | None = None) -> dict[str, int]:
+        """Delete now every ended job that finished more than ``older_than`` seconds ago
+        (default: the retention, ``job_ttl``), and drop ids of jobs already expired from the
+        index. Running jobs are never touched. Returns what was freed."""
+        older_than = self.job_ttl if older_than is None else older_than
+        cutoff = self.now() - older_than
+        freed = {"jobs": 0, "bytes": 0, "expired_ids": 0}
+        for job_id in self.r.zrange(self.JOBS, 0, -1):
+            info = self.get(job_id)
+            if info is None:
+                self.r.zrem(self.JOBS, job_id)
+                freed["expired_ids"] += 1
+            elif info.terminal and float(info.meta.get("finished") or 0) <= cutoff:
+                freed["bytes"] += self.memory(job_id)
+                self.delete(job_id)
+                freed["jobs"] += 1
+        return freed
+
+    # reports
+    def summary(self, job_id: str) -> Summary:
+        info = self.get(job_id)
+        if info is None:
+            raise KeyError(job_id)
+        states = self.states(job_id)
+        records = []
+        order = lambda r: (r.content, r.style, parse_size(r.size).pixels, str(r.size))  # noqa: E731
+        for render in sorted(self.specs(job_id), key=order):
+            record = RenderRecord.of(render, info.location.uri_of(render.key))
+            state = states.get(render.id, {})
+            record.status = state.get("status", "pending")
+            if record.status == "running":
+                record.status = "pending"
+            record.seconds = state.get("seconds")
+            record.error = state.get("error")
+            record.weights_id = state.get("weights_id")
+            record.losses = state.get("losses")
+            record.rendered_by = state.get("rendered_by")
+            record.device = state.get("device")
+            record.pixel_iterations = state.get("pixel_iterations")
+            records.append(record)
+        return Summary(
+            job_id=job_id,
+            name=info.meta["name"],
+            source=info.meta["source"],
+            output=str(info.location),
+            weights=info.meta["weights"],
+            renders=records,
+            started=float(info.meta["created"]),
+            finished=float(info.meta["finished"]) if "finished" in info.meta else None,
+        )

@@ -1,0 +1,190 @@
+"""The shape of the code, enforced: one module writes Redis, one knows the broker's layout
+(checked against the installed kombu and KEDA's triggers), no import cycles, and imports go
+down only (workers never import the scheduler; a plan followed into submit reaches only
+common/)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common import broker
+from tests.conftest import ROOT
+
+PACKAGES = ("common", "scheduler", "workers")
+STATE_MODULES = {"common.state", "common.redis_client"}  # the store; how to reach Redis
+
+
+def modules() -> dict[str, ast.Module]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            out[name] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def imports(tree: ast.Module) -> set[str]:
+    """Project modules a module imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in found if m.split(".")[0] in PACKAGES}
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    # a submodule importing a sibling through its package (`from pkg import sibling`) is no
+    # edge up to the package itself
+    return {
+        name: {m for m in imports(tree) if m in mods and m != name and not name.startswith(m + ".")}
+        for name, tree in mods.items()
+    }
+
+
+def test_only_the_state_module_touches_the_redis_client():
+    offenders = []
+    for name, tree in modules().items():
+        if name in STATE_MODULES:
+            continue
+        for node in ast.walk(tree):
+            raw = isinstance(node, ast.Attribute) and node.attr in ("r", "_r", "register_script")
+            made = (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("Redis", "StrictRedis", "Sentinel")
+            )
+            if raw or made:
+                offenders.append(f"{name}:{node.lineno}")
+    assert offenders == [], "Redis reached outside common/state.py: " + ", ".join(offenders)
+
+
+def test_the_read_only_view_refuses_writes(redis_server):
+    from common.state import JobStore
+
+    read = JobStore.from_url(redis_server.url(db=6)).read
+    assert read.get("nothing") is None and read.pipeline().llen("x").execute() == [0]
+    for write in ("set", "hset", "delete", "lpush", "eval", "execute_command", "flushdb"):
+        with pytest.raises(AttributeError, match="only common/state.py writes"):
+            getattr(read, write)
+
+
+def test_no_import_cycles_and_imports_go_down(graph):
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        seen = set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return [*path, nxt]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    cycles = [c for m in graph if (c := cycle_from(m))]
+    assert cycles == [], f"import cycles: {cycles[:3]}"
+    for name, deps in graph.items():
+        if name.startswith("workers"):
+            assert not {d for d in deps if d.startswith("scheduler")}, name
+        if name.startswith("common"):
+            assert not {d for d in deps if d.startswith(("scheduler", "workers"))}, name
+
+
+def test_a_plan_followed_into_submit_reaches_only_common(graph):
+    reached, todo = set(), ["scheduler.submit"]
+    while todo:
+        for dep in graph[todo.pop()]:
+            if dep not in reached:
+                reached.add(dep)
+                todo.append(dep)
+    assert all(m.startswith("common") for m in reached), sorted(reached)
+    assert {"common.state", "common.dispatch", "common.broker"} <= reached
+
+
+def test_one_place_sends_finalize():
+    senders = []
+    for name, tree in modules().items():
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("send_task", "apply_async", "delay", "signature")
+                and any(isinstance(a, ast.Name) and a.id == "FINALIZE_TASK" for a in node.args)
+            ):
+                senders.append(name)
+    assert senders == ["common.dispatch"], senders
+
+
+def test_the_broker_layout_is_kombus(redis_server):
+    """The names this project reads are the ones the installed kombu writes: a real task
+    published through kombu is found where common/broker.py looks."""
+    from kombu.transport import redis as kombu_redis
+
+    from common.dispatch import queued_jobs
+    from common.queue import RENDER_QUEUE, RENDER_TASK, make_app
+    from common.settings import Settings
+    from common.state import JobStore
+
+    url = redis_server.url(db=7)
+    store = JobStore.from_url(url)
+    store.r.flushdb()
+    app = make_app(Settings(redis_url=url))
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert isinstance(channel, kombu_redis.Channel)
+        assert (channel.sep, list(channel.priority_steps)) == (
+            broker.SEP,
+            list(broker.PRIORITY_STEPS),
+        )
+        assert (channel.unacked_key, channel.unacked_index_key) == (
+            broker.UNACKED,
+            broker.UNACKED_INDEX,
+        )
+        for p in broker.PRIORITY_STEPS:
+            assert channel._q_for_pri(RENDER_QUEUE, p) == broker.queue_key(RENDER_QUEUE, p)
+    for priority in (0, 4, 9):
+        app.send_task(
+            RENDER_TASK,
+            kwargs={"job_id": f"job-{priority}", "render_ids": []},
+            queue=RENDER_QUEUE,
+            priority=priority,
+        )
+    assert queued_jobs(store) == {"job-0", "job-4", "job-9"}
+    depths = {(q, p): n for q, p, n, _ in broker.depths(store.read, [RENDER_QUEUE])}
+    assert sum(depths.values()) == 3 and depths[(RENDER_QUEUE, 9)] == 1
+
+
+def test_keda_scales_on_the_lists_kombu_writes():
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "keda.yaml").read_text()))
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    lists = [t["metadata"]["listName"] for t in scaled["spec"]["triggers"]]
+    assert lists == broker.queue_keys("render")
+
+
+def test_lua_scripts_ship_with_the_package():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert '"lua/*.lua"' in text
+    assert all(p.read_text().startswith("--") for p in (ROOT / "common" / "lua").glob("*.lua"))
+
+
+def test_docs_draw_the_module_graph():
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    for module in (
+        "common/state.py",
+        "common/dispatch.py",
+        "common/broker.py",
+        "workers/watchdog.py",
+    ):
+        assert module in doc
+    assert Path(ROOT / "common" / "lua").is_dir()
