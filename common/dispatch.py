@@ -18,6 +18,7 @@ from common.queue import (
     FAILED_TASK,
     FINALIZE_TASK,
     MAX_BATCH_PIXELS,
+    NOTIFY_TASK,
     RENDER_QUEUE,
     RENDER_TASK,
     celery_priority,
@@ -35,6 +36,12 @@ def finalize(app: Celery, job_id: str) -> None:
     render (``complete``; decided in common/lua/prelude.lua), or when the watchdog finds a
     finalize lost; a duplicate is harmless (begin_finalize leases the job's end)."""
     app.send_task(FINALIZE_TASK, args=[job_id])
+
+
+def notify(app: Celery, job_id: str, delivery: str) -> None:
+    """Send a job end's webhook delivery: once by the finalize that ended the job, again by
+    the watchdog while it is owed and no notify task holds it."""
+    app.send_task(NOTIFY_TASK, args=[job_id, delivery])
 
 
 def settle(app: Celery, job_id: str, outcome: str | bool) -> None:

@@ -169,6 +169,7 @@ class Held:
     job_id: str
     render_id: str
     attempt: int
+    owner: str = ""  # the claiming process ('' in tests: the attempt alone fences)
 
     @property
     def field(self) -> str:
@@ -257,6 +258,7 @@ class JobStore:
             self._crashes(job_id),
             self._devices(job_id),
             self._failed(job_id),
+            f"{PREFIX}:job:{job_id}:pauses",  # beat.lua derives the same name
         ]
 
     def count_failure(self, what: str) -> None:
@@ -446,7 +448,7 @@ class JobStore:
         assert status in TERMINAL, status
         record = json.dumps({"status": status, **fields})
         keys = [self._job(held.job_id), self._states(held.job_id), self.RUNNING, self.METRICS]
-        args = [held.render_id, status, record, held.field, held.attempt]
+        args = [held.render_id, status, record, held.field, held.attempt, held.owner]
         return FINISH[int(self._run("finish", keys, args))]
 
     def release(
@@ -542,6 +544,25 @@ class JobStore:
     ) -> bool:
         keys = [self._job(job_id), self.METRICS]
         return bool(self._run("delivery_outcome", keys, [delivery, token, status, outcome, hold]))
+
+    WEBHOOKS = f"{PREFIX}:webhooks"  # jobs whose end's delivery is owed (end_job.lua)
+
+    def owed_webhooks(self, older_than: float) -> list[tuple[str, str]]:
+        """(job, delivery id) for each job end, ``older_than`` seconds ago or more, whose
+        webhook is neither delivered nor given up and that no notify task holds now (its
+        message was lost, or its claim ran out)."""
+        now = self.now()
+        out = []
+        for job_id in sorted(self.r.smembers(self.WEBHOOKS)):
+            job = self._job(job_id)
+            delivery, until, finished = self.r.hmget(
+                job, "webhook_delivery", "webhook_until", "finished"
+            )
+            if delivery is None:  # the job is gone
+                self.r.srem(self.WEBHOOKS, job_id)
+            elif float(until or 0) < now and float(finished or now) <= now - older_than:
+                out.append((job_id, delivery))
+        return out
 
     # schedules
     def claim_slot(self, name: str, label: str, job_id: str) -> str | None:

@@ -311,3 +311,50 @@ def test_an_ended_job_expires_a_retried_one_lasts_and_gc_frees_ended_jobs(job):
     freed = store.gc(older_than=0)
     assert freed["jobs"] == 1 and freed["bytes"] > 0
     assert not any(store.r.exists(k) for k in keys) and store.jobs() == []
+
+
+def test_an_old_jobs_worker_cannot_finish_a_forced_resubmits_attempt(job, plan):
+    store, job_id, rid = job
+    old = take(store, job_id, rid, "A")
+    assert store.create(plan, force=True)  # `submit --force`: attempts start again
+    new = store.claim(job_id, rid, "B", LIVE, CAP)
+    assert new.attempt == old.attempt
+    stale = Held(job_id, rid, old.attempt, "A")
+    assert store.finish(stale, "failed", error="old job's render") == "superseded"
+    assert store.finish(Held(job_id, rid, new.attempt, "B"), "done") == "complete"
+
+
+def test_a_render_that_stalls_every_worker_still_reaches_the_crash_cap(job):
+    store, job_id, rid = job
+    outcomes = []
+    for owner in "ABCDEFGH":
+        store.beat(owner, {})
+        claim = store.claim(job_id, rid, owner, LIVE, CAP)
+        if claim.outcome != "claimed":
+            break
+        reaped = store.reap(job_id, rid, owner, CAP)
+        outcomes.append(reaped.outcome)
+        store.beat(owner, {}, [Held(job_id, rid, claim.attempt, owner)])  # it resumes
+    # two pauses are taken back; after that each stall is a crash, up to the cap
+    assert outcomes == ["requeued"] * 4 + ["gave_up"]
+    assert store.state(job_id, rid)["status"] == "failed"
+
+
+def test_an_owed_webhook_is_found_again_until_delivered(store, plan):
+    from common.manifest import Notify
+
+    manifest = plan.manifest.model_copy(update={"notify": Notify(webhook="http://127.0.0.1:9/h")})
+    plan = dataclasses.replace(plan, manifest=manifest)
+    store.create(plan)
+    job_id, rid = plan.job_id, plan.renders[0].id
+    store.beat("A", {})
+    store.finish(take(store, job_id, rid, "A"), "done")
+    store.begin_finalize(job_id, "f", 60)
+    store.end_job(job_id, "done", token="f")  # ... and the finalize dies before sending notify
+    delivery = store.get(job_id).meta["webhook_delivery"]
+    assert store.owed_webhooks(older_than=3600) == []  # just ended: its notify may be queued
+    assert store.owed_webhooks(older_than=0) == [(job_id, delivery)]
+    store.claim_delivery(job_id, delivery, "n1", 60)
+    assert store.owed_webhooks(older_than=0) == []  # a notify task holds it
+    store.delivery_outcome(job_id, delivery, "n1", "delivered", "delivered")
+    assert store.owed_webhooks(older_than=0) == [] and not store.r.smembers(store.WEBHOOKS)

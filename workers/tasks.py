@@ -3,9 +3,11 @@ renders (never in a parent that forks), and the engine is then kept for the proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from celery.worker.request import Request
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
+from common.dispatch import notify as notify_job
 from common.dispatch import redrive, settle
 from common.errors import ConfigError, DeviceError, StylebatchError, TransientError
 from common.params import schedule
@@ -205,7 +208,7 @@ def render(
             if claim.outcome != "claimed":
                 ignored.append({"render": spec.id, "why": claim.outcome, "detail": claim.detail})
                 continue
-            held = Held(job_id, spec.id, claim.attempt)
+            held = Held(job_id, spec.id, claim.attempt, owner)
             claimed.append(held)
             beat.hold(held)
             if claim.crashes:
@@ -415,7 +418,7 @@ def finalize(self, job_id: str) -> dict[str, Any]:
     bucket gone, access denied), the job ends ``failed`` with the reason. Outputs are kept."""
     jobs = store()
     token = self.request.id or jobs.token()
-    lease = max(2 * settings.stall_after, 60.0)
+    lease = max(settings.stall_after, 10.0)
     began = jobs.begin_finalize(job_id, token, lease)
     if began != "ok":
         return {"ignored": f"job is {began or 'gone'}"}
@@ -423,10 +426,11 @@ def finalize(self, job_id: str) -> dict[str, Any]:
     if info is None:
         return {"ignored": "job not found"}
     try:
-        summary = jobs.summary(job_id)
-        summary.engine = ENGINE_VERSION
-        summary.finished = time.time()
-        publish(open_storage(info.location, settings), summary, settings)
+        with _renewing(lambda: jobs.begin_finalize(job_id, token, lease), lease / 3):
+            summary = jobs.summary(job_id)
+            summary.engine = ENGINE_VERSION
+            summary.finished = time.time()
+            publish(open_storage(info.location, settings), summary, settings)
     except TransientError as exc:
         if self.request.retries < self.max_retries:
             delay = retry_delay(self.request.retries)
@@ -451,6 +455,27 @@ def finalize(self, job_id: str) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _renewing(renew: Any, every: float) -> Any:
+    """Renew a lease from a thread while a long step runs (a 100,000-render summary): the
+    lease stays short, so a finalize that dies is taken over soon, and a slow one is not."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            try:
+                renew()
+            except Exception as exc:  # Redis away: the step's own writes will tell
+                log.warning("lease not renewed: %s", exc)
+
+    thread = threading.Thread(target=run, name="stylebatch-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
 def _end_job(job_id: str, token: str, status: str, reason: str = "") -> bool:
     """End the job (once: only the lease holder can) and send its webhook delivery."""
     finished = store().end_job(job_id, status, reason, token)
@@ -458,7 +483,7 @@ def _end_job(job_id: str, token: str, status: str, reason: str = "") -> bool:
         return False
     info = store().get(job_id)
     if info is not None and info.meta.get("webhook"):
-        app.send_task(NOTIFY_TASK, args=[job_id, info.meta.get("webhook_delivery", "")])
+        notify_job(app, job_id, info.meta.get("webhook_delivery", ""))
     return True
 
 

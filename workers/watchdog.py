@@ -9,7 +9,8 @@
   ``stall_after`` seconds), or a running job with pending renders, nothing running, no
   activity for ``stall_after`` seconds and no task in the broker's queues, has its pending
   renders enqueued again. A job finalizing for ``stall_after`` seconds has its finalize sent
-  again (a lost message, or a bookkeeping worker killed mid-finalize).
+  again (a lost message, or a bookkeeping worker killed mid-finalize), and a job end whose
+  webhook is still owed with no notify task holding it has its delivery sent again.
 - A pass runs only under the fleet-wide ``watchdog`` lease, with a token, renewed before each
   step: two bookkeeping workers never run passes at once, and a pass that outlives its
   lease stops at its next step.
@@ -26,7 +27,7 @@ from typing import Any
 
 from celery import Celery
 
-from common.dispatch import finalize, queued_jobs, recover_job, redrive, settle
+from common.dispatch import finalize, notify, queued_jobs, recover_job, redrive, settle
 from common.queue import MAX_CRASHES
 from common.settings import Settings
 from common.state import JobStore, running_field
@@ -118,6 +119,11 @@ def reconcile(
                     tasks += recover_job(job_id, store, app, settings, set())
             elif not info.running and info.seconds_since("activity", now) > settings.stall_after:
                 suspects.append(job_id)
+    webhooks = 0
+    for job_id, delivery in store.owed_webhooks(settings.stall_after):
+        notify(app, job_id, delivery)  # its notify was lost, or died holding the claim
+        webhooks += 1
+        log.warning("job %s: webhook delivery %s owed; sent again", job_id, delivery)
     if suspects:
         queued = queued_jobs(store)
         for job_id in suspects:
@@ -125,7 +131,7 @@ def reconcile(
                 store.touch(job_id)  # waiting its turn: look again after another stall_after
             else:
                 tasks += recover_job(job_id, store, app, settings, queued)
-    return {"tasks": tasks, "finalizes": finalizes}
+    return {"tasks": tasks, "finalizes": finalizes, "webhooks": webhooks}
 
 
 class Watchdog:

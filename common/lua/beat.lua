@@ -1,7 +1,8 @@
 -- A worker process is alive: its heartbeat and description, and a check of the renders it
 -- says it holds. Any it no longer holds (reaped and re-claimed, or ended) come back as
 -- stale, so it stops working on them; a reap of its own that it survived (a pause, not a
--- death) has its crash taken back.
+-- death) has its crash taken back, twice per render at most (a render that stalls every
+-- process that takes it still reaches the crash cap).
 -- KEYS: heartbeats, workers, running; ARGV: owner, description (JSON), then for each held
 -- render: job id, render id, attempt
 local t = now()
@@ -17,7 +18,8 @@ for i = 3, #ARGV, 3 do
     if redis.call('GET', marker) == ARGV[1] then
       redis.call('DEL', marker)
       local crashes = 'sb:job:' .. job .. ':crashes'
-      if tonumber(redis.call('HGET', crashes, render) or 0) > 0 then
+      local pauses = redis.call('HINCRBY', 'sb:job:' .. job .. ':pauses', render, 1)
+      if pauses <= 2 and tonumber(redis.call('HGET', crashes, render) or 0) > 0 then
         redis.call('HINCRBY', crashes, render, -1)
       end
     end

@@ -10,10 +10,12 @@ redis.call('HSET', KEYS[1], 'webhook_status', ARGV[3])
 if ARGV[4] == 'delivered' then
   redis.call('HSET', KEYS[1], 'webhook_delivered', ARGV[1])
   redis.call('HDEL', KEYS[1], 'webhook_owner', 'webhook_until')
+  redis.call('SREM', 'sb:webhooks', string.sub(KEYS[1], 8))
 elseif ARGV[4] == 'retrying' then
   redis.call('HSET', KEYS[1], 'webhook_until', now() + tonumber(ARGV[5]))
 else
   redis.call('HDEL', KEYS[1], 'webhook_owner', 'webhook_until')
+  redis.call('SREM', 'sb:webhooks', string.sub(KEYS[1], 8))
   if ARGV[4] == 'failed' then redis.call('HINCRBY', KEYS[2], 'failures:webhook', 1) end
 end
 return 1

@@ -2,13 +2,14 @@
 -- skipped | failed | cancelled, counted once. Any other attempt is superseded: refused and
 -- counted as such, never as an outcome. Returns 2 when it ended the job's last render.
 -- KEYS: job, states, running, fleet metrics
--- ARGV: render, status, record (JSON), running field, attempt
+-- ARGV: render, status, record (JSON), running field, attempt, owner ('' = any)
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return -1 end
 local state = cjson.decode(raw)
 local status = state['status']
 if status ~= 'pending' and status ~= 'running' then return 0 end
-if status ~= 'running' or tonumber(state['attempt']) ~= tonumber(ARGV[5]) then
+if status ~= 'running' or tonumber(state['attempt']) ~= tonumber(ARGV[5])
+    or (ARGV[6] ~= '' and state['owner'] ~= ARGV[6]) then
   superseded(KEYS[4])
   return -2
 end
@@ -21,7 +22,7 @@ redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(record))
 if type(record['device']) == 'string' and tonumber(record['seconds']) then
   local seconds = tonumber(record['seconds'])
   redis.call('HINCRBYFLOAT', KEYS[1], 'cost:seconds:' .. record['device'], seconds)
-  redis.call('HINCRBYFLOAT', KEYS[1], 'cost:pixel_iterations', record['pixel_iterations'] or 0)
+  redis.call('HINCRBYFLOAT', KEYS[1], 'cost:pixel_iterations', tonumber(record['pixel_iterations']) or 0)
   redis.call('HINCRBYFLOAT', KEYS[4], 'device_seconds:' .. record['device'], seconds)
   local bucket = '+Inf'
   for _, le in ipairs({__BUCKETS__}) do
