@@ -175,7 +175,7 @@ class Harness:
             from tests.services import SentinelSet
 
             self.sentinels = SentinelSet(self.folder / "sentinel")
-            self.redis_port = self.sentinels.primary_port()
+            self.redis_port = self.sentinels.master()
         else:
             self.redis = RedisServer(self.folder, appendonly=True)
             self.redis_port = self.redis.port
@@ -598,6 +598,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         h.jobs |= {j.job_id for j in h.store.jobs(limit=1000)}
         settled = h.settle(240 if args.short else 900)
         report = check(h)
+        logs = {p.name: p.read_text(errors="replace") for p in h.folder.glob("*.log")}
+        report["abandoned_stale"] = sum(
+            t.count("was taken from this process") for n, t in logs.items() if n.startswith("cpu")
+        )
+        report["reaped"] = logs.get("bookkeeping.log", "").count("is silent; re-driven")
         if not beat_alive:
             report["problems"].append("beat died")
         if slots == 0:

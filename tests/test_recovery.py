@@ -239,3 +239,33 @@ def test_a_worker_with_a_broken_device_steps_aside(fleet, tmp_path):
     assert sum(idle.store.device_errors(job_id).values()) == 3
     log = broken.log.read_text(errors="replace")
     assert "device error (3 in a row)" in log and "stepping aside" in log
+
+
+def test_a_worker_whose_weights_cannot_load_steps_aside_and_fails_nothing(fleet, tmp_path):
+    """A misconfigured worker (its weights setting is not the fleet's, so the job's weights
+    are none it may read) must not fail the queue: it hands its renders back, says why in
+    its heartbeat and exits 4; a healthy worker renders them."""
+    idle = Fleet(tmp_path, fleet.redis_server, fleet.s3_server, fleet.weights, db=11)
+    idle.store.r.flushdb()
+    argv, env = worker_commands([], "broken", cpu_workers=1, bookkeeping=False)[0]
+    env = {**idle.env, **env, "STYLEBATCH_WEIGHTS": str(tmp_path / "missing-vgg19.pth")}
+    broken = Worker(argv, env, tmp_path / "broken.log")
+    broken.wait_ready()
+    contents = ["tubingen", "shipwreck"]
+    job_id = idle.submit(manifest(tmp_path, "misconfigured", contents, ["wave"], sizes=(36,)))
+    try:
+        assert broken.proc.wait(120) == 4  # EXIT_MISCONFIGURED
+        listed = idle.cli("workers").stdout
+        assert "UNHEALTHY" in listed and "configuration" in listed
+        info = idle.store.get(job_id)
+        assert info.count("failed") == 0 and info.running == 0  # handed back, not failed
+        idle.start(["cpu0", "bookkeeping"])
+        idle.wait_done(job_id, timeout=120)
+    finally:
+        broken.stop()
+        idle.stop()
+    info = idle.store.get(job_id)
+    assert info.count("failed") == 0 and info.count("done") == 2
+    assert idle.store.crashes(job_id) == {}
+    log = broken.log.read_text(errors="replace")
+    assert "stepping aside (exit 4): configuration: weights" in log

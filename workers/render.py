@@ -205,9 +205,9 @@ class Renderer:
             except (WeightsError, OSError) as exc:
                 raise ConfigError(f"weights {self.weights}: cannot be loaded: {exc}") from None
             except InputError as exc:
-                if "changed after the job was planned" in str(exc) or "not allowed" in str(exc):
-                    raise  # the job's weights, not this worker: fails its renders
-                raise ConfigError(str(exc)) from None
+                if "changed after the job was planned" in str(exc):
+                    raise  # replaced since submit: the job's to fix (submit again)
+                raise ConfigError(f"weights: {exc}") from None  # this worker cannot reach them
         return self._engine
 
     @property

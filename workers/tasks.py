@@ -151,6 +151,10 @@ def _exit_status(sender: Any = None, **_: Any) -> None:
         sender.exitcode = int(status) if status.isdigit() else EXIT_SICK
 
 
+class Superseded(BaseException):  # a stop, not an error: it passes `except Exception`
+    """Every render of a batch was taken by newer attempts: stop optimising at once."""
+
+
 class RenderTask(Task):
     Request = RenderRequest
 
@@ -237,6 +241,9 @@ def render(
             "transient failure, retry %d in %.0f s: %s", self.request.retries + 1, delay, exc
         )
         raise self.retry(exc=exc, countdown=delay) from None
+    except Superseded:
+        log.warning("job %s: every render of this task was taken over; stopped", job_id)
+        return {"rendered": [], "superseded": [h.render_id for h in claimed]}
     except ConfigError as exc:
         return _misconfigured(job_id, claimed, owner, beat, exc)
     except DeviceError as exc:
@@ -309,6 +316,8 @@ def _render(task, info, ready, storage, size, beat: Heartbeat) -> dict[str, Any]
     began = time.monotonic()
 
     def on_step(scale: int, scales: int, iteration: int, iterations: int) -> None:
+        if not any(beat.holds(h) for h in held_of.values()):
+            raise Superseded  # the heartbeat learnt that newer attempts have them all
         now = time.monotonic()
         if now - last[0] >= 1.0 or iteration == iterations:
             last[0] = now
