@@ -195,6 +195,12 @@ def app(store: JobStore, settings: Settings, auth: str = "") -> Any:
 
 
 def serve(store: JobStore, settings: Settings, bind: str, port: int, auth: str) -> None:
+    """Serve until SIGTERM or SIGINT, then return (exit status 0). The handlers are installed
+    explicitly: as a container's PID 1 a process gets no default action for SIGTERM, so
+    without them `docker compose stop` or a pod's deletion waits out the grace period and
+    kills it."""
+    import signal
+    import threading
     from wsgiref.simple_server import WSGIRequestHandler, make_server
 
     class Quiet(WSGIRequestHandler):
@@ -202,6 +208,17 @@ def serve(store: JobStore, settings: Settings, bind: str, port: int, auth: str) 
             pass
 
     with make_server(bind, port, app(store, settings, auth), handler_class=Quiet) as server:
+
+        def stop(signum: int, _frame: Any) -> None:
+            # shutdown() waits for serve_forever() to return, which runs in this thread
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         started = time.strftime("%H:%M:%S")
         print(f"{started} serving stylebatch metrics on http://{bind}:{port}/metrics", flush=True)
-        server.serve_forever()
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        print(f"{time.strftime('%H:%M:%S')} stylebatch metrics stopped", flush=True)

@@ -22,8 +22,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.expand import plan_job
-from common.state import Held, JobStore
 from common.queue import make_app
+from common.state import Held, JobStore
 from scheduler.metrics import NAMES, app
 from scheduler.submit import submit
 from tests.conftest import ROOT, local_settings, tiny_manifest, write_manifest
@@ -182,3 +182,69 @@ def test_help_says_what_the_tool_is_with_no_type_tags():
         text = cli(command, "--help", url="redis://127.0.0.1:1/0").stdout
         options = [line for line in text.splitlines() if line.strip().startswith("-")]
         assert options and not [line for line in options if re.search(r"<\w+>", line)], text
+
+
+def can_be_pid1() -> bool:
+    """Whether this machine lets a test start a process as PID 1 of a new PID namespace."""
+    unshare = shutil.which("unshare")
+    return bool(unshare) and subprocess.run([unshare, "-pf", "true"]).returncode == 0
+
+
+@pytest.mark.parametrize("pid1", [False, True], ids=["subprocess", "pid1"])
+def test_metrics_server_stops_at_once_on_sigterm(redis_server, pid1):
+    """As a container's PID 1 a process gets no default action for SIGTERM: `stylebatch
+    metrics` installs its own handler, so `docker compose stop` or a pod's deletion stops it at
+    once with status 0 instead of waiting out the grace period to kill it. Run both as a plain
+    subprocess and, where the machine allows, as PID 1 of a PID namespace of its own, as in a
+    container (where, without a handler, SIGTERM does nothing at all)."""
+    import contextlib
+    import os
+    import signal
+    import sys
+
+    if pid1 and not can_be_pid1():
+        pytest.skip("unshare cannot make a PID namespace here (needs root or user namespaces)")
+    port = free_port()
+    argv = [sys.executable, "-m", "scheduler.cli", "metrics", "--port", str(port)]
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", *argv] if pid1 else argv,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "STYLEBATCH_REDIS_URL": redis_server.url(13),
+            "STYLEBATCH_METRICS_AUTH": "ops:s3cret",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    pid = proc.pid
+    try:
+        assert "serving stylebatch metrics" in proc.stdout.readline()
+        assert scrape(port, "ops:s3cret")[0] == 200
+        if pid1:  # the server is unshare's child, PID 1 in its namespace
+            pid = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])  # noqa: SIM115
+            info = open(f"/proc/{pid}/status").read()  # noqa: SIM115
+            assert re.search(r"^NSpid:\s+\d+\s+1$", info, re.M), info
+        caught = next(
+            line.split()[1]
+            for line in open(f"/proc/{pid}/status")  # noqa: SIM115
+            if line.startswith("SigCgt:")
+        )
+        assert int(caught, 16) & (1 << (signal.SIGTERM - 1)), "no SIGTERM handler installed"
+        assert int(caught, 16) & (1 << (signal.SIGINT - 1)), "no SIGINT handler installed"
+        os.kill(pid, signal.SIGTERM)
+        started = time.monotonic()
+        status = proc.wait(timeout=5)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # forcibly delivered, even to a namespace's PID 1
+            proc.kill()
+            proc.wait()
+    rest = proc.stdout.read()
+    assert status == 0, rest
+    assert took < 2, f"took {took:.1f} s to stop"
+    assert "stopped" in rest and "Traceback" not in rest
