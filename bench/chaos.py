@@ -366,7 +366,9 @@ class Harness:
             self.redis.start()
             kind = "restart_redis"
         elif kind in ("restart_redis", "failover_redis", "partition_worker"):
-            self.sentinels.failover()
+            from common.redis_client import planned_failover
+
+            planned_failover(self._settings())  # writes paused, replicas caught up, switched
             kind = "failover_redis"
         elif kind == "s3_outage":
             self.s3.stop()

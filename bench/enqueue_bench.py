@@ -26,9 +26,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.expand import plan_job
-from common.state import JobStore
 from common.queue import RENDER_QUEUE, make_app
 from common.settings import Settings
+from common.state import JobStore
 from scheduler.submit import submit
 
 

@@ -8,6 +8,7 @@ secret stays one setting: ``redis://:PASSWORD@ignored/0``; its host and port are
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -214,3 +215,78 @@ def celery_transport_options(settings) -> dict[str, Any]:
     if not settings.redis_sentinels:
         return {}
     return {"master_name": settings.redis_master, "sentinel_kwargs": sentinel_kwargs(settings)}
+
+
+def planned_failover(settings, timeout: float = 30.0) -> tuple[str, int]:
+    """Move the primary role to a replica without losing a write (maintenance of the primary's
+    machine); returns the new primary's address. A bare ``SENTINEL FAILOVER`` is not enough:
+    the old primary stays writable until Sentinel demotes it, some 10-15 s later, and what the
+    clients still connected to it write in that time is lost (docs/operations.md). So:
+
+    1. ``CLIENT PAUSE WRITE`` on the primary: writes wait (reads go on);
+    2. wait until every online replica has replicated all it was sent;
+    3. ``SENTINEL FAILOVER`` through one sentinel; wait until every sentinel names the new one;
+    4. ``CLIENT KILL TYPE normal`` and ``pubsub`` on the old primary: its clients reconnect,
+       ask the sentinels, and retry their waiting writes on the new primary;
+    5. ``CLIENT UNPAUSE`` (also if anything above failed: then nothing has changed).
+    """
+    if not settings.redis_sentinels:
+        raise ValueError("a planned failover needs STYLEBATCH_REDIS_SENTINELS")
+    creds = _credentials(settings)
+    tls = {"ssl": True, **_tls(settings)} if creds.pop("tls") else {}
+    sentinel = Sentinel(
+        sentinel_addresses(settings.redis_sentinels), sentinel_kwargs=sentinel_kwargs(settings)
+    )
+    name = settings.redis_master
+    host, port = sentinel.discover_master(name)
+    old = (host.decode() if isinstance(host, bytes) else host, int(port))
+    primary = redis.Redis(old[0], old[1], **creds, **tls, decode_responses=True, socket_timeout=10)
+    deadline = time.monotonic() + timeout
+
+    def wait(check, what: str) -> None:
+        while not check():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"planned failover: {what} took over {timeout} s")
+            time.sleep(0.1)
+
+    def caught_up() -> bool:
+        info = primary.info("replication")
+        online = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+        online = [r for r in online if r.get("state") == "online"]
+        return bool(online) and all(r["offset"] >= info["master_repl_offset"] for r in online)
+
+    def moved() -> bool:
+        # What clients ask (SENTINEL MASTERS, as redis-py's discover_master): during a failover
+        # GET-MASTER-ADDR-BY-NAME names the promoted replica already, MASTERS only once the
+        # failover is over.
+        seen = set()
+        for node in sentinel.sentinels:
+            try:
+                state = node.sentinel_master(name)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+            if not sentinel.check_master_state(state, name):
+                return False
+            seen.add((state["ip"], int(state["port"])))
+        return len(seen) == 1 and old not in seen
+
+    primary.execute_command("CLIENT", "PAUSE", int(timeout * 1000) + 5000, "WRITE")
+    try:
+        wait(caught_up, "the replicas catching up")
+        for node in sentinel.sentinels:  # one sentinel runs the failover
+            try:
+                node.execute_command("SENTINEL", "FAILOVER", name)
+                break
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+        else:
+            raise redis.ConnectionError("no sentinel reachable")
+        wait(moved, "the sentinels naming a new primary")
+        new = sentinel.discover_master(name)
+        primary.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        primary.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    finally:
+        primary.execute_command("CLIENT", "UNPAUSE")
+        primary.close()
+        sentinel.close()
+    return new

@@ -26,6 +26,10 @@ class Settings:
     redis_sentinels: str = ""
     redis_master: str = "stylebatch"
     redis_sentinel_password: str = field(default="", repr=False)  # if the sentinels want one
+    # Replicas that must hold a job's end (and its creation) before it is acted on (WAIT):
+    # replication is asynchronous, so a failover may otherwise lose an end that was already
+    # announced. -1: 1 with sentinels, 0 without (docs/operations.md).
+    redis_wait_replicas: int = -1
     s3_endpoint: str = ""  # empty: AWS itself
     s3_region: str = "us-east-1"
     s3_addressing: str = "path"  # path or virtual
@@ -89,6 +93,7 @@ class Settings:
             redis_sentinels=_env("STYLEBATCH_REDIS_SENTINELS"),
             redis_master=_env("STYLEBATCH_REDIS_MASTER") or default.redis_master,
             redis_sentinel_password=_env("STYLEBATCH_REDIS_SENTINEL_PASSWORD"),
+            redis_wait_replicas=int(_env("STYLEBATCH_REDIS_WAIT_REPLICAS", "-1")),
             s3_endpoint=_env("STYLEBATCH_S3_ENDPOINT", _env("AWS_ENDPOINT_URL")),
             s3_region=_env("STYLEBATCH_S3_REGION", _env("AWS_DEFAULT_REGION", default.s3_region)),
             s3_addressing=_env("STYLEBATCH_S3_ADDRESSING", default.s3_addressing),

@@ -200,9 +200,10 @@ class JobStore:
     WORKERS = f"{PREFIX}:workers"  # owner -> its description and health (JSON)
     METRICS = f"{PREFIX}:metrics"  # fleet-wide counters (scheduler/metrics.py)
 
-    def __init__(self, client: redis.Redis, job_ttl: int = 30 * 24 * 3600):
+    def __init__(self, client: redis.Redis, job_ttl: int = 30 * 24 * 3600, replicas: int = 0):
         self.r = client
         self.job_ttl = job_ttl  # seconds an ended job's state is kept (STYLEBATCH_JOB_TTL)
+        self.replicas = replicas  # that must hold an end before it is acted on (WAIT)
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPTS}
 
     @property
@@ -212,13 +213,27 @@ class JobStore:
     def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._scripts[name](keys=keys, args=args)
 
+    def _run_durably(self, name: str, keys: list[str], args: list[Any]) -> tuple[Any, bool]:
+        """Run a script, then WAIT (on the same connection) until ``replicas`` replicas hold
+        its writes: (result, whether they do). Without replicas to wait for: always held."""
+        if self.replicas <= 0:
+            return self._run(name, keys, args), True
+        pipe = self.r.pipeline(transaction=False)
+        self._scripts[name](keys=keys, args=args, client=pipe)
+        pipe.wait(self.replicas, 2000)
+        result, acked = pipe.execute()
+        return result, int(acked) >= self.replicas
+
     @classmethod
     def from_settings(cls, settings: Any, retries: int = 20) -> JobStore:
         """The store for a deployment: plain Redis or through Sentinel (common/redis_client.py),
         riding out restarts and failovers with retries."""
         from common.redis_client import client
 
-        return cls(client(settings, retries=retries), settings.job_ttl)
+        replicas = settings.redis_wait_replicas
+        if replicas < 0:
+            replicas = 1 if settings.redis_sentinels else 0
+        return cls(client(settings, retries=retries), settings.job_ttl, replicas)
 
     @classmethod
     def from_url(cls, url: str, tls_ca: str = "", retries: int = 20) -> JobStore:
@@ -317,9 +332,13 @@ class JobStore:
             self.JOBS,
             self.ACTIVE,
         ]
-        outcome = self._run("create", keys, [job_id, json.dumps(record), len(plan.renders)])
+        outcome, held = self._run_durably(
+            "create", keys, [job_id, json.dumps(record), len(plan.renders)]
+        )
         if outcome == "incomplete":  # staging keys expired or were deleted under us
             raise redis.RedisError(f"job {job_id}: staged renders incomplete; submit again")
+        if not held:  # a failover now could lose it: the caller must not report it made
+            raise redis.RedisError(f"job {job_id}: not yet on a replica; submit again")
         return outcome == "created"
 
     def mark_sent(self, job_id: str) -> None:

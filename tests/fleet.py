@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from unittest import mock
 
-from common.state import JobStore
 from common.settings import Settings
+from common.state import JobStore
 from tests.conftest import ROOT, write_manifest
 from tests.services import ACCESS_KEY, SECRET_KEY, Worker, wait_for
 from workers.launch import worker_commands

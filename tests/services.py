@@ -321,7 +321,7 @@ class SentinelSet:
             primary = self._start_node()
             for _ in range(replicas):
                 replica = self._start_node(replicaof=primary)
-                wait_for(lambda: self._linked(replica), 30, "replica in sync")
+                wait_for(lambda port=replica: self._linked(port), 30, "replica in sync")
             for _ in range(sentinels):
                 self._start_sentinel(primary)
             wait_for(self._settled, 60, "sentinels agreeing on the primary and the replica")
@@ -411,8 +411,9 @@ class SentinelSet:
         seen = set()
         for port, proc in self.sentinels.items():
             if proc.poll() is None:
-                _, master = self.sentinel(port).sentinel_get_master_addr_by_name(self.MASTER)
-                seen.add(int(master))
+                # SENTINEL MASTER, as clients ask: GET-MASTER-ADDR-BY-NAME names the promoted
+                # replica while the failover is still going on
+                seen.add(int(self.sentinel(port).sentinel_master(self.MASTER)["port"]))
         return seen
 
     def master(self) -> int:
@@ -456,8 +457,17 @@ class SentinelSet:
         self.sentinel(port).execute_command("SENTINEL", "FAILOVER", self.MASTER)
         new = self.wait_master(not_at=old, timeout=timeout)
         if rejoin:
-            wait_for(lambda: self._linked(old), timeout, f"old primary {old} following {new}")
+            self.wait_following(old, timeout)
         return new
+
+    def wait_following(self, port: int, timeout: float = 60) -> None:
+        """Wait until the node on ``port`` (an old primary) replicates from the current one."""
+
+        def following() -> bool:
+            info = self.node(port).info("replication")
+            return info.get("master_port") == self.master() and self._linked(port)
+
+        wait_for(following, timeout, f"node {port} following the primary")
 
     def kill_primary(self) -> int:
         """SIGKILL the primary (nothing gets to clean up) and return its port; the sentinels

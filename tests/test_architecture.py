@@ -74,7 +74,7 @@ def test_the_read_only_view_refuses_writes(redis_server):
     read = JobStore.from_url(redis_server.url(db=6)).read
     assert read.get("nothing") is None and read.pipeline().llen("x").execute() == [0]
     for write in ("set", "hset", "delete", "lpush", "eval", "execute_command", "flushdb"):
-        with pytest.raises(AttributeError, match="only common/state.py writes"):
+        with pytest.raises(AttributeError, match=r"only common/state\.py writes"):
             getattr(read, write)
 
 

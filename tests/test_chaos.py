@@ -35,3 +35,20 @@ def test_every_fault_kind_once_and_the_invariants_hold(tmp_path):
     }  # fmt: skip
     assert report["beat_slots"] >= 1 and report["webhook_posts"] >= report["jobs"] - 1
     assert done.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_sentinel_failover_among_the_faults_loses_nothing(tmp_path):
+    """The same with Redis as a Sentinel set (a primary, a replica, three sentinels): planned
+    failovers mid-job (writes paused, replicas caught up, clients moved) besides the rest."""
+    out = tmp_path / "chaos.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "chaos.py"), "--seed", "3", "--short",
+         "--sentinel", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["problems"] == [], done.stdout[-4000:]
+    assert report["faults"].get("failover_redis", 0) >= 1
+    assert report["settled"] and report["lost"] == 0 and report["double_counted"] == 0

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from common.expand import plan_job
-from common.state import Held, JobStore
 from common.settings import Settings
+from common.state import Held, JobStore
 from tests.conftest import run_cli, tiny_manifest, write_manifest
 
 SLOW_US = 20_000
