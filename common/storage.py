@@ -121,15 +121,19 @@ class S3Storage:
         check_output(f"s3://{self.bucket}/{self._key(key)}", self.settings)
         self._check_bucket()
         try:
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=self._key(key),
-                Body=data,
-                ContentType=content_type,
-                Metadata=metadata,
-            )
+            self._put(key, data, content_type, metadata)
         except Exception as exc:
             raise write_error(exc, self.bucket, self._key(key)) from None
+
+    def _put(self, key: str, data: bytes, content_type: str, metadata: dict, **condition) -> None:
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ContentType=content_type,
+            Metadata=metadata,
+            **condition,
+        )
 
     def _head(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
@@ -165,14 +169,7 @@ class S3Storage:
                 return meta
             condition = {"IfNoneMatch": "*"} if head is None else {"IfMatch": head["ETag"]}
             try:
-                self.client.put_object(
-                    Bucket=self.bucket,
-                    Key=self._key(key),
-                    Body=data,
-                    ContentType=content_type,
-                    Metadata=metadata,
-                    **condition,
-                )
+                self._put(key, data, content_type, metadata, **condition)
                 return None
             except Exception as exc:
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
