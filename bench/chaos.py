@@ -429,8 +429,18 @@ class Harness:
         def ended() -> bool:
             return all((i := self.store.get(j)) is not None and i.terminal for j in self.jobs)
 
+        def delivered() -> bool:  # deliveries go on after a job ends (retries, resends)
+            infos = [self.store.get(j) for j in self.jobs]
+            return all(
+                i is None
+                or not i.meta.get("webhook")
+                or i.meta.get("webhook_status") == "delivered"
+                for i in infos
+            )
+
         try:
             wait_for(ended, timeout, "every job ended")
+            wait_for(delivered, 180, "every webhook delivered")
             return True
         except TimeoutError:
             return False
@@ -594,8 +604,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         while submitted < args.jobs:
             h.submit(f"job-{submitted}", 2, 3)
             submitted += 1
+
+        def slots_fired() -> int:
+            return len([j for j in h.store.jobs(limit=1000) if j.meta.get("name") == "scheduled"])
+
+        with contextlib.suppress(TimeoutError):  # a slot is due each minute: let one come
+            wait_for(lambda: slots_fired() > 0, 100, "a scheduled slot")
         beat_alive = h.beat is not None and h.beat.poll() is None
-        slots = len([j for j in h.store.jobs(limit=1000) if j.meta.get("name") == "scheduled"])
+        slots = slots_fired()
         h.stop_beat()  # no new slots: what fired so far must end
         h.jobs |= {j.job_id for j in h.store.jobs(limit=1000)}
         settled = h.settle(240 if args.short else 900)

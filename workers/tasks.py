@@ -514,7 +514,7 @@ def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
 
     jobs = store()
     token = self.request.id or jobs.token()
-    hold = settings.webhook_backoff * 2 ** min(self.request.retries, 10) + 60
+    hold = 30.0  # seconds this task holds the delivery while it POSTs (a 10 s timeout)
     claimed, attempts = jobs.claim_delivery(job_id, delivery, token, hold)
     if claimed != "claimed":
         why = {
@@ -546,7 +546,7 @@ def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
     if self.request.retries < settings.webhook_retries:
         delay = min(300.0, settings.webhook_backoff * 2**self.request.retries)
         status = f"retrying in {delay:g} s: {error}"
-        jobs.delivery_outcome(job_id, delivery, token, status, "retrying", delay + 60)
+        jobs.delivery_outcome(job_id, delivery, token, status, "retrying", delay + 30)
         raise self.retry(countdown=delay)
     status = f"failed after {attempts} attempts: {error}"
     jobs.delivery_outcome(job_id, delivery, token, status, "failed")
