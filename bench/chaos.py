@@ -368,8 +368,11 @@ class Harness:
         elif kind in ("restart_redis", "failover_redis", "partition_worker"):
             from common.redis_client import planned_failover
 
-            planned_failover(self._settings())  # writes paused, replicas caught up, switched
             kind = "failover_redis"
+            try:
+                planned_failover(self._settings())  # writes paused, replicas caught up, switched
+            except TimeoutError as exc:  # it gave up and unpaused: nothing changed
+                kind, detail["error"] = "failover_gave_up", str(exc)
         elif kind == "s3_outage":
             self.s3.stop()
             time.sleep(rng.uniform(2, 8))
