@@ -74,13 +74,19 @@ def scheduled(images, folder, name, cron="0 2 * * *", tz="Europe/Berlin"):
     return path
 
 
-def test_slots_fire_once_missed_slots_fire_only_the_latest(tmp_path, images, env):
-    settings, _ = env
+def nightly_beat(tmp_path, images, settings):
+    """A folder with the nightly manifest, and a recording beat on it whose clock is now[0]."""
     folder = tmp_path / "schedules"
     folder.mkdir()
     scheduled(images, folder, "nightly")
     now = [T0]
     beat = Recording(app=make_app(settings), source=str(folder), clock=lambda: now[0])
+    return folder, now, beat
+
+
+def test_slots_fire_once_missed_slots_fire_only_the_latest(tmp_path, images, env):
+    settings, _ = env
+    folder, now, beat = nightly_beat(tmp_path, images, settings)
     beat.tick()
     assert beat.fired == []  # first sight: the 02:00 slot had passed; start with the next one
     now[0] = T0 + timedelta(hours=23, minutes=31)  # 02:01 next day
@@ -316,11 +322,7 @@ class FlakyRedis:
 
 def test_beat_survives_redis_errors_on_slot_markers(tmp_path, images, env, caplog):
     settings, _ = env
-    folder = tmp_path / "schedules"
-    folder.mkdir()
-    scheduled(images, folder, "nightly")
-    now = [T0]
-    beat = Recording(app=make_app(settings), source=str(folder), clock=lambda: now[0])
+    _, now, beat = nightly_beat(tmp_path, images, settings)
     flaky = beat.store.r = FlakyRedis(beat.store.r)
     flaky.failing = ["set"]
     with caplog.at_level("WARNING", logger="stylebatch.beat"):
