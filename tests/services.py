@@ -178,9 +178,11 @@ class RedisServer:
 
 
 class S3Server:
-    """SeaweedFS's all-in-one server with an S3 gateway, every port named, telemetry off."""
+    """SeaweedFS's all-in-one server with an S3 gateway, every port named, telemetry off.
+    ``iam``: its IAM API (on the S3 port) takes writes, so users and their policies can be
+    made (deploy/smoke/s3_init.py) and are enforced; the admin keys below stay all-powerful."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, iam: bool = False):
         binary = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         self.port = free_port(span=5)
         p = self.port
@@ -205,6 +207,8 @@ class S3Server:
             "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=64",
         ]
+        if iam:
+            self.args.append("-s3.iam.readOnly=false")
         self.env = {
             **os.environ,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -216,6 +220,10 @@ class S3Server:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def iam_endpoint(self) -> str:
+        return self.endpoint  # SeaweedFS serves the IAM API on the S3 port
 
     def client(self, access: str = ACCESS_KEY, secret: str = SECRET_KEY):
         import boto3
