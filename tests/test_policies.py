@@ -404,9 +404,7 @@ def test_scheduler_probes_outputs_but_cannot_write_one(as_component, admin):
         ManifestSource(f"s3://{MANIFESTS}/schedules/", as_component("worker")).scan()
 
 
-def test_bookkeeping_writes_outputs_and_reads_the_inputs_of_its_contact_sheets(
-    as_component, admin
-):
+def test_bookkeeping_writes_outputs_and_reads_the_inputs_of_its_contact_sheets(as_component, admin):
     from common.storage import read_input
 
     settings = as_component("bookkeeping")
