@@ -62,6 +62,9 @@ class Settings:
     # stuck finalizing.
     stall_after: float = 300.0
     watchdog_interval: float = 15.0  # how often the bookkeeping worker reaps and reconciles
+    # A service checks Redis and its object-store keys before it starts: an unreachable one is
+    # waited for this long (seconds), then the service exits 4 naming the setting.
+    startup_wait: float = 60.0
     max_device_errors: int = 3  # consecutive device errors before a worker steps aside
     # Job-end webhooks (docs/campaigns.md): a manifest's URL must start with one of these;
     # every POST is signed with the secret (HMAC-SHA256), which never comes from a manifest.
@@ -128,6 +131,7 @@ class Settings:
             watchdog_interval=float(
                 _env("STYLEBATCH_WATCHDOG_INTERVAL", str(default.watchdog_interval))
             ),
+            startup_wait=float(_env("STYLEBATCH_STARTUP_WAIT", str(default.startup_wait))),
             max_device_errors=int(
                 _env("STYLEBATCH_MAX_DEVICE_ERRORS", str(default.max_device_errors))
             ),

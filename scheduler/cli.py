@@ -619,8 +619,14 @@ def metrics(
 
     from scheduler.metrics import serve
 
+    auth = os.environ.get("STYLEBATCH_METRICS_AUTH", "")
+    user, _, password = auth.partition(":")
+    if auth and not (user and password):
+        err.print("[red]STYLEBATCH_METRICS_AUTH: set it to user:password, both non-empty[/]")
+        raise typer.Exit(EXIT_INVALID)
+    _startup(object_store=False)
     settings, _, store = _queue()
-    serve(store, settings, bind, port, os.environ.get("STYLEBATCH_METRICS_AUTH", ""))
+    serve(store, settings, bind, port, auth)
 
 
 @app.command()
@@ -641,6 +647,20 @@ def retry(job: JobArg) -> None:
     _job_or_exit(store, job)
     count = retry_failed(job, settings, celery, store)
     out.print(f"re-enqueued {count} failed render(s) of {job}", highlight=False)
+
+
+def _startup(object_store: bool) -> None:
+    """Before a service starts: exit 4 with one line naming the setting when Redis refuses or
+    does not answer, or the object store refuses this service's keys (common/startup.py)."""
+    from common.errors import ConfigError
+    from common.queue import EXIT_MISCONFIGURED
+    from common.startup import check_services
+
+    try:
+        check_services(Settings.from_env(), object_store)
+    except ConfigError as exc:
+        err.print(f"cannot start: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(EXIT_MISCONFIGURED) from None
 
 
 def _celery(*args: str, env: dict[str, str] | None = None) -> None:
@@ -664,6 +684,7 @@ def beat(
     loglevel: Annotated[str, typer.Option(metavar="LEVEL")] = "INFO",
 ) -> None:
     """Fire scheduled manifests (Celery beat); picks up manifest changes without a restart."""
+    _startup(object_store=True)
     _celery(
         "beat",
         "--scheduler",
@@ -700,6 +721,7 @@ def flower(
     if not user or not password:
         err.print("[red]set STYLEBATCH_FLOWER_USER and STYLEBATCH_FLOWER_PASSWORD[/]")
         raise typer.Exit(EXIT_INVALID)
+    _startup(object_store=False)  # Flower holds no object-store keys
     # Passed through the environment, so the password is not on a command line. /metrics
     # asks for the same credentials (scheduler/flower_auth.py).
     from common.state import RENDER_SECONDS_BUCKETS
@@ -737,6 +759,7 @@ def worker(
     if not commands:
         err.print("[red]nothing to run: --no-renders and --no-bookkeeping[/]")
         raise typer.Exit(EXIT_INVALID)
+    _startup(object_store=True)
     out.print(
         f"starting {len(commands)} worker process(es): "
         f"{', '.join(argv[argv.index('-n') + 1] for argv, _ in commands)}"

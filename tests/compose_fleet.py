@@ -37,9 +37,11 @@ class Engine:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
+        if not shutil.which("docker-compose"):
+            raise Unavailable("docker-compose (Compose 1.29, Debian's) is not installed")
         if _docker_ok():
             return
-        missing = [t for t in ("docker", "dockerd", "docker-compose") if not shutil.which(t)]
+        missing = [t for t in ("docker", "dockerd") if not shutil.which(t)]
         if missing:
             raise Unavailable(
                 f"not installed: {', '.join(missing)} (apt-get install docker.io "

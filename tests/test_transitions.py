@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from billiard.exceptions import TimeLimitExceeded
 
 from common.expand import plan_job
 from common.settings import Settings
@@ -358,3 +359,26 @@ def test_an_owed_webhook_is_found_again_until_delivered(store, plan):
     assert store.owed_webhooks(older_than=0) == []  # a notify task holds it
     store.delivery_outcome(job_id, delivery, "n1", "delivered", "delivered")
     assert store.owed_webhooks(older_than=0) == [] and not store.r.smembers(store.WEBHOOKS)
+
+
+def test_celery_calls_the_errback_with_the_failed_tasks_request(job, monkeypatch):
+    """Celery's own errback dispatch (what a hard time limit runs) reaches render_failed with
+    the request, so the renders that task holds end failed, once, with the reason."""
+    pytest.importorskip("torch")
+    from celery import Signature
+    from celery.app.task import Context
+
+    import workers.tasks as tasks
+
+    store, job_id, rid = job
+    take(store, job_id, rid, "A", task="task-9")
+    settled = []
+    monkeypatch.setattr(tasks, "_store", store)
+    monkeypatch.setattr(tasks, "settle", lambda app, job, outcome: settled.append((job, outcome)))
+    errback = Signature(tasks.FAILED_TASK, args=(job_id, [rid]), app=tasks.app)
+    request = Context(id="task-9", errbacks=[dict(errback)], delivery_info={}, root_id=None)
+    exc = TimeLimitExceeded(20)
+    tasks.app.backend.mark_as_failure("task-9", exc, request=request, store_result=False)
+    state = store.state(job_id, rid)
+    assert state["status"] == "failed" and "TimeLimitExceeded" in state["error"], state
+    assert settled == [(job_id, True)]  # the job's last render ended: finalize is due

@@ -404,13 +404,15 @@ def _record(task, info, r, outcomes, held_of) -> dict[str, Any]:
     return result
 
 
-@app.task(name=FAILED_TASK, bind=True)
+@app.task(name=FAILED_TASK)
 def render_failed(
-    self, request: Any, exc: BaseException, traceback: Any, job_id: str, render_ids: list[str]
+    request: Any, exc: BaseException, traceback: Any, job_id: str, render_ids: list[str]
 ) -> None:
     """Errback: a render task that died without recording its renders (a hard time limit).
     Fails only the renders that very task claimed and still holds; a duplicate of it that
-    fails touches nothing a live worker is rendering."""
+    fails touches nothing a live worker is rendering. Not bound: Celery calls an errback with
+    (request, exc, traceback) only when its function takes them; a bound task's is called the
+    old way, with the failed task's id alone, which this signature cannot take."""
     task_id = getattr(request, "id", "") or ""
     if not task_id:
         return

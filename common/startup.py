@@ -1,0 +1,119 @@
+"""What a long-running service checks before it starts: that Redis takes its password and
+answers, and that the object store takes its keys. A broken setting then stops the service at
+once, with one line that names it, instead of a reconnect loop or a traceback at the first
+render that names nothing (deploy/: a container that exits 4 with the reason)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from common.errors import ConfigError
+from common.settings import Settings
+from common.state import JobStore
+
+# The store refused the keys themselves, not what a policy lets them do
+BAD_KEYS = {
+    "InvalidAccessKeyId": "AWS_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "AWS_SECRET_ACCESS_KEY",
+    "InvalidToken": "AWS_SESSION_TOKEN",
+    "ExpiredToken": "AWS_SESSION_TOKEN",
+}
+
+
+def _where(url: str) -> str:
+    """The URL without its password."""
+    return url.split("@")[-1] if "@" in url else url.split("//")[-1]
+
+
+def check_redis(settings: Settings) -> None:
+    import redis
+
+    where = (
+        f"the Sentinels {settings.redis_sentinels}"
+        if settings.redis_sentinels
+        else f"Redis at {_where(settings.redis_url)}"
+    )
+    store = JobStore.from_settings(settings, retries=0)
+    deadline = time.monotonic() + settings.startup_wait
+    while True:
+        try:
+            store.now()
+            return
+        except redis.AuthenticationError as exc:  # a subclass of ConnectionError: first
+            raise ConfigError(
+                f"STYLEBATCH_REDIS_URL: {where} refused the password ({exc})"
+            ) from None
+        except redis.ResponseError as exc:
+            raise ConfigError(f"STYLEBATCH_REDIS_URL: {where} refused the client ({exc})") from None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"STYLEBATCH_REDIS_URL: {where} did not answer in "
+                    f"{settings.startup_wait:g} s (STYLEBATCH_STARTUP_WAIT): {exc}"
+                ) from None
+        time.sleep(1)
+
+
+def _bucket(settings: Settings) -> str:
+    """A bucket this component may list, to ask the store about its keys: the first one named
+    by the allowed outputs or inputs ('' if none is)."""
+    for prefix in (*settings.allowed_outputs, *settings.allowed_inputs):
+        if prefix.startswith("s3://") and prefix[5:].split("/")[0]:
+            return prefix[5:].split("/")[0]
+    return ""
+
+
+def uses_object_store(settings: Settings) -> bool:
+    """Whether this deployment is on an object store at all (an endpoint, or keys)."""
+    import os
+
+    return bool(settings.s3_endpoint or os.environ.get("AWS_ACCESS_KEY_ID"))
+
+
+def check_object_store(settings: Settings) -> None:
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+    )
+
+    from common.storage import s3_client
+
+    endpoint = settings.s3_endpoint or "AWS S3"
+    client = s3_client(settings)
+    bucket = _bucket(settings)
+    deadline = time.monotonic() + settings.startup_wait
+    while True:
+        try:
+            ask: Any = client.list_objects_v2 if bucket else client.list_buckets
+            ask(**({"Bucket": bucket, "MaxKeys": 1} if bucket else {}))
+            return
+        except NoCredentialsError:
+            raise ConfigError(
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: not set, and the object store "
+                f"{endpoint} needs them"
+            ) from None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in BAD_KEYS:
+                raise ConfigError(
+                    f"{BAD_KEYS[code]}: the object store {endpoint} refused this service's "
+                    f"keys ({code})"
+                ) from None
+            return  # the keys are good; what they may do is the policy's (AccessDenied)
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"STYLEBATCH_S3_ENDPOINT: {endpoint} did not answer in "
+                    f"{settings.startup_wait:g} s (STYLEBATCH_STARTUP_WAIT): {exc}"
+                ) from None
+        time.sleep(1)
+
+
+def check_services(settings: Settings, object_store: bool) -> None:
+    """Redis, then (for a service that holds object-store keys) the store. ConfigError."""
+    check_redis(settings)
+    if object_store and uses_object_store(settings):
+        check_object_store(settings)
