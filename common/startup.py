@@ -6,7 +6,6 @@ render that names nothing (deploy/: a container that exits 4 with the reason).""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from common.errors import ConfigError
 from common.settings import Settings
@@ -21,38 +20,43 @@ BAD_KEYS = {
 }
 
 
-def _where(url: str) -> str:
-    """The URL without its password."""
-    return url.split("@")[-1] if "@" in url else url.split("//")[-1]
+def _answered(ask, unreachable: tuple, setting: str, what: str, wait: float) -> None:
+    """Call ``ask`` until it returns. An ``unreachable`` error is retried for ``wait`` seconds,
+    then becomes a ConfigError naming ``setting``; ``ask`` raises its own for a refusal."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            ask()
+            return
+        except unreachable as exc:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"{setting}: {what} did not answer in {wait:g} s "
+                    f"(STYLEBATCH_STARTUP_WAIT): {exc}"
+                ) from None
+        time.sleep(1)
 
 
 def check_redis(settings: Settings) -> None:
     import redis
 
-    where = (
-        f"the Sentinels {settings.redis_sentinels}"
-        if settings.redis_sentinels
-        else f"Redis at {_where(settings.redis_url)}"
-    )
+    from common.redis_client import describe
+
+    where = f"Redis {describe(settings)}"  # never with the password
     store = JobStore.from_settings(settings, retries=0)
-    deadline = time.monotonic() + settings.startup_wait
-    while True:
+
+    def ask() -> None:
         try:
             store.now()
-            return
-        except redis.AuthenticationError as exc:  # a subclass of ConnectionError: first
+        except redis.AuthenticationError as exc:  # a ConnectionError, but not a transient one
             raise ConfigError(
                 f"STYLEBATCH_REDIS_URL: {where} refused the password ({exc})"
             ) from None
         except redis.ResponseError as exc:
             raise ConfigError(f"STYLEBATCH_REDIS_URL: {where} refused the client ({exc})") from None
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if time.monotonic() >= deadline:
-                raise ConfigError(
-                    f"STYLEBATCH_REDIS_URL: {where} did not answer in "
-                    f"{settings.startup_wait:g} s (STYLEBATCH_STARTUP_WAIT): {exc}"
-                ) from None
-        time.sleep(1)
+
+    unreachable = (redis.ConnectionError, redis.TimeoutError)
+    _answered(ask, unreachable, "STYLEBATCH_REDIS_URL", where, settings.startup_wait)
 
 
 def _bucket(settings: Settings) -> str:
@@ -84,12 +88,13 @@ def check_object_store(settings: Settings) -> None:
     endpoint = settings.s3_endpoint or "AWS S3"
     client = s3_client(settings)
     bucket = _bucket(settings)
-    deadline = time.monotonic() + settings.startup_wait
-    while True:
+
+    def ask() -> None:
         try:
-            ask: Any = client.list_objects_v2 if bucket else client.list_buckets
-            ask(**({"Bucket": bucket, "MaxKeys": 1} if bucket else {}))
-            return
+            if bucket:
+                client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+            else:
+                client.list_buckets()
         except NoCredentialsError:
             raise ConfigError(
                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: not set, and the object store "
@@ -102,14 +107,10 @@ def check_object_store(settings: Settings) -> None:
                     f"{BAD_KEYS[code]}: the object store {endpoint} refused this service's "
                     f"keys ({code})"
                 ) from None
-            return  # the keys are good; what they may do is the policy's (AccessDenied)
-        except (EndpointConnectionError, ConnectTimeoutError) as exc:
-            if time.monotonic() >= deadline:
-                raise ConfigError(
-                    f"STYLEBATCH_S3_ENDPOINT: {endpoint} did not answer in "
-                    f"{settings.startup_wait:g} s (STYLEBATCH_STARTUP_WAIT): {exc}"
-                ) from None
-        time.sleep(1)
+            # else the keys are good; what they may do is the policy's (AccessDenied)
+
+    unreachable = (EndpointConnectionError, ConnectTimeoutError)
+    _answered(ask, unreachable, "STYLEBATCH_S3_ENDPOINT", endpoint, settings.startup_wait)
 
 
 def check_services(settings: Settings, object_store: bool) -> None:

@@ -180,5 +180,5 @@ class Fleet:
         """A stylebatch command inside a running scheduler-image container."""
         return self.compose("exec", "-T", service, "stylebatch", *args, check=check)
 
-    def python(self, code: str, service: str = "flower") -> str:
-        return self.compose("exec", "-T", service, "python3", "-c", code).stdout
+    def python(self, code: str, *args: str, service: str = "flower") -> str:
+        return self.compose("exec", "-T", service, "python3", "-c", code, *args).stdout

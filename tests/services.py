@@ -225,12 +225,13 @@ class S3Server:
     def iam_endpoint(self) -> str:
         return self.endpoint  # SeaweedFS serves the IAM API on the S3 port
 
-    def client(self, access: str = ACCESS_KEY, secret: str = SECRET_KEY):
+    def client(self, access: str = ACCESS_KEY, secret: str = SECRET_KEY, service: str = "s3"):
+        """A boto3 client of this server: ``s3``, or ``iam`` (on the same port)."""
         import boto3
         from botocore.config import Config
 
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.endpoint,
             aws_access_key_id=access,
             aws_secret_access_key=secret,

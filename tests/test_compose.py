@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import subprocess
 import time
@@ -208,34 +209,36 @@ def test_prometheus_scrapes_metrics_with_auth_and_loads_the_rules(fleet):
     shipped = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     expected = {r["alert"] for g in shipped["groups"] for r in g["rules"] if "alert" in r}
     assert alerts == expected and len(expected) >= 6, (alerts, expected)
-    probe = (
-        "import base64, sys, urllib.request, urllib.error\n"
-        "def get(auth):\n"
-        "    r = urllib.request.Request('http://metrics:9808/metrics')\n"
-        "    if auth: r.add_header('Authorization', 'Basic ' + base64.b64encode(auth.encode())"
-        ".decode())\n"
-        "    try:\n"
-        "        with urllib.request.urlopen(r, timeout=10) as f: return f.status, f.read()\n"
-        "    except urllib.error.HTTPError as e: return e.code, b''\n"
-        f"print(get('')[0], get('metrics:wrong')[0])\n"
-        f"s, body = get('metrics:{fleet.values['METRICS_PASSWORD']}')\n"
-        "print(s, b'stylebatch_renders_ended_total' in body)\n"
-    )
-    assert fleet.python(probe).split() == ["401", "401", "200", "True"]
+    assert scrape(fleet)[0] == scrape(fleet, "metrics:wrong")[0] == 401
+    status, body = scrape(fleet, f"metrics:{fleet.values['METRICS_PASSWORD']}")
+    assert status == 200 and "stylebatch_renders_ended_total" in body
+
+
+SCRAPE = """import base64, sys, urllib.error, urllib.request
+r = urllib.request.Request("http://metrics:9808/metrics")
+if sys.argv[1]:
+    r.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[1].encode()).decode())
+try:
+    with urllib.request.urlopen(r, timeout=10) as f:
+        print(f.status)
+        print(f.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code)
+"""
+
+
+def scrape(fleet: Fleet, auth: str = "") -> tuple[int, str]:
+    """`metrics` as Prometheus reaches it: from inside the Compose network (it is published
+    nowhere), with basic auth ``user:password`` or none."""
+    status, _, body = fleet.python(SCRAPE, auth).partition("\n")
+    return int(status), body
 
 
 def ended_done(fleet: Fleet) -> float:
     """The fleet's count of renders ended done, from `metrics` (with its auth)."""
-    probe = (
-        "import base64, re, urllib.request\n"
-        "r = urllib.request.Request('http://metrics:9808/metrics')\n"
-        f"auth = base64.b64encode(b'metrics:{fleet.values['METRICS_PASSWORD']}').decode()\n"
-        "r.add_header('Authorization', 'Basic ' + auth)\n"
-        "body = urllib.request.urlopen(r, timeout=10).read().decode()\n"
-        "m = re.search(r'^stylebatch_renders_ended_total{status=\"done\"} (\\S+)$', body, re.M)\n"
-        "print(m.group(1) if m else 0)\n"
-    )
-    return float(fleet.python(probe).strip())
+    body = scrape(fleet, f"metrics:{fleet.values['METRICS_PASSWORD']}")[1]
+    found = re.search(r'^stylebatch_renders_ended_total{status="done"} (\S+)$', body, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def stop_times(fleet: Fleet, since: float) -> dict[str, tuple[float, float]]:

@@ -138,18 +138,6 @@ def admin(store):
     return store[0].client()
 
 
-def iam_client(server: S3Server, key: str = ACCESS_KEY, secret: str = SECRET_KEY):
-    import boto3
-
-    return boto3.client(
-        "iam",
-        endpoint_url=server.iam_endpoint,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        region_name="us-east-1",
-    )
-
-
 def refused(call, *args, **kwargs) -> bool:
     """True when S3 denies the call, False when it is done; any other error is raised."""
     try:
@@ -171,7 +159,7 @@ def test_init_runs_twice_and_applies_every_policy_file_unchanged(store):
     for run in runs:
         assert run.returncode == 0, run.stderr
     assert runs[0].stdout == runs[1].stdout
-    iam = iam_client(server)
+    iam = server.client(service="iam")
     users = {u["UserName"] for u in iam.list_users()["Users"]}
     files = policy_files()
     assert set(files) == set(USERS) <= users
@@ -319,7 +307,7 @@ def test_no_component_can_widen_its_own_access(store, admin):
     """Buckets, bucket policies and IAM are the admin's: each component is refused, and nothing
     changed."""
     server, _ = store
-    iam_admin = iam_client(server)
+    iam_admin = server.client(service="iam")
     before = iam_admin.list_users()["Users"]
     anything = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*",'
     anything += '"Resource":"*"}]}'
@@ -328,7 +316,7 @@ def test_no_component_can_widen_its_own_access(store, admin):
         assert refused(s3.create_bucket, Bucket=f"stylebatch-{name}-own")
         assert refused(s3.delete_bucket, Bucket=OUTPUTS)
         assert refused(s3.put_bucket_policy, Bucket=OUTPUTS, Policy=anything)
-        iam = iam_client(server, key, secret)
+        iam = server.client(key, secret, service="iam")
         with pytest.raises(ClientError):
             iam.put_user_policy(UserName=name, PolicyName="more", PolicyDocument=anything)
         with pytest.raises(ClientError):

@@ -91,8 +91,8 @@ def test_object_store_keys_it_refuses_stop_the_services_that_hold_them(
     refused(args, away, "STYLEBATCH_S3_ENDPOINT", "did not answer")
 
 
-def test_flower_and_metrics_hold_no_keys_and_do_not_ask_the_store(redis_with_password, s3_server):
-    """Without object-store settings at all they still start (and are stopped here)."""
+def test_metrics_holds_no_keys_and_starts_without_store_settings(redis_with_password, s3_server):
+    """It does not ask the object store at start (nor does Flower: the same flag)."""
     environment = env(redis_with_password, s3_server, STYLEBATCH_S3_ENDPOINT="")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         environment.pop(name)
