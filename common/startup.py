@@ -5,11 +5,13 @@ render that names nothing (deploy/: a container that exits 4 with the reason).""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from common.errors import ConfigError
 from common.settings import Settings
 from common.state import JobStore
+from common.uris import is_s3, parse_s3
 
 # The store refused the keys themselves, not what a policy lets them do
 BAD_KEYS = {
@@ -63,8 +65,9 @@ def _bucket(settings: Settings) -> str:
     """A bucket this component may list, to ask the store about its keys: the first one named
     by the allowed outputs or inputs ('' if none is)."""
     for prefix in (*settings.allowed_outputs, *settings.allowed_inputs):
-        if prefix.startswith("s3://") and prefix[5:].split("/")[0]:
-            return prefix[5:].split("/")[0]
+        if is_s3(prefix):
+            with contextlib.suppress(ValueError):  # "s3://": any bucket, none named
+                return parse_s3(prefix)[0]
     return ""
 
 
