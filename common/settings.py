@@ -79,6 +79,12 @@ class Settings:
     c2pa_key: str = field(default="", repr=False)
     c2pa_alg: str = "es256"
     c2pa_tsa_url: str = ""
+    # The web front (`stylebatch serve`, docs/web.md): its teams (a file, or JSON: team ->
+    # token's SHA-256 or token file, allowed inputs and outputs), the largest manifest it
+    # takes, and where it keeps the gallery's thumbnails.
+    web_teams: str = field(default="", repr=False)
+    web_max_body: int = 1 << 20
+    web_thumbnails: str = ""  # empty: cache_dir / "thumbnails"
 
     def signs(self, requested: bool | str | None) -> bool:
         """Whether outputs get content credentials: a manifest's ``output.credentials`` (as
@@ -144,4 +150,7 @@ class Settings:
             c2pa_key=_env("STYLEBATCH_C2PA_KEY"),
             c2pa_alg=_env("STYLEBATCH_C2PA_ALG", default.c2pa_alg),
             c2pa_tsa_url=_env("STYLEBATCH_C2PA_TSA_URL"),
+            web_teams=_env("STYLEBATCH_WEB_TEAMS"),
+            web_max_body=int(_env("STYLEBATCH_WEB_MAX_BODY", str(default.web_max_body))),
+            web_thumbnails=_env("STYLEBATCH_WEB_THUMBNAILS"),
         )

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,8 @@ READ_COMMANDS = frozenset(
     {
         *("get", "mget", "hget", "hgetall", "hmget", "hlen", "hexists", "hscan_iter"),
         *("sscan_iter", "smembers", "scard", "sismember", "zrange", "zrevrange"),
-        *("zrangebyscore", "zscore", "zcard", "llen", "lrange", "lindex", "exists", "ttl"),
+        *("zrangebyscore", "zrangebylex", "zscore", "zcard", "llen", "lrange", "lindex"),
+        *("exists", "ttl"),
         *("pttl", "time", "info", "memory_usage", "ping", "type"),
     }
 )
@@ -187,6 +190,68 @@ class Beat:
 
 FINISH = {-2: "superseded", -1: "missing", 0: "ended", 1: "recorded", 2: "complete"}
 
+# How a job's renders are indexed at create (one sorted set, all scores 0, read by range of
+# prefix): every render, and by style, size (or channel) and content name.
+INDEX_FACETS = ("a", "s", "z", "c")
+FACETS_LISTED = 200  # styles and sizes named in the job record (the pages' filters)
+
+
+def index_entries(render: Render) -> tuple[str, ...]:
+    rid = render.id
+    return (
+        f"a\0{rid}",
+        f"s\0{render.style}\0{rid}",
+        f"z\0{render.size}\0{rid}",
+        f"c\0{render.content_name}\0{rid}",
+    )
+
+
+class Facets:
+    """The job's styles, sizes (or channels) and contents, gathered render by render."""
+
+    def __init__(self, renders: Iterable[Render] = ()):
+        self.styles: set[str] = set()
+        self.sizes: set[str] = set()
+        self.contents: set[str] = set()
+        for render in renders:
+            self.add(render)
+
+    def add(self, render: Render) -> None:
+        self.styles.add(render.style)
+        self.sizes.add(str(render.size))
+        self.contents.add(render.content_name)
+
+    def record(self) -> dict[str, Any]:
+        """What the job record keeps: the styles and sizes (at most FACETS_LISTED each,
+        long sides first, then channels) and how many contents."""
+        sizes = sorted(self.sizes, key=lambda s: (not s.isdigit(), len(s), s))
+        return {
+            "styles": sorted(self.styles)[:FACETS_LISTED],
+            "sizes": sizes[:FACETS_LISTED],
+            "contents": len(self.contents),
+        }
+
+
+def _matches(render: Render, state: dict[str, Any], wanted: dict[str, str | None]) -> bool:
+    status = state.get("status", "pending")
+    have = {
+        "status": status,
+        "style": render.style,
+        "size": str(render.size),
+        "content": render.content_name,
+    }
+    return all(v is None or have[k] == v for k, v in wanted.items())
+
+
+@dataclass
+class RenderPage:
+    """A page of a job's renders: (spec, state) each, the cursor of the next page (None at the
+    end) and how many candidates were read."""
+
+    renders: list[tuple[Render, dict[str, Any]]]
+    next: str | None
+    scanned: int
+
 
 def running_field(job_id: str, render_id: str) -> str:
     return f"{job_id} {render_id}"
@@ -262,6 +327,17 @@ class JobStore:
         """The ids of its failed renders (the Lua prelude derives the same name)."""
         return f"{PREFIX}:job:{job_id}:failed"
 
+    def _index(self, job_id: str) -> str:
+        """Its renders by style, size and content (made at create; ``renders_page``)."""
+        return f"{PREFIX}:job:{job_id}:index"
+
+    def _ended(self, job_id: str) -> str:
+        """Its ended renders by state (the Lua prelude derives the same name)."""
+        return f"{PREFIX}:job:{job_id}:ended"
+
+    def _team(self, team: str) -> str:
+        return f"{PREFIX}:team:{team}:jobs"  # a web team's jobs by creation time
+
     def _reaped(self, job_id: str, render_id: str) -> str:
         return f"{PREFIX}:reaped:{job_id}:{render_id}"  # beat.lua derives the same name
 
@@ -274,6 +350,8 @@ class JobStore:
             self._devices(job_id),
             self._failed(job_id),
             f"{PREFIX}:job:{job_id}:pauses",  # beat.lua derives the same name
+            self._index(job_id),
+            self._ended(job_id),
         ]
 
     def count_failure(self, what: str) -> None:
@@ -286,17 +364,23 @@ class JobStore:
         return seconds + micros / 1e6
 
     # creation
-    def create(self, plan: JobPlan, force: bool = False) -> bool:
+    def create(self, plan: JobPlan, force: bool = False, team: str = "") -> bool:
         """Record a new job, whole; False if it already exists (and ``force`` is not set).
-        Specs and states are staged in chunks first, where nothing looks, then one script makes
-        the job visible with all of them: a submit killed part way leaves no job, and the next
-        one stages again. The job is marked ``sent`` once all its tasks are published."""
+        Specs, states and the render index are staged in chunks first, where nothing looks,
+        then one script makes the job visible with all of them: a submit killed part way leaves
+        no job, and the next one stages again. The job is marked ``sent`` once all its tasks
+        are published. ``team``: the web team that submitted it (scheduler/web), which alone
+        sees it there; listed under ``jobs(team=...)``."""
         job_id = plan.job_id
         if force:
             self.delete(job_id)
         elif self.r.exists(self._job(job_id)):
             return False
-        staged = [f"{self._specs(job_id)}:staging", f"{self._states(job_id)}:staging"]
+        staged = [
+            f"{self._specs(job_id)}:staging",
+            f"{self._states(job_id)}:staging",
+            f"{self._index(job_id)}:staging",
+        ]
         self.r.delete(*staged)
         for i in range(0, len(plan.renders), 1000):
             chunk = plan.renders[i : i + 1000]
@@ -308,8 +392,9 @@ class JobStore:
             pipe.hset(
                 staged[1], mapping=dict.fromkeys((r.id for r in chunk), '{"status":"pending"}')
             )
-            pipe.expire(staged[0], STAGING_TTL)
-            pipe.expire(staged[1], STAGING_TTL)
+            pipe.zadd(staged[2], dict.fromkeys((m for r in chunk for m in index_entries(r)), 0))
+            for key in staged:
+                pipe.expire(key, STAGING_TTL)
             pipe.execute()
         loc = plan.location
         record = {
@@ -323,17 +408,23 @@ class JobStore:
             "webhook": plan.manifest.notify.webhook if plan.manifest.notify else "",
             # signing as planned (and in the render ids), not as each worker's setting says
             "credentials": "1" if plan.signed else "0",
+            "team": team,
+            "facets": json.dumps(Facets(plan.renders).record()),
         }
         keys = [
             self._job(job_id),
-            *staged,
+            *staged[:2],
             self._specs(job_id),
             self._states(job_id),
             self.JOBS,
             self.ACTIVE,
+            staged[2],
+            self._index(job_id),
+            self._team(team or "-"),
         ]
+        entries = len(INDEX_FACETS) * len(plan.renders)
         outcome, held = self._run_durably(
-            "create", keys, [job_id, json.dumps(record), len(plan.renders)]
+            "create", keys, [job_id, json.dumps(record), len(plan.renders), entries, team]
         )
         if outcome == "incomplete":  # staging keys expired or were deleted under us
             raise redis.RedisError(f"job {job_id}: staged renders incomplete; submit again")
@@ -351,9 +442,12 @@ class JobStore:
         self._run("touch", [self._job(job_id)], ["finalizing_since", "@now"])
 
     def delete(self, job_id: str) -> None:
+        team = self.r.hget(self._job(job_id), "team")
         pipe = self.r.pipeline(transaction=True)
         pipe.delete(*self._job_keys(job_id))
         pipe.zrem(self.JOBS, job_id)
+        if team:
+            pipe.zrem(self._team(team), job_id)
         pipe.srem(self.ACTIVE, job_id)
         pipe.execute()
 
@@ -369,10 +463,149 @@ class JobStore:
         meta = self.r.hgetall(self._job(job_id))
         return JobInfo(job_id, meta) if meta else None
 
-    def jobs(self, limit: int = 50, offset: int = 0) -> list[JobInfo]:
-        """Newest first, one page."""
-        ids = self.r.zrevrange(self.JOBS, offset, offset + limit - 1)
+    def jobs(self, limit: int = 50, offset: int = 0, team: str | None = None) -> list[JobInfo]:
+        """Newest first, one page: of every job, or of one web team's."""
+        index = self.JOBS if team is None else self._team(team)
+        ids = self.r.zrevrange(index, offset, offset + limit - 1)
         return [info for job_id in ids if (info := self.get(job_id))]
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+    def slot_jobs(self, name: str, labels: list[str]) -> dict[str, str]:
+        """label -> the job that holds that slot of a scheduled manifest (those claimed)."""
+        if not labels:
+            return {}
+        held = self.r.mget([f"{PREFIX}:slot:{name}:{label}" for label in labels])
+        return {label: job for label, job in zip(labels, held, strict=True) if job}
+
+    def render(self, job_id: str, render_id: str) -> tuple[Render, dict[str, Any]] | None:
+        """One render's spec and state, or None if the job has no such render."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hget(self._specs(job_id), render_id)
+        pipe.hget(self._states(job_id), render_id)
+        spec, state = pipe.execute()
+        if not spec:
+            return None
+        return Render.from_dict(json.loads(spec)), json.loads(state) if state else {}
+
+    def renders_page(
+        self,
+        job_id: str,
+        status: str | None = None,
+        style: str | None = None,
+        size: str | None = None,
+        content: str | None = None,
+        limit: int = 50,
+        after: str = "",
+        budget: int = 2000,
+    ) -> RenderPage:
+        """One page of a job's renders, in render-id order, after the cursor ``after`` (a
+        render id), matching every filter given. What it reads is bounded by ``limit`` and
+        ``budget`` (candidates looked at), never by the job's size: it walks the narrowest
+        index that applies (the ended renders of one state; the running ones, fleet-wide a few
+        per worker; else the renders of one style, size or content), a few hundred at a time,
+        and checks the other filters on those. ``next`` is the cursor for the page after this
+        one (None at the end); a page may hold fewer than ``limit`` when the budget ran out
+        first: follow ``next``."""
+        wanted = {"status": status, "style": style, "size": size, "content": content}
+        if status in TERMINAL:
+            source = self._lex(self._ended(job_id), f"{status}\0", after)
+        elif status == "running":
+            source = iter(sorted(self._running_of(job_id, after)))
+        else:
+            facet, value = next(
+                ((f, v) for f, v in (("s", style), ("z", size), ("c", content)) if v is not None),
+                ("a", None),
+            )
+            prefix = f"{facet}\0" if value is None else f"{facet}\0{value}\0"
+            source = self._lex(self._index(job_id), prefix, after)
+        found: list[tuple[Render, dict[str, Any]]] = []
+        scanned, last, more = 0, after, True
+        while more and len(found) < limit and scanned < budget:
+            want = min(200, budget - scanned)
+            batch = list(islice(source, want))
+            more = len(batch) == want  # a short batch: the index ran out (else maybe more)
+            scanned += len(batch)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hmget(self._specs(job_id), batch or ["-"])
+            pipe.hmget(self._states(job_id), batch or ["-"])
+            specs, states = pipe.execute()
+            for i, (rid, spec, state) in enumerate(zip(batch, specs, states, strict=False)):
+                last = rid
+                if not spec:
+                    continue
+                render = Render.from_dict(json.loads(spec))
+                record = json.loads(state) if state else {"status": "pending"}
+                if _matches(render, record, wanted):
+                    found.append((render, record))
+                    if len(found) >= limit:
+                        more = more or i < len(batch) - 1
+                        break
+        return RenderPage(found, last if more else None, scanned)
+
+    def index_recorded(self, job_id: str) -> bool:
+        """Index a job recorded before the render index existed (its record has no
+        ``facets``), as create does now: its renders by style, size and content, its ended
+        renders by state, and its facets. Reads its specs and states once, O(renders), once
+        per job (the web front calls it on such a job's first read: scheduler/web/core.py),
+        building under keys of its own that one script swaps in (index_recorded.lua); two
+        callers at once build the same thing. False where there was nothing to do."""
+        job = self._job(job_id)
+        if not self.r.exists(job) or self.r.hexists(job, "facets"):
+            return False
+        token = secrets.token_hex(4)
+        built = [f"{self._index(job_id)}:built:{token}", f"{self._ended(job_id)}:built:{token}"]
+        gathered = Facets()
+
+        def add(key: str, members: list[str]) -> None:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.zadd(key, dict.fromkeys(members, 0))
+            pipe.expire(key, STAGING_TTL)  # a caller killed part way leaves nothing for long
+            pipe.execute()
+
+        members: list[str] = []
+        for _, raw in self.r.hscan_iter(self._specs(job_id), count=1000):
+            render = Render.from_dict(json.loads(raw))
+            gathered.add(render)
+            members.extend(index_entries(render))
+            if len(members) >= 4000:
+                add(built[0], members)
+                members = []
+        if members:
+            add(built[0], members)
+        ended = []
+        for rid, raw in self.r.hscan_iter(self._states(job_id), count=1000):
+            status = json.loads(raw).get("status")
+            if status in TERMINAL:
+                ended.append(f"{status}\0{rid}")
+            if len(ended) >= 4000:
+                add(built[1], ended)
+                ended = []
+        if ended:
+            add(built[1], ended)
+        keys = [job, built[0], self._index(job_id), built[1], self._ended(job_id)]
+        return bool(self._run("index_recorded", keys, [json.dumps(gathered.record())]))
+
+    def _lex(self, key: str, prefix: str, after: str) -> Iterator[str]:
+        """Render ids of the index entries under ``prefix``, after ``after``, a page at a
+        time (ZRANGEBYLEX: O(log N) per page)."""
+        low = f"({prefix}{after}" if after else f"[{prefix}"
+        while True:
+            page = self.r.zrangebylex(key, low, f"[{prefix}\x7f", start=0, num=200)
+            for member in page:
+                yield member[len(prefix) :]
+            if len(page) < 200:
+                return
+            low = f"({page[-1]}"
+
+    def _running_of(self, job_id: str, after: str) -> list[str]:
+        """This job's running renders, from the fleet's running hash (a few per worker)."""
+        return [
+            fld.split(" ", 1)[1]
+            for fld, _ in self.r.hscan_iter(self.RUNNING, match=f"{job_id} *", count=1000)
+            if fld.split(" ", 1)[1] > after
+        ]
 
     def active(self) -> list[str]:
         return sorted(self.r.smembers(self.ACTIVE))
@@ -528,6 +761,8 @@ class JobStore:
             self._specs(job_id),
             self._devices(job_id),
             self._failed(job_id),
+            self._ended(job_id),
+            self._index(job_id),
         ]
         return list(self._run("reset_failed", keys, [job_id]))
 
@@ -676,6 +911,11 @@ class JobStore:
                 freed["bytes"] += self.memory(job_id)
                 self.delete(job_id)
                 freed["jobs"] += 1
+        for index in self.r.scan_iter(match=self._team("*"), count=1000):  # web teams' lists
+            for job_id in self.r.zrange(index, 0, -1):
+                if not self.r.exists(self._job(job_id)):
+                    self.r.zrem(index, job_id)
+                    freed["expired_ids"] += 1
         return freed
 
     # reports

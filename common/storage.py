@@ -220,16 +220,18 @@ def open_storage(location: Location, settings: Settings) -> Storage:
 
 
 @lru_cache(maxsize=8)
-def s3_client(settings: Settings) -> Any:
+def s3_client(settings: Settings, attempts: int = 5, timeout: float = 60) -> Any:
+    """The S3 client of a settings. A server answering people (scheduler/web) asks for fewer
+    ``attempts`` and a shorter read ``timeout``, to say at once that S3 is away."""
     import boto3
     from botocore.config import Config
 
     config = Config(
         region_name=settings.s3_region,
         s3={"addressing_style": settings.s3_addressing},
-        retries={"max_attempts": 5, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=60,
+        retries={"max_attempts": attempts, "mode": "standard"},
+        connect_timeout=min(5, timeout),
+        read_timeout=timeout,
     )
     # A session of its own: boto3's default session would keep the first credentials it saw.
     session = boto3.session.Session()

@@ -3,12 +3,14 @@ local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
--- A render reached a terminal state: count it once. The job's last render moves the job to
+-- A render reached a terminal state: count it once, and index it by its state (the job's
+-- ':ended' set, read in pages by state.py's renders_page). The job's last render moves the job to
 -- finalizing; this is the one place that decides a job's finalize is due (returns 2).
 local function ended(job, status, t, render)
   redis.call('HINCRBY', job, 'n_' .. status, 1)
   redis.call('HINCRBY', 'sb:metrics', 'renders_ended:' .. status, 1)  -- the fleet's count
   if status == 'failed' then redis.call('SADD', job .. ':failed', render) end
+  redis.call('ZADD', job .. ':ended', 0, status .. '\0' .. render)  -- paged by state
   redis.call('HSET', job, 'activity', t)
   local n = redis.call('HINCRBY', job, 'ended', 1)
   if n == tonumber(redis.call('HGET', job, 'total')) then

@@ -1,6 +1,6 @@
 -- `stylebatch retry`: failed -> pending for every failed render (its crash and device-error
 -- counts cleared), and the job done | failed -> running. Reads only the job's failed set.
--- KEYS: job, states, crashes, active, specs, device errors, failed
+-- KEYS: job, states, crashes, active, specs, device errors, failed, ended index, render index
 -- ARGV: job id
 local reset = redis.call('SMEMBERS', KEYS[7])
 for _, render in ipairs(reset) do
@@ -9,6 +9,7 @@ for _, render in ipairs(reset) do
   redis.call('HSET', KEYS[2], render, pending(tonumber(state['attempt'] or 0)))
   redis.call('HDEL', KEYS[3], render)
   redis.call('HDEL', KEYS[6], render)
+  redis.call('ZREM', KEYS[8], 'failed\0' .. render)
 end
 if #reset > 0 then
   redis.call('DEL', KEYS[7])
@@ -18,7 +19,7 @@ if #reset > 0 then
   redis.call('HDEL', KEYS[1], 'finished', 'reason', 'finalizing_since', 'finalize_owner',
              'finalize_until')
   redis.call('SADD', KEYS[4], ARGV[1])
-  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6]}) do
+  for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[8], KEYS[9]}) do
     redis.call('PERSIST', key)
   end
 end
