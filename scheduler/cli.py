@@ -23,6 +23,10 @@ from common.errors import ManifestError, StylebatchError
 from common.expand import JobPlan, plan_job
 from common.report import record_key
 from common.settings import Settings
+from scheduler.jobview import counts as _counts
+from scheduler.jobview import duration as _duration
+from scheduler.jobview import eta as _eta
+from scheduler.jobview import job_record as _job_record
 
 app = typer.Typer(
     name="stylebatch",
@@ -369,17 +373,6 @@ def submit(
     out.print(result.job_id, highlight=False)
 
 
-def _counts(info) -> dict[str, int]:
-    return {
-        "pending": info.pending,
-        "running": info.running,
-        "done": info.count("done"),
-        "skipped": info.count("skipped"),
-        "failed": info.count("failed"),
-        "cancelled": info.count("cancelled"),
-    }
-
-
 @app.command()
 def status(
     job: JobArg,
@@ -431,34 +424,19 @@ def status(
                     break
                 time.sleep(1)
     counts = _counts(info)
-    failures = (
-        [(rid, store.state(job, rid) or {}) for rid in store.failed(job, 50)]
-        if counts["failed"]
-        else []
-    )
-    specs = {r.id: r for r in store.specs(job, [rid for rid, _ in failures])} if failures else {}
     if as_json:
         import json
 
-        record = _job_record(info) | {"output": str(info.location), "timed_out": timed_out}
-        record["cost"] = info.cost()
-        record["eta_seconds"] = _eta(info, store.now())
-        record["webhook_status"] = info.meta.get("webhook_status")
-        record["failures"] = [
-            {
-                "render": rid,
-                **(
-                    {"content": s.content_name, "style": s.style, "size": s.size}
-                    if (s := specs.get(rid))
-                    else {}
-                ),
-                "error": state.get("error"),
-            }
-            for rid, state in failures
-        ]
+        from scheduler.jobview import status_record
+
+        record = status_record(store, info)
+        record["timed_out"] = timed_out
         print(json.dumps(record, indent=1))
         _status_exit(info, counts, timed_out)
         return
+    from scheduler.jobview import failures as failures_of
+
+    failures = failures_of(store, info)
     out.print(
         f"job {job} ({info.meta['name']}): {info.status}"
         + (" [cancel requested]" if info.cancelled else ""),
@@ -486,34 +464,16 @@ def status(
         highlight=False,
         markup=False,
     )
-    if failures:
-        for rid, state in failures:
-            spec = specs.get(rid)
-            what = f"{spec.content_name} x {spec.style} @ {spec.size}" if spec else rid
-            out.print(f"  failed {what}: {state.get('error')}", highlight=False, markup=False)
+    for failure in failures:
+        what = (
+            f"{failure['content']} x {failure['style']} @ {failure['size']}"
+            if "style" in failure
+            else failure["render"]
+        )
+        out.print(f"  failed {what}: {failure['error']}", highlight=False, markup=False)
     if timed_out:
         err.print(f"timed out after {timeout:g} s; job {job} is {info.status}", highlight=False)
     _status_exit(info, counts, timed_out)
-
-
-def _eta(info, now: float) -> float | None:
-    """Seconds until the job's renders have all ended, at the rate they have ended so far
-    (None for an ended job, or before its first render ends)."""
-    if info.terminal or "created" not in info.meta:
-        return None
-    ended = info.total - info.pending - info.running
-    elapsed = now - float(info.meta["created"])
-    if ended <= 0 or elapsed <= 0:
-        return None
-    return round((info.total - ended) * elapsed / ended, 1)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _status_exit(info, counts: dict[str, int], timed_out: bool) -> None:
@@ -536,20 +496,6 @@ def workers_(
         health = "ok" if info.get("healthy", True) else f"UNHEALTHY: {info.get('reason', '')}"
         table.add_row(owner, str(info.get("device", "")), health, f"{info['age']:.0f} s ago")
     out.print(table)
-
-
-def _job_record(info) -> dict:
-    return {
-        "job": info.job_id,
-        "name": info.meta.get("name"),
-        "status": info.status,
-        "cancel_requested": info.cancelled,
-        "reason": info.meta.get("reason"),
-        "total": info.total,
-        **_counts(info),
-        "created": float(info.meta["created"]) if "created" in info.meta else None,
-        "finished": float(info.meta["finished"]) if "finished" in info.meta else None,
-    }
 
 
 @app.command()
@@ -606,11 +552,14 @@ def gc(
     )
 
 
+BindOpt = Annotated[
+    str, typer.Option(metavar="ADDRESS", help="Address to listen on (keep it private).")
+]
+
+
 @app.command()
 def metrics(
-    bind: Annotated[
-        str, typer.Option(metavar="ADDRESS", help="Address to listen on (keep it private).")
-    ] = "127.0.0.1",
+    bind: BindOpt = "127.0.0.1",
     port: Annotated[int, typer.Option(metavar="PORT", help="Port for /metrics.")] = 9808,
 ) -> None:
     """Serve the fleet's Prometheus metrics: queues, renders, render times, device-seconds,
@@ -627,6 +576,30 @@ def metrics(
     _startup(object_store=False)
     settings, _, store = _queue()
     serve(store, settings, bind, port, auth)
+
+
+@app.command()
+def serve(
+    bind: BindOpt = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port of the API and pages.")] = 8080,
+) -> None:
+    """The web front: an HTTP API (OpenAPI at /openapi.json) and pages to submit, watch and
+    review jobs, for the teams of STYLEBATCH_WEB_TEAMS (docs/web.md). Never imports torch."""
+    from common.errors import ConfigError
+    from common.queue import EXIT_MISCONFIGURED
+    from scheduler.web.teams import load_teams
+
+    settings = Settings.from_env()
+    try:
+        if not load_teams(settings.web_teams, settings):
+            raise ConfigError("STYLEBATCH_WEB_TEAMS: no team is set, so no one could use it")
+    except ConfigError as exc:
+        err.print(f"cannot start: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(EXIT_MISCONFIGURED) from None
+    _startup(object_store=True)
+    from scheduler.web.app import serve as serve_web
+
+    serve_web(settings, bind, port)
 
 
 @app.command()

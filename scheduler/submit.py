@@ -26,17 +26,23 @@ class Submitted:
 
 
 def submit(
-    plan: JobPlan, settings: Settings, app: Celery, store: JobStore, force: bool = False
+    plan: JobPlan,
+    settings: Settings,
+    app: Celery,
+    store: JobStore,
+    force: bool = False,
+    team: str = "",
 ) -> Submitted:
     """Record and enqueue a job. Submitting an existing job again enqueues what it lacks: the
     pending renders of a job whose first submit died before all its tasks were sent, or that
-    have no queued or running task (common/dispatch.py); otherwise nothing."""
+    have no queued or running task (common/dispatch.py); otherwise nothing. ``team``: the web
+    team submitting it (scheduler/web), recorded with the job."""
     started = time.perf_counter()
     if plan.slot is not None and not force:
         holder = store.claim_slot(plan.name, slot_label(plan.slot), plan.job_id)
         if holder is not None and holder != plan.job_id:
             return Submitted(holder, False, len(plan.renders), 0, 0.0)
-    if not store.create(plan, force):
+    if not store.create(plan, force, team):
         tasks = recover_job(plan.job_id, store, app, settings)
         return Submitted(plan.job_id, False, len(plan.renders), tasks, 0.0)
     tasks = enqueue(app, plan.job_id, plan.renders, plan.manifest.priority, settings)

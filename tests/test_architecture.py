@@ -101,13 +101,19 @@ def test_no_import_cycles_and_imports_go_down(graph):
             assert not {d for d in deps if d.startswith(("scheduler", "workers"))}, name
 
 
-def test_a_plan_followed_into_submit_reaches_only_common(graph):
-    reached, todo = set(), ["scheduler.submit"]
+def reach(graph, roots) -> set[str]:
+    """Every module the roots import, directly or not."""
+    reached, todo = set(), list(roots)
     while todo:
         for dep in graph[todo.pop()]:
             if dep not in reached:
                 reached.add(dep)
                 todo.append(dep)
+    return reached
+
+
+def test_a_plan_followed_into_submit_reaches_only_common(graph):
+    reached = reach(graph, ["scheduler.submit"])
     assert all(m.startswith("common") for m in reached), sorted(reached)
     assert {"common.state", "common.dispatch", "common.broker"} <= reached
 
@@ -188,3 +194,20 @@ def test_docs_draw_the_module_graph():
     ):
         assert module in doc
     assert Path(ROOT / "common" / "lua").is_dir()
+
+
+def test_the_web_front_reaches_neither_torch_nor_the_workers(graph):
+    """scheduler/web (`stylebatch serve`) runs from the scheduler image: it never imports
+    torch or workers/, and reads and writes Redis only through JobStore (checked above)."""
+    import subprocess
+    import sys
+
+    web = [m for m in graph if m.startswith("scheduler.web")]
+    assert {"scheduler.web.app", "scheduler.web.api", "scheduler.web.pages"} <= set(web)
+    reached = reach(graph, web)
+    assert not {m for m in reached if m.startswith("workers")}, sorted(reached)
+    probe = "import sys, scheduler.web.app, scheduler.cli; print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "False", done.stderr

@@ -1,0 +1,1 @@
+"""The web front: an HTTP API and server-rendered pages (`stylebatch serve`, docs/web.md)."""

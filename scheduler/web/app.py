@@ -1,0 +1,242 @@
+"""The web front (`stylebatch serve`, docs/web.md): one FastAPI app with the JSON API
+(scheduler/web/api.py, OpenAPI at /openapi.json) and the pages (scheduler/web/pages.py).
+It never imports torch.
+
+Faults: Redis or S3 away is a 503 that names which (the server keeps no state of its own
+and answers again when they return); a bad body, an unknown job or render, another team's job
+are 4xx; anything else unexpected is a 500 with no traceback shown. Bodies are limited to
+STYLEBATCH_WEB_MAX_BODY (413). Its request metrics are at /metrics (basic auth as the fleet's,
+STYLEBATCH_METRICS_AUTH)."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import TransientError
+from common.settings import Settings
+from common.state import JobStore
+from scheduler.web import api, pages
+from scheduler.web.core import Unavailable, Web
+from scheduler.web.teams import load_teams
+
+log = logging.getLogger("stylebatch.web")
+HERE = Path(__file__).parent
+METRIC_NAMES = ("stylebatch_web_requests_total", "stylebatch_web_request_seconds")
+
+
+class BodyLimit:
+    """Bodies past ``limit`` bytes are refused with 413 as they stream in, whatever reads them
+    (the API's manifest, a page's form), with or without a Content-Length. The reader's error
+    may reach here wrapped (an exception group of the middleware's task group): the answer
+    is the 413 whenever the body went past the limit and nothing was sent yet."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen, started = 0, False
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise TooBig(self.limit)
+            return message
+
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, sending)
+        except Exception:
+            if seen <= self.limit or started:
+                raise
+            await JSONResponse({"detail": too_big(self.limit)}, 413)(scope, receive, send)
+
+
+class TooBig(Exception):
+    """A body past the limit (BodyLimit)."""
+
+
+def too_big(limit: int) -> str:
+    return f"body over {limit} bytes (STYLEBATCH_WEB_MAX_BODY)"
+
+
+def _route(request: Request) -> str:
+    """The route's template (never the raw path: job ids would make unbounded labels)."""
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def create_app(settings: Settings | None = None, store: JobStore | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    teams = load_teams(settings.web_teams, settings)
+    thumbs = Path(settings.web_thumbnails or settings.cache_dir / "thumbnails")
+    app = FastAPI(
+        title="stylebatch",
+        summary="Submit and steer style-transfer jobs; read their renders.",
+        version="1",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.web = Web(
+        settings, teams, store or JobStore.from_settings(settings, retries=1), thumbs
+    )
+    registry = CollectorRegistry()
+    requests = Counter(
+        "stylebatch_web_requests",
+        "Web requests answered, by route template, method and status",
+        ["route", "method", "status"],
+        registry=registry,
+    )
+    seconds = Histogram(
+        "stylebatch_web_request_seconds",
+        "Time to answer a web request, by route template",
+        ["route"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        registry=registry,
+    )
+
+    @app.middleware("http")
+    async def measured(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length", "")
+        limit = settings.web_max_body
+        if length and (not length.isdigit() or int(length) > limit):  # refused unread
+            response: Response = JSONResponse({"detail": too_big(limit)}, 413)
+        else:
+            started = time.perf_counter()
+            response = await call_next(request)
+            seconds.labels(_route(request)).observe(time.perf_counter() - started)
+        requests.labels(_route(request), request.method, str(response.status_code)).inc()
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "frame-ancestors 'none'; form-action 'self'",
+        )
+        return response
+
+    def wants_html(request: Request) -> bool:
+        return request.url.path.startswith("/ui")
+
+    def unavailable(request: Request, service: str, detail: str) -> Response:
+        message = f"{service} is unavailable: {detail}"
+        log.warning("503: %s", message)
+        if wants_html(request):
+            return pages.page(request, "error.html", 503, title="unavailable", message=message)
+        return JSONResponse({"detail": message, "service": service}, 503)
+
+    @app.exception_handler(Unavailable)
+    async def on_unavailable(request: Request, exc: Unavailable) -> Response:
+        return unavailable(request, exc.service, str(exc).split(": ", 1)[-1])
+
+    async def on_redis(request: Request, exc: redis.RedisError) -> Response:
+        return unavailable(request, "Redis", f"{type(exc).__name__}: {exc}")
+
+    for away in (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError):
+        app.add_exception_handler(away, on_redis)
+
+    @app.exception_handler(TransientError)
+    async def on_transient(request: Request, exc: TransientError) -> Response:
+        return unavailable(request, "S3", str(exc))
+
+    try:
+        from kombu.exceptions import OperationalError
+
+        @app.exception_handler(OperationalError)
+        async def on_broker(request: Request, exc: OperationalError) -> Response:
+            return unavailable(request, "Redis", f"the broker: {exc}")
+    except ImportError:  # pragma: no cover - celery[redis] brings kombu
+        pass
+
+    @app.exception_handler(api.Invalid)
+    async def on_invalid(request: Request, exc: api.Invalid) -> Response:
+        return JSONResponse(exc.body(), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+        if wants_html(request):
+            if exc.status_code == 401:
+                return pages.page(request, "login.html", 401, error=str(exc.detail))
+            return pages.page(
+                request, "error.html", exc.status_code, title=exc.status_code, message=exc.detail
+            )
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+        problems = [
+            {"where": ".".join(map(str, e.get("loc", ()))), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        if wants_html(request):
+            message = "; ".join(f"{p['where']}: {p['message']}" for p in problems)
+            return pages.page(request, "error.html", 422, title="bad request", message=message)
+        return JSONResponse({"detail": "invalid request", "problems": problems}, 422)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error (logged by the server)"}, 500)
+
+    app.add_middleware(BodyLimit, limit=settings.web_max_body)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> Response:
+        return RedirectResponse("/ui", status_code=303)
+
+    auth = os.environ.get("STYLEBATCH_METRICS_AUTH", "")
+    expected = "Basic " + base64.b64encode(auth.encode()).decode() if auth else ""
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        given = request.headers.get("authorization", "")
+        if expected and not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(401, "authentication required", {"WWW-Authenticate": "Basic"})
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(settings: Settings, bind: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=bind,
+        port=port,
+        log_level="info",
+        proxy_headers=True,
+        server_header=False,
+        limit_concurrency=200,
+    )
