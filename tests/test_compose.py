@@ -51,7 +51,10 @@ def fleet(tmp_path_factory, images):
         "REDIS_PASSWORD": secrets.token_hex(8),
         "MINIO_ROOT_USER": "smoke-root",
         "MINIO_ROOT_PASSWORD": secrets.token_hex(8),
-        **{f"{c.upper()}_S3_KEY": f"smoke{c}" for c in ("worker", "bookkeeping", "scheduler")},
+        **{
+            f"{c.upper()}_S3_KEY": f"smoke{c}"
+            for c in ("worker", "bookkeeping", "scheduler", "web")
+        },
         **{
             f"{c.upper()}_S3_SECRET": secrets.token_hex(8)
             for c in ("worker", "bookkeeping", "scheduler")

@@ -154,9 +154,10 @@ def test_least_privilege_each_component_its_own_object_store_user():
     }
     assert keys["bookkeeping"] == required("BOOKKEEPING_S3_KEY")
     assert keys["beat"] == required("SCHEDULER_S3_KEY")
+    assert keys["serve"] == required("WEB_S3_KEY")
     init = " ".join(services["minio-init"]["command"])
     policies = {p.stem: json.loads(p.read_text()) for p in (DEPLOY / "minio").glob("*.json")}
-    assert set(policies) == {"worker", "bookkeeping", "scheduler"}
+    assert set(policies) == {"worker", "bookkeeping", "scheduler", "web"}
     assert all(f"{name}:" in init for name in policies) and "mc admin policy attach" in init
 
     def granted(policy: dict, action: str) -> set[str]:
@@ -171,6 +172,10 @@ def test_least_privilege_each_component_its_own_object_store_user():
     assert granted(policies["scheduler"], "s3:PutObject") == {
         "arn:aws:s3:::stylebatch-outputs/*.stylebatch-write-check"  # the preflight probe only
     }
+    assert granted(policies["web"], "s3:PutObject") == granted(
+        policies["scheduler"], "s3:PutObject"
+    )
+    assert "arn:aws:s3:::stylebatch-outputs/*" in granted(policies["web"], "s3:GetObject")
     assert "arn:aws:s3:::stylebatch-models/*" in granted(policies["worker"], "s3:GetObject")
     assert granted(policies["bookkeeping"], "s3:GetObject") == {
         "arn:aws:s3:::stylebatch-outputs/*",

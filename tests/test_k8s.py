@@ -341,16 +341,18 @@ def test_each_component_has_its_own_secret_and_object_store_user(tmp_path):
         "stylebatch-autumn-campaign": ["stylebatch-scheduler-secrets"],
         "stylebatch-flower": ["stylebatch-flower-secrets"],
         "stylebatch-metrics": ["stylebatch-metrics-secrets"],
+        "stylebatch-web": ["stylebatch-web-secrets"],
     }
     with_s3 = {n for n, s in secrets.items() if "AWS_ACCESS_KEY_ID" in keys(s)}
     assert with_s3 == {
         "stylebatch-worker-secrets",
         "stylebatch-bookkeeping-secrets",
         "stylebatch-scheduler-secrets",
+        "stylebatch-web-secrets",
     }  # Flower and the metrics endpoint hold no object-store credentials
     commands = readme_commands()
     users = set(re.findall(r'AWS_ACCESS_KEY_ID="\$([A-Z0-9_]+)"', commands))
-    assert users == {"WORKER_S3_KEY", "BOOKKEEPING_S3_KEY", "SCHEDULER_S3_KEY"}  # 3 users
+    assert users == {"WORKER_S3_KEY", "BOOKKEEPING_S3_KEY", "SCHEDULER_S3_KEY", "WEB_S3_KEY"}
     config = next(d for d in written() if d["kind"] == "ConfigMap")["data"]
     assert config["STYLEBATCH_ALLOWED_OUTPUTS"] == "s3://stylebatch-outputs"
     assert config["STYLEBATCH_SCHEDULES"].startswith("s3://stylebatch-manifests/")

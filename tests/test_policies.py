@@ -39,6 +39,7 @@ USERS = {
     "worker": ("WORKERTESTKEY1", "worker+secret/1"),
     "scheduler": ("SCHEDULERTESTKEY1", "scheduler+secret/1"),
     "bookkeeping": ("BOOKKEEPINGTESTKEY1", "bookkeeping+secret/1"),
+    "web": ("WEBTESTKEY1", "web+secret/1"),
 }
 
 # What each component needs, written from what its code does, not from the policy files: action
@@ -55,6 +56,13 @@ NEEDS: dict[str, dict[str, set[str]]] = {
         "s3:ListBucket": {MANIFESTS, INPUTS, OUTPUTS},
         "s3:GetBucketLocation": {MANIFESTS, INPUTS, OUTPUTS},
         "s3:GetObject": {MANIFESTS, INPUTS, MODELS},
+        "s3:PutObject": {f"{OUTPUTS}/*{PROBE_KEY}"},
+        "s3:DeleteObject": {f"{OUTPUTS}/*{PROBE_KEY}"},
+    },
+    "web": {  # the web front: submits as beat does, and reads outputs for its thumbnails
+        "s3:ListBucket": {MANIFESTS, INPUTS, OUTPUTS},
+        "s3:GetBucketLocation": {MANIFESTS, INPUTS, OUTPUTS},
+        "s3:GetObject": {MANIFESTS, INPUTS, MODELS, OUTPUTS},
         "s3:PutObject": {f"{OUTPUTS}/*{PROBE_KEY}"},
         "s3:DeleteObject": {f"{OUTPUTS}/*{PROBE_KEY}"},
     },
