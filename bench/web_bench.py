@@ -56,7 +56,10 @@ def big_web_job(store: Any, plan: Any, folder: Path, n: int = 100_000, team: str
     ]
     out = folder / "big-out"
     plan = dataclasses.replace(
-        plan, job_id=f"web-big-{n}", renders=renders, location=Location("file", str(out))
+        plan,
+        job_id=f"web-big-{n}-{n:012x}",  # shaped as expand makes job ids: the web checks
+        renders=renders,
+        location=Location("file", str(out)),
     )
     store.delete(plan.job_id)
     assert store.create(plan, team=team)

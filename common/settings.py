@@ -81,10 +81,13 @@ class Settings:
     c2pa_tsa_url: str = ""
     # The web front (`stylebatch serve`, docs/web.md): its teams (a file, or JSON: team ->
     # token's SHA-256 or token file, allowed inputs and outputs), the largest manifest it
-    # takes, and where it keeps the gallery's thumbnails.
+    # takes, where it keeps the gallery's thumbnails and how many bytes of them at most, and
+    # whether its session cookie is Secure ("" auto: unless `serve` is bound to loopback).
     web_teams: str = field(default="", repr=False)
     web_max_body: int = 1 << 20
     web_thumbnails: str = ""  # empty: cache_dir / "thumbnails"
+    web_thumbnail_cache_bytes: int = 512 << 20
+    web_secure_cookies: str = ""
 
     def signs(self, requested: bool | str | None) -> bool:
         """Whether outputs get content credentials: a manifest's ``output.credentials`` (as
@@ -153,4 +156,8 @@ class Settings:
             web_teams=_env("STYLEBATCH_WEB_TEAMS"),
             web_max_body=int(_env("STYLEBATCH_WEB_MAX_BODY", str(default.web_max_body))),
             web_thumbnails=_env("STYLEBATCH_WEB_THUMBNAILS"),
+            web_thumbnail_cache_bytes=int(
+                _env("STYLEBATCH_WEB_THUMBNAIL_CACHE_BYTES", str(default.web_thumbnail_cache_bytes))
+            ),
+            web_secure_cookies=_env("STYLEBATCH_WEB_SECURE_COOKIES").lower(),
         )

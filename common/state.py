@@ -56,6 +56,12 @@ JOB_TRANSITIONS = {
 }
 LUA = Path(__file__).with_name("lua")
 STAGING_TTL = 24 * 3600  # a killed submit's staged specs and states expire after this
+SUBMIT_LEASE = 120  # seconds a submit holds its job while creating and enqueueing it
+
+
+class Incomplete(redis.RedisError):
+    """A create whose staged renders were gone when it came to make the job visible (they
+    expired): nothing was made; submitting again stages them afresh."""
 
 
 @cache
@@ -376,12 +382,12 @@ class JobStore:
             self.delete(job_id)
         elif self.r.exists(self._job(job_id)):
             return False
+        attempt = secrets.token_hex(6)  # this attempt's own staging: a racing submit's are apart
         staged = [
-            f"{self._specs(job_id)}:staging",
-            f"{self._states(job_id)}:staging",
-            f"{self._index(job_id)}:staging",
+            f"{self._specs(job_id)}:staging:{attempt}",
+            f"{self._states(job_id)}:staging:{attempt}",
+            f"{self._index(job_id)}:staging:{attempt}",
         ]
-        self.r.delete(*staged)
         for i in range(0, len(plan.renders), 1000):
             chunk = plan.renders[i : i + 1000]
             pipe = self.r.pipeline(transaction=False)
@@ -426,11 +432,23 @@ class JobStore:
         outcome, held = self._run_durably(
             "create", keys, [job_id, json.dumps(record), len(plan.renders), entries, team]
         )
-        if outcome == "incomplete":  # staging keys expired or were deleted under us
-            raise redis.RedisError(f"job {job_id}: staged renders incomplete; submit again")
+        if outcome != "created":  # another submit made it first: this attempt's staging goes
+            self.r.delete(*staged)
+        if outcome == "incomplete":  # this attempt's staging expired under it
+            raise Incomplete(f"job {job_id}: staged renders incomplete; submit again")
         if not held:  # a failover now could lose it: the caller must not report it made
             raise redis.RedisError(f"job {job_id}: not yet on a replica; submit again")
         return outcome == "created"
+
+    def hold_submit(self, job_id: str, token: str, seconds: float = SUBMIT_LEASE) -> bool:
+        """Take (or renew) the lease of submitting ``job_id``: held from before create until
+        its tasks are all sent, so a submit racing it neither stages over it nor re-drives
+        what it is still sending. A submit killed holding it leaves it to expire; the next
+        submit after that recovers the job (scheduler/submit.py)."""
+        return self.lease(f"submit:{job_id}", token, seconds)
+
+    def release_submit(self, job_id: str, token: str) -> None:
+        self.let_go(f"submit:{job_id}", token)
 
     def mark_sent(self, job_id: str) -> None:
         self._run("touch", [self._job(job_id)], ["sent", "1"])
@@ -460,14 +478,25 @@ class JobStore:
 
     # reading
     def get(self, job_id: str) -> JobInfo | None:
-        meta = self.r.hgetall(self._job(job_id))
-        return JobInfo(job_id, meta) if meta else None
+        """The job's record; None where there is none. A key that is not a job's record (a
+        job's own ``:index`` or ``:specs``, named by a crafted id) is no job either."""
+        try:
+            meta = self.r.hgetall(self._job(job_id))
+        except redis.ResponseError as exc:
+            if "WRONGTYPE" in str(exc):
+                return None
+            raise
+        return JobInfo(job_id, meta) if meta and "location" in meta else None
 
     def jobs(self, limit: int = 50, offset: int = 0, team: str | None = None) -> list[JobInfo]:
         """Newest first, one page: of every job, or of one web team's."""
         index = self.JOBS if team is None else self._team(team)
         ids = self.r.zrevrange(index, offset, offset + limit - 1)
         return [info for job_id in ids if (info := self.get(job_id))]
+
+    def count_jobs(self, team: str | None = None) -> int:
+        """How many jobs ``jobs`` pages through (of every job, or of one web team's)."""
+        return int(self.r.zcard(self.JOBS if team is None else self._team(team)))
 
     def ping(self) -> bool:
         return bool(self.r.ping())

@@ -359,6 +359,11 @@ def submit(
             f"tasks, enqueued in {result.seconds:.2f} s",
             highlight=False,
         )
+    elif result.in_progress:
+        out.print(
+            f"being submitted {result.job_id}: another submit is creating and enqueueing it",
+            highlight=False,
+        )
     elif result.tasks:
         out.print(
             f"exists {result.job_id}: re-enqueued its pending renders that had no task "

@@ -23,6 +23,7 @@ class Submitted:
     renders: int
     tasks: int
     seconds: float
+    in_progress: bool = False  # another submit of the same job holds it, creating or enqueueing
 
 
 def submit(
@@ -42,11 +43,21 @@ def submit(
         holder = store.claim_slot(plan.name, slot_label(plan.slot), plan.job_id)
         if holder is not None and holder != plan.job_id:
             return Submitted(holder, False, len(plan.renders), 0, 0.0)
-    if not store.create(plan, force, team):
-        tasks = recover_job(plan.job_id, store, app, settings)
-        return Submitted(plan.job_id, False, len(plan.renders), tasks, 0.0)
-    tasks = enqueue(app, plan.job_id, plan.renders, plan.manifest.priority, settings)
-    store.mark_sent(plan.job_id)
+    # One submit at a time creates and enqueues a job: a racing one (the same manifest posted
+    # twice at once) neither stages over it nor re-drives the renders it is still sending.
+    # A submit killed holding the lease leaves it to expire; the next one recovers the job.
+    token = store.token()
+    if not store.hold_submit(plan.job_id, token):
+        return Submitted(plan.job_id, False, len(plan.renders), 0, 0.0, in_progress=True)
+    try:
+        if not store.create(plan, force, team):
+            tasks = recover_job(plan.job_id, store, app, settings)
+            return Submitted(plan.job_id, False, len(plan.renders), tasks, 0.0)
+        store.hold_submit(plan.job_id, token)  # renewed: staging a big job took its time
+        tasks = enqueue(app, plan.job_id, plan.renders, plan.manifest.priority, settings)
+        store.mark_sent(plan.job_id)
+    finally:
+        store.release_submit(plan.job_id, token)
     if not plan.renders:
         finalize(app, plan.job_id)
     return Submitted(plan.job_id, True, len(plan.renders), tasks, time.perf_counter() - started)

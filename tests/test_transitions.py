@@ -246,6 +246,7 @@ def test_a_create_cut_short_leaves_no_job_and_the_next_completes_it(store, tmp_p
     # a submit killed after staging half its renders: nothing is visible
     staged = store._specs(job_id) + ":staging"
     store.r.hset(staged, mapping={r.id: "{}" for r in plan.renders[:1]})
+    store.r.expire(staged, 60)  # as a killed submit's staging: it expires
     script = store._scripts["create"]
     keys = [store._job(job_id), staged, store._states(job_id) + ":staging"]
     keys += [store._specs(job_id), store._states(job_id), store.JOBS, store.ACTIVE]
@@ -256,7 +257,8 @@ def test_a_create_cut_short_leaves_no_job_and_the_next_completes_it(store, tmp_p
     assert info.total == len(plan.renders) and info.meta["location"]
     assert len(store.specs(job_id)) == len(plan.renders) == len(store.states(job_id))
     assert [j.job_id for j in store.jobs()] == [job_id] and store.active() == [job_id]
-    assert not store.r.exists(staged)
+    assert 0 < store.r.ttl(staged) <= 60  # left to expire: each submit stages apart
+    assert [k for k in store.r.scan_iter(f"sb:job:{job_id}:*staging*") if k != staged] == []
     assert not store.create(plan)  # exists
 
 
@@ -382,3 +384,46 @@ def test_celery_calls_the_errback_with_the_failed_tasks_request(job, monkeypatch
     state = store.state(job_id, rid)
     assert state["status"] == "failed" and "TimeLimitExceeded" in state["error"], state
     assert settled == [(job_id, True)]  # the job's last render ended: finalize is due
+
+
+def test_a_create_stages_under_keys_of_its_own(store, plan):
+    """Another submit's staging (here under the name every submit once shared) is left
+    alone: a racing create no longer deletes what a concurrent one staged."""
+    shared = store._specs(plan.job_id) + ":staging"
+    store.r.hset(shared, "r", "another submit's")
+    assert store.create(plan)
+    assert store.r.hget(shared, "r") == "another submit's"
+    left = [k for k in store.r.scan_iter(f"sb:job:{plan.job_id}:*staging*") if k != shared]
+    assert left == []  # its own staging became the job's
+
+
+def test_a_key_that_is_no_job_record_is_no_job(job):
+    store, job_id, _ = job
+    for suffix in (":index", ":specs", ":states", ":ended"):
+        assert store.get(job_id + suffix) is None, suffix
+    assert store.get(job_id) is not None
+
+
+def test_a_submit_in_progress_is_not_re_driven_and_a_killed_one_is_after_its_lease(
+    store, plan, monkeypatch
+):
+    """A second submit while the first holds the job's submit lease (recording, enqueueing)
+    sends nothing; once that lease expires (its submit was killed before marking the job
+    sent), the next submit re-drives the job's pending renders, as before."""
+    import common.dispatch
+    from scheduler import submit as submitting
+
+    sent = []
+    monkeypatch.setattr(
+        submitting, "enqueue", lambda app, job, renders, *a: sent.append(len(renders)) or 1
+    )
+    monkeypatch.setattr(common.dispatch, "redrive", lambda job, ids, *a: sent.append(len(ids)) or 1)
+    assert store.hold_submit(plan.job_id, "the-first-submit", 0.5)
+    assert store.create(plan)  # the first recorded it, and has not sent its tasks yet
+    busy = submitting.submit(plan, Settings(), None, store)
+    assert busy.in_progress and not busy.created and busy.tasks == 0 and sent == []
+    time.sleep(0.6)  # the first was killed: its lease expires
+    again = submitting.submit(plan, Settings(), None, store)
+    assert not again.in_progress and again.tasks == 1 and sent == [len(plan.renders)]
+    assert store.get(plan.job_id).meta["sent"] == "1"
+    assert not store.r.exists(f"sb:lock:submit:{plan.job_id}")  # let go

@@ -3,11 +3,14 @@ answer reads the job's record and one page of its renders, never the whole job."
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis
 import yaml
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -16,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from common.errors import ManifestError, Problem, TransientError
 from common.state import TERMINAL, JobInfo
 from scheduler import jobview
-from scheduler.web.core import Team, Unavailable, Web, facets, job_of, team, web
+from scheduler.web.core import Team, Unavailable, Web, facets, job_of, owns, team, web
 
 router = APIRouter()
 TeamDep = Annotated[Team, Depends(team)]
@@ -24,6 +27,8 @@ BASE = Path("/nonexistent-web-manifest")  # a posted manifest's relative paths l
 STATES = ("pending", "running", *TERMINAL)
 Status = Enum("Status", {s: s for s in STATES}, type=str)
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+IN_PROGRESS_WAIT = 10.0  # seconds a submit waits for a racing one to record the same job
+BUSY = {"Retry-After": "1"}
 
 
 class Invalid(Exception):
@@ -40,12 +45,23 @@ class Invalid(Exception):
         }
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
-    """A manifest posted as YAML or JSON (JSON is YAML)."""
+def parse_body(body: bytes, content_type: str = "") -> dict[str, Any]:
+    """A manifest posted as YAML or JSON: read as JSON (``json.loads``, not as YAML, which
+    refuses JSON's tab indents and reads ``4e1`` as a string) when it is sent as JSON or
+    opens with ``{``; as YAML otherwise, and where a ``{`` body is not JSON (a YAML flow
+    mapping). Nesting too deep to read is refused, not a crash."""
     try:
-        data = yaml.safe_load(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise Invalid("invalid manifest", [Problem("", "not UTF-8 text")]) from None
+    as_json = "json" in content_type.lower()
+    try:
+        data = _load(text, as_json)
+    except RecursionError:
+        raise Invalid("invalid manifest", [Problem("", "nested too deeply")]) from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}"
+        raise Invalid("invalid manifest", [Problem(where, f"invalid JSON: {exc}")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
@@ -53,6 +69,17 @@ def parse_body(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise Invalid("invalid manifest", [Problem("", "a manifest must be a mapping at the top")])
     return data
+
+
+def _load(text: str, as_json: bool) -> Any:
+    if as_json:
+        return json.loads(text)
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass  # a YAML flow mapping, then
+    return yaml.safe_load(text)
 
 
 def submit_document(ctx: Web, who: Team, data: dict[str, Any]) -> tuple[bool, JobInfo]:
@@ -87,11 +114,21 @@ def submit_document(ctx: Web, who: Team, data: dict[str, Any]) -> tuple[bool, Jo
     if problems:
         problems = [Problem(p.where, _named(p.message, who)) for p in problems]
         raise Invalid("preflight failed", problems)
+    theirs = "this manifest's job was submitted by someone else"
     existing = ctx.store.get(plan.job_id)
-    if existing is not None and existing.meta.get("team") != who.name:
-        raise HTTPException(409, "this manifest's job was submitted by someone else")
+    if existing is not None and not owns(who, existing):
+        raise HTTPException(409, theirs)
     result = submit(plan, ctx.settings, ctx.celery, ctx.store, team=who.name)
-    return result.created, ctx.store.get(result.job_id)
+    info = ctx.store.get(result.job_id)
+    deadline = time.monotonic() + IN_PROGRESS_WAIT
+    while info is None and result.in_progress and time.monotonic() < deadline:
+        time.sleep(0.1)  # another request of the same manifest is recording it now
+        info = ctx.store.get(result.job_id)
+    if info is None:
+        raise HTTPException(409, "this job is being submitted by another request; try again", BUSY)
+    if not result.created and not owns(who, info):  # another team's, made meanwhile
+        raise HTTPException(409, theirs)
+    return result.created, info
 
 
 def _named(message: str, who: Team) -> str:
@@ -124,7 +161,8 @@ def _named(message: str, who: Team) -> str:
     },
 )
 async def post_job(request: Request, who: TeamDep) -> Response:
-    data = parse_body(await request.body())  # at most STYLEBATCH_WEB_MAX_BODY (app.py)
+    kind = request.headers.get("content-type", "")
+    data = parse_body(await request.body(), kind)  # at most STYLEBATCH_WEB_MAX_BODY (app.py)
     ctx = web(request)
     created, info = await run_in_threadpool(submit_document, ctx, who, data)
     record = await run_in_threadpool(jobview.status_record, ctx.store, info)
@@ -142,7 +180,7 @@ def list_jobs(
     found = store.jobs(limit, offset, team=who.name)
     now = store.now()
     jobs = [jobview.job_record(i) | {"eta_seconds": jobview.eta(i, now)} for i in found]
-    more = len(found) == limit
+    more = offset + limit < store.count_jobs(team=who.name)  # the index, not what was found
     return {"jobs": jobs, "next_offset": offset + limit if more else None}
 
 
@@ -263,7 +301,31 @@ def render_detail(info: JobInfo, render: Any, state: dict[str, Any]) -> dict[str
     return record
 
 
-PRIVATE = {"Cache-Control": "private, max-age=3600"}
+# A render's URLs are stable while its output may be rendered again (retry, --force): a
+# browser keeps what it fetched but asks again each time, and gets 304 while it is the same.
+PRIVATE = {"Cache-Control": "private, no-cache"}
+
+
+def etag_of(version: str) -> str:
+    return '"' + version.replace('"', "").replace("\\", "") + '"'
+
+
+def unchanged(request: Request, etag: str) -> bool:
+    """The browser's copy (If-None-Match) is this version."""
+    given = request.headers.get("if-none-match", "")
+    tags = {t.strip().removeprefix("W/") for t in given.split(",")}
+    return etag in tags or "*" in tags
+
+
+def versioned(request: Request, data: bytes, media_type: str) -> Response:
+    """Bytes read whole (an output, a contact sheet), their digest the ETag."""
+    import hashlib
+
+    etag = etag_of(hashlib.sha256(data).hexdigest()[:32])
+    headers = PRIVATE | {"ETag": etag}
+    if unchanged(request, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=media_type, headers=headers)
 
 
 def output_of(request: Request, who: Team, job_id: str, render_id: str, how: str) -> Any:
@@ -284,7 +346,10 @@ def output_of(request: Request, who: Team, job_id: str, render_id: str, how: str
 )
 def thumbnail(request: Request, who: TeamDep, job_id: str, render_id: str) -> Response:
     _, (path, facts) = output_of(request, who, job_id, render_id, "thumbnail")
-    return FileResponse(path, media_type="image/jpeg", headers=PRIVATE | {"ETag": facts["version"]})
+    headers = PRIVATE | {"ETag": etag_of(facts["version"])}
+    if unchanged(request, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type="image/jpeg", headers=headers)
 
 
 @router.get(
@@ -296,7 +361,7 @@ def thumbnail(request: Request, who: TeamDep, job_id: str, render_id: str) -> Re
 def image(request: Request, who: TeamDep, job_id: str, render_id: str) -> Response:
     info, data = output_of(request, who, job_id, render_id, "read")
     kind = IMAGE_TYPES.get(info.meta.get("format", ""), "application/octet-stream")
-    return Response(data, media_type=kind, headers=PRIVATE)
+    return versioned(request, data, kind)
 
 
 @router.get(
@@ -312,7 +377,7 @@ def contact_sheet(request: Request, who: TeamDep, job_id: str) -> Response:
     data = web(request).outputs.read(info.location, record_key(info.job_id, "contact_sheet.png"))
     if data is None:
         raise HTTPException(404, "no contact sheet yet: it is made when the job ends")
-    return Response(data, media_type="image/png", headers=PRIVATE)
+    return versioned(request, data, "image/png")
 
 
 def schedules_of(ctx: Web, who: Team, slots: int = 5) -> list[dict[str, Any]]:
@@ -326,10 +391,14 @@ def schedules_of(ctx: Web, who: Team, slots: int = 5) -> list[dict[str, Any]]:
 
     if not ctx.settings.schedules:
         return []
+    where = ctx.settings.schedules
     try:
-        sources = ManifestSource(ctx.settings.schedules, ctx.settings).scan()
-    except Exception as exc:
-        raise Unavailable("S3", f"cannot list {ctx.settings.schedules}: {exc}") from None
+        sources = ManifestSource(where, ctx.settings).scan()
+    except redis.RedisError:
+        raise  # answered 503 naming Redis (app.py)
+    except Exception as exc:  # S3 away, or the local folder unreadable: named as it is
+        service = "S3" if where.startswith("s3://") else "the schedules folder"
+        raise Unavailable(service, f"cannot list {where} (STYLEBATCH_SCHEDULES): {exc}") from None
     now = datetime.now(UTC)
     out = []
     for source in sorted(sources):

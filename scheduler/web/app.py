@@ -48,7 +48,9 @@ class BodyLimit:
     """Bodies past ``limit`` bytes are refused with 413 as they stream in, whatever reads them
     (the API's manifest, a page's form), with or without a Content-Length. The reader's error
     may reach here wrapped (an exception group of the middleware's task group): the answer
-    is the 413 whenever the body went past the limit and nothing was sent yet."""
+    is the 413 whenever the body went past the limit and nothing was sent yet. A reader that
+    turns the error into an answer of its own (FastAPI's ``Form()`` answers 400 for a form it
+    could not parse) has that answer replaced by the 413 as it starts."""
 
     def __init__(self, app: Any, limit: int):
         self.app, self.limit = app, limit
@@ -56,7 +58,7 @@ class BodyLimit:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        seen, started = 0, False
+        seen, started, replaced = 0, False, False
 
         async def limited() -> dict:
             nonlocal seen
@@ -67,7 +69,13 @@ class BodyLimit:
             return message
 
         async def sending(message: dict) -> None:
-            nonlocal started
+            nonlocal started, replaced
+            if replaced:
+                return  # the reader's own answer, replaced by the 413
+            if message["type"] == "http.response.start" and not started and seen > self.limit:
+                started = replaced = True
+                await JSONResponse({"detail": too_big(self.limit)}, 413)(scope, receive, send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -93,7 +101,28 @@ def _route(request: Request) -> str:
     return getattr(route, "path", "unmatched")
 
 
-def create_app(settings: Settings | None = None, store: JobStore | None = None) -> FastAPI:
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def secure_cookies(settings: Settings, bind: str | None) -> bool:
+    """Whether the session cookie is Secure (STYLEBATCH_WEB_SECURE_COOKIES): "1"/"true" or
+    "0"/"false" as set; unset, Secure unless `serve` is bound to loopback (where a browser
+    reaches it over plain HTTP on the same machine). Behind a TLS ingress, uvicorn does not
+    trust the ingress's X-Forwarded-Proto (FORWARDED_ALLOW_IPS is loopback by default), so
+    the request's own scheme cannot tell."""
+    value = settings.web_secure_cookies
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    return bind is not None and bind not in LOOPBACK
+
+
+def create_app(
+    settings: Settings | None = None, store: JobStore | None = None, bind: str | None = None
+) -> FastAPI:
+    """The app; ``bind``: the address `serve` listens on (None in tests: cookies are
+    Secure only over HTTPS or where STYLEBATCH_WEB_SECURE_COOKIES says so)."""
     settings = settings or Settings.from_env()
     teams = load_teams(settings.web_teams, settings)
     thumbs = Path(settings.web_thumbnails or settings.cache_dir / "thumbnails")
@@ -101,11 +130,15 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
         title="stylebatch",
         summary="Submit and steer style-transfer jobs; read their renders.",
         version="1",
-        docs_url="/docs",
+        docs_url=None,  # Swagger UI loads its scripts from a CDN, which the CSP refuses
         redoc_url=None,
     )
     app.state.web = Web(
-        settings, teams, store or JobStore.from_settings(settings, retries=1), thumbs
+        settings,
+        teams,
+        store or JobStore.from_settings(settings, retries=1),
+        thumbs,
+        secure_cookies(settings, bind),
     )
     registry = CollectorRegistry()
     requests = Counter(
@@ -160,8 +193,9 @@ def create_app(settings: Settings | None = None, store: JobStore | None = None) 
     async def on_redis(request: Request, exc: redis.RedisError) -> Response:
         return unavailable(request, "Redis", f"{type(exc).__name__}: {exc}")
 
-    for away in (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError):
-        app.add_exception_handler(away, on_redis)
+    # Redis away, read-only, out of memory (OOM), refusing writes (MISCONF), or a create whose
+    # staging was lost (common/state.py's Incomplete): 503, naming Redis; submit again.
+    app.add_exception_handler(redis.RedisError, on_redis)
 
     @app.exception_handler(TransientError)
     async def on_transient(request: Request, exc: TransientError) -> Response:
@@ -232,7 +266,7 @@ def serve(settings: Settings, bind: str, port: int) -> None:
     import uvicorn
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, bind=bind),
         host=bind,
         port=port,
         log_level="info",

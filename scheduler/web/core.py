@@ -8,6 +8,9 @@ import hashlib
 import io
 import json
 import os
+import re
+import secrets
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +20,7 @@ from fastapi import HTTPException, Request
 
 from common.access import under
 from common.errors import StorageError, TransientError
+from common.manifest import _NAME
 from common.settings import Settings
 from common.state import JobInfo, JobStore
 from common.storage import s3_client, storage_error
@@ -44,6 +48,7 @@ class Web:
     teams: dict[str, Team]
     store: JobStore
     thumbnails: Path
+    secure_cookies: bool = False  # the session cookie's Secure flag (app.py)
 
     @cached_property
     def celery(self) -> Any:
@@ -78,7 +83,11 @@ async def team(request: Request) -> Team:
     token, from_cookie = token_of(request)
     found = authenticate(web(request).teams, token)
     if found is None:
-        raise HTTPException(401, "a valid token is needed (Authorization: Bearer TOKEN)")
+        raise HTTPException(
+            401,
+            "a valid token is needed (Authorization: Bearer TOKEN)",
+            {"WWW-Authenticate": "Bearer"},
+        )
     if from_cookie and request.method not in SAFE_METHODS:
         given = request.headers.get(CSRF_HEADER, "")
         if not given and "form" in request.headers.get("content-type", ""):
@@ -105,10 +114,17 @@ def owns(who: Team, info: JobInfo | None) -> bool:
     return any(under(str(info.location), p) for p in who.allowed_outputs)
 
 
+# A job id as common/expand.py's job_id makes it: the manifest's name (common/manifest.py),
+# the slot's label where it is scheduled, 12 hex digits. Never a ':', so never the name of
+# another of the job's keys (its ':index', ':specs', ...), whatever a path holds.
+JOB_ID = re.compile(rf"(?:{_NAME.pattern[1:-1]})(?:-\d{{8}}T\d{{6}}Z)?-[0-9a-f]{{12}}")
+
+
 def job_of(request: Request, who: Team, job_id: str) -> JobInfo:
-    """The job, if this team may see it; 404 otherwise (another team's job is no one's)."""
+    """The job, if this team may see it; 404 otherwise (another team's job is no one's, and
+    what is no job id is no job: refused before anything is read)."""
     store = web(request).store
-    info = store.get(job_id) if len(job_id) <= 200 else None
+    info = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
     if not owns(who, info):
         raise HTTPException(404, f"no such job: {job_id[:200]}")
     if info.total and "facets" not in info.meta:  # recorded before the render index existed
@@ -133,6 +149,9 @@ class Outputs:
     def __init__(self, settings: Settings, folder: Path):
         self.settings, self.folder = settings, folder
         self.client = s3_client(settings, attempts=2, timeout=10)
+        self.cap = settings.web_thumbnail_cache_bytes  # STYLEBATCH_WEB_THUMBNAIL_CACHE_BYTES
+        self._held: int | None = None  # bytes in the folder, counted once, then kept up
+        self._lock = threading.Lock()
 
     def _s3(self, location: Location, key: str) -> tuple[str, str]:
         return location.root, join_key(location.prefix, key)
@@ -181,7 +200,11 @@ class Outputs:
         path = self.folder / name[:2] / f"{name}.jpg"
         facts = path.with_suffix(".json")
         if path.exists() and facts.exists():
-            return path, json.loads(facts.read_text())
+            try:
+                os.utime(path)  # used: the last to go when the cache is pruned
+                return path, json.loads(facts.read_text())
+            except (OSError, ValueError):
+                pass  # pruned (or half written) meanwhile: made again
         data = self.read(location, key)
         if data is None:
             return None
@@ -201,11 +224,51 @@ class Outputs:
         buf = io.BytesIO()
         fit_long_side(img, THUMB_SIDE).save(buf, "JPEG", quality=THUMB_QUALITY)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for target, body in ((path, buf.getvalue()), (facts, json.dumps(info).encode())):
-            temp = target.with_name(f".{target.name}.{os.getpid()}")
+        written = 0
+        for target, body in ((facts, json.dumps(info).encode()), (path, buf.getvalue())):
+            temp = target.with_name(f".{target.name}.{secrets.token_hex(8)}")  # this thread's
             temp.write_bytes(body)
             temp.replace(target)
+            written += len(body)
+        self._grew(written)
         return path, info
+
+    def _grew(self, added: int) -> None:
+        """Keep the folder under ``cap`` bytes: counted once (a walk of the folder), then
+        kept up as thumbnails are written; past the cap, the least recently used thumbnails
+        go (their last use is their file's mtime) until it holds at most 80% of the cap."""
+        with self._lock:
+            if self._held is None:
+                self._held = sum(size for _, size, _ in self._files())
+            else:
+                self._held += added
+            if self._held <= self.cap:
+                return
+            files = sorted(self._files(), key=lambda f: f[2])  # oldest use first
+            held = sum(size for _, size, _ in files)
+            for jpeg, _, _ in files:
+                if held <= self.cap * 0.8:
+                    break
+                for gone in (jpeg, jpeg.with_suffix(".json")):
+                    try:
+                        held -= gone.stat().st_size
+                        gone.unlink()
+                    except OSError:
+                        pass
+            self._held = held
+
+    def _files(self) -> list[tuple[Path, int, int]]:
+        """(thumbnail, its bytes with its facts, its last use) of every thumbnail kept."""
+        found = []
+        for jpeg in self.folder.glob("*/*.jpg"):
+            try:
+                stat = jpeg.stat()
+                facts = jpeg.with_suffix(".json")
+                size = stat.st_size + (facts.stat().st_size if facts.exists() else 0)
+            except OSError:
+                continue
+            found.append((jpeg, size, stat.st_mtime_ns))
+        return found
 
 
 def _unavailable(error: StorageError) -> Exception:

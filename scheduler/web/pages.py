@@ -36,9 +36,11 @@ GALLERY_PAGE = 48
 def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     token, _ = token_of(request)
     context.setdefault("team", None)
-    return templates.TemplateResponse(
+    response = templates.TemplateResponse(
         request, name, {"csrf": csrf_token(token) if token else "", **context}, status_code=status
     )
+    response.headers["Cache-Control"] = "no-store"  # it holds the session's anti-forgery value
+    return response
 
 
 env.filters["duration"] = jobview.duration
@@ -56,7 +58,7 @@ def login(request: Request, token: Annotated[str, Form(max_length=500)] = "") ->
     if authenticate(web(request).teams, token) is None:
         return page(request, "login.html", status=401, error="unknown token")
     response = RedirectResponse("/ui", status_code=303)
-    secure = request.url.scheme == "https"
+    secure = web(request).secure_cookies or request.url.scheme == "https"
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure)
     return response
 
@@ -81,7 +83,7 @@ async def submit_page(request: Request, who: TeamDep) -> Response:
     form = await request.form()
     text = str(form.get("manifest", ""))  # at most STYLEBATCH_WEB_MAX_BODY (app.py)
     try:
-        data = api.parse_body(text.encode())
+        data = api.parse_body(text.encode())  # read as JSON where it opens with "{"
         _, info = await run_in_threadpool(api.submit_document, web(request), who, data)
     except api.Invalid as exc:
         listed = api.list_jobs(request, who, limit=20, offset=0)
