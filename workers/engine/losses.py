@@ -2,12 +2,14 @@
 features are cast up before any statistic. Gram statistics and losses are stored and summed in
 fp32; on CUDA their matrix products run on TF32 tensor cores (10-bit mantissa products, fp32
 accumulation) while a render runs, see ``StyleEngine._device_flags``. The Wasserstein-2 loss
-works in float64 throughout, unaffected by TF32 (its square root is only exact there, see
-``TraceSqrt``).
+centres its features and forms its products in fp32 without TF32, and decomposes only the small
+C x C (or N x N) matrix in float64 (see ``wasserstein2`` and ``TraceSqrt``).
 Every loss is relative to its target's magnitude, so weights mean the same for any VGG weights
 and any image size. Each returns one value per image in the batch."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -30,14 +32,18 @@ def moments(
     return flat.mean(1), torch.bmm(flat.transpose(1, 2), flat) / count
 
 
-def covariance(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image channel mean (B, C) and covariance (B, C, C) in float64, centred before the
-    product: a rank-deficient covariance (fewer positions than channels, dead channels) keeps
-    its zero eigenvalues at zero instead of at fp32 rounding noise."""
-    flat = _flat(feat).double()
-    mean = flat.mean(1)
-    centred = flat - mean.unsqueeze(1)
-    return mean, torch.bmm(centred.transpose(1, 2), centred) / flat.shape[1]
+@contextlib.contextmanager
+def _full_fp32(like: torch.Tensor):
+    """fp32 matrix products without TF32 for the block (CUDA only; restored after)."""
+    if like.device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class StyleTarget:
@@ -52,7 +58,8 @@ class StyleTarget:
         else:
             mean, gram = mean.double(), gram.double()
             cov = gram - mean.unsqueeze(2) * mean.unsqueeze(1)
-            self.cov_root = sqrtm_psd(cov)
+            self.cov_root64 = sqrtm_psd(cov)
+            self.cov_root = self.cov_root64.float()
             self.mean64 = mean
             self.cov_trace = cov.diagonal(dim1=1, dim2=2).sum(1)
             self.norm = (self.cov_trace + mean.square().sum(1)).clamp_min(1e-12)
@@ -67,14 +74,34 @@ class StyleTarget:
 def wasserstein2(feat: torch.Tensor, target: StyleTarget) -> torch.Tensor:
     """Squared W2 between the Gaussians fitted to ``feat`` and to the target, relative to the
     target's second moment:
-    |m - m_t|^2 + tr C + tr C_t - 2 tr sqrt(C_t^1/2 C C_t^1/2), in float64."""
-    mean, cov = covariance(feat)
-    root = target.cov_root
+    |m - m_t|^2 + tr C + tr C_t - 2 tr sqrt(C_t^1/2 C C_t^1/2).
+
+    The features are centred before any product, so a rank-deficient covariance (fewer
+    positions than channels, dead channels) keeps its zero eigenvalues at zero, and the
+    products over positions run in fp32 (float64 features stay float64) without losing what
+    the loss needs: tests/test_w2.py holds them to float64. Only the eigendecomposition and
+    the sum of the terms, whose difference is small near the target, are float64. With N
+    positions and C channels, C_t^1/2 C C_t^1/2 = Y^T Y / N for Y = X C_t^1/2; when N < C
+    the N x N matrix Y Y^T / N has the same nonzero eigenvalues and is cheaper to form and
+    to decompose (relu5_1, and relu4_1 at small sizes). On CUDA the products run without
+    TF32, whose 10-bit mantissa would put noise into the small eigenvalues."""
+    flat = _flat(feat)
+    mean = flat.mean(1)
+    centred = flat - mean.unsqueeze(1)
+    count, channels = centred.shape[1], centred.shape[2]
+    root = target.cov_root64 if flat.dtype == torch.float64 else target.cov_root
+    with _full_fp32(flat):
+        if count < channels:
+            projected = centred @ root
+            mixed = projected @ projected.transpose(1, 2) / count
+        else:
+            cov = torch.bmm(centred.transpose(1, 2), centred) / count
+            mixed = root @ cov @ root
     w2 = (
-        (mean - target.mean64).square().sum(1)
-        + cov.diagonal(dim1=1, dim2=2).sum(1)
+        (mean.double() - target.mean64).square().sum(1)
+        + (centred.square().sum((1, 2)) / count).double()
         + target.cov_trace
-        - 2 * TraceSqrt.apply(root @ cov @ root)
+        - 2 * TraceSqrt.apply(mixed).double()
     )
     return w2 / target.norm
 
@@ -103,28 +130,36 @@ class TraceSqrt(torch.autograd.Function):
         evals, evecs = torch.linalg.eigh(sym.double())
         floor = evals[..., -1:].clamp_min(1e-300) * 1e-12
         kept = evals > floor
-        ctx.save_for_backward(evecs, evals, kept)
+        ctx.save_for_backward(evecs.to(mat.dtype), evals, kept)
         return torch.where(kept, evals, 0).sqrt().sum(-1).to(mat.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         evecs, evals, kept = ctx.saved_tensors
-        half_inv = torch.where(kept, 0.5 / evals.clamp_min(1e-300).sqrt(), 0)
+        half_inv = torch.where(kept, 0.5 / evals.clamp_min(1e-300).sqrt(), 0).to(evecs.dtype)
         out = (evecs * half_inv.unsqueeze(-2)) @ evecs.transpose(-1, -2)
-        return (grad.double().view(-1, 1, 1) * out).to(grad.dtype)
+        return grad.to(out.dtype).view(-1, 1, 1) * out
 
 
 MAX_SAMPLES = 16384  # style positions kept per image and layer for the sliced loss
+STEP_POSITIONS = 4096  # render positions compared per step and layer (a fresh random subset)
+DIRECTION_SETS = 8  # seeded sets of directions per layer and scale, one drawn per step
 
 
 class SlicedTarget:
     """The sliced Wasserstein-2 style loss (Heitz et al., CVPR 2021) of one layer: the whole
-    distribution of the style's features, not only its first two moments. Every step projects
-    the render's features and the style's on fresh random unit directions (as many as there
-    are channels), sorts both, and compares them quantile by quantile. A blend of styles is
-    the Wasserstein barycentre along each direction: the weighted mean of their quantile
-    functions. Relative to the style's second moment, like the other losses; no threshold, so
-    it means the same for trained and random weights."""
+    distribution of the style's features, not only its first two moments. Each step projects
+    the render's features on a set of random unit directions (as many as there are channels),
+    sorts them, and compares them quantile by quantile with the style's on the same directions.
+    A blend of styles is the Wasserstein barycentre along each direction: the weighted mean of
+    their quantile functions. Relative to the style's second moment, like the other losses; no
+    threshold, so it means the same for trained and random weights.
+
+    Sorting was 43 % of a step when every step drew new directions and sorted the style's
+    16,384 samples and every render position again. Now the directions come from a pool of
+    DIRECTION_SETS seeded sets whose style quantiles are computed once per scale, and a step
+    sorts at most STEP_POSITIONS random positions of the render (their quantiles estimate the
+    whole image's; over steps every position is reached)."""
 
     kind = "sliced"
 
@@ -138,23 +173,42 @@ class SlicedTarget:
         self.norm = torch.stack(
             [sum(w * f.square().sum(1).mean() for f, w in item) for item in samples]
         ).clamp_min(1e-12)
+        self._pool: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def _prepared(self, count: int, channels: int, like: torch.Tensor):
+        """(directions (S, C, C), the style's quantiles (S, B, count, C)) for ``count`` levels."""
+        if self._pool is None or self._pool[0] != count:
+            sets = torch.randn(
+                DIRECTION_SETS,
+                channels,
+                channels,
+                generator=self.generator,
+                device=like.device,
+                dtype=like.dtype,
+            )
+            sets = sets / sets.norm(dim=1, keepdim=True)
+            at = (torch.arange(count, device=like.device, dtype=like.dtype) + 0.5) / count
+            theirs = torch.stack(
+                [
+                    torch.stack(
+                        [sum(w * _quantiles(f @ d, at) for f, w in item) for item in self.samples]
+                    )
+                    for d in sets
+                ]
+            )
+            self._pool = (count, sets, theirs)
+        return self._pool[1], self._pool[2]
 
     def loss(self, feat: torch.Tensor) -> torch.Tensor:
         flat = _flat(feat)  # (B, N, C)
         count, channels = flat.shape[1], flat.shape[2]
-        directions = torch.randn(
-            channels, channels, generator=self.generator, device=flat.device, dtype=flat.dtype
-        )
-        directions = directions / directions.norm(dim=0, keepdim=True)
-        ours = (flat @ directions).sort(dim=1).values  # (B, N, K)
-        quantiles = (torch.arange(count, device=flat.device, dtype=flat.dtype) + 0.5) / count
-        theirs = torch.stack(
-            [
-                sum(w * _quantiles(f @ directions, quantiles) for f, w in item)
-                for item in self.samples
-            ]
-        )
-        return (ours - theirs).square().mean((1, 2)) * channels / self.norm
+        if count > STEP_POSITIONS:
+            keep = torch.randperm(count, generator=self.generator, device=flat.device)
+            flat, count = flat[:, keep[:STEP_POSITIONS]], STEP_POSITIONS
+        sets, theirs = self._prepared(count, channels, flat)
+        pick = torch.randint(DIRECTION_SETS, (1,), generator=self.generator, device=flat.device)
+        ours = (flat @ sets[pick][0]).sort(dim=1).values  # (B, count, C)
+        return (ours - theirs[pick][0]).square().mean((1, 2)) * channels / self.norm
 
 
 def _quantiles(projected: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
