@@ -92,6 +92,7 @@ class RenderParams(Strict):
     style_weight: float | None = Field(None, ge=0, le=1e6)
     content_weight: float | None = Field(None, ge=0, le=1e6)
     tv_weight: float | None = Field(None, ge=0, le=1e6)
+    chroma_tv_weight: float | None = Field(None, ge=0, le=1e6)
     style_scale: float = Field(1.0, ge=0.05, le=4)
     color: Literal["none", "luminance", "histogram"] = "none"
     init: Literal["content", "noise", "style"] = "content"
@@ -197,15 +198,16 @@ _DEFAULT_LAYERS = {name: 1.0 for name in STYLE_LAYERS}
 PRESETS: dict[str, dict[str, Any]] = {
     "draft": {
         "style_weight": 1.0,
-        "content_weight": 0.2,
+        "content_weight": 1.0,
         "tv_weight": 0.5,
-        "style_loss": "gram",
+        "chroma_tv_weight": 2.0,
+        "style_loss": "wasserstein",
         "optimizer": "adam",
         "lr": 0.03,
         "pooling": "avg",
         "style_layers": _DEFAULT_LAYERS,
         "content_layer": "relu4_2",
-        "ema": 0.0,
+        "ema": 0.9,
         "pyramid": {
             "start": 128,
             "ratio": 2.0,
@@ -214,9 +216,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "standard": {
         "style_weight": 1.0,
-        "content_weight": 0.2,
+        "content_weight": 1.0,
         "tv_weight": 0.5,
-        "style_loss": "gram",
+        "chroma_tv_weight": 2.0,
+        "style_loss": "wasserstein",
         "optimizer": "adam",
         "lr": 0.02,
         "pooling": "avg",
@@ -231,8 +234,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "high": {
         "style_weight": 1.0,
-        "content_weight": 0.2,
+        "content_weight": 1.0,
         "tv_weight": 0.5,
+        "chroma_tv_weight": 2.0,
         "style_loss": "wasserstein",
         "optimizer": "adam",
         "lr": 0.02,

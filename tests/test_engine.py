@@ -11,6 +11,7 @@ from PIL import Image  # noqa: E402
 from tests.conftest import EXAMPLES  # noqa: E402
 from workers.engine import EngineConfig, RenderItem, StyleEngine  # noqa: E402
 from workers.engine.color import rgb_to_yiq  # noqa: E402
+from workers.engine.measures import border_ratio, chroma_ratio, speckle_bound  # noqa: E402
 from workers.images import to_tensor  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -205,14 +206,6 @@ def test_engine_and_manifest_agree_on_layers_and_presets():
             assert engine.schedule(size) == schedule(params, size)
 
 
-def border_ratio(out: torch.Tensor, content: torch.Tensor, band: int) -> float:
-    """How far the outer ``band`` pixels moved from the content, against the interior."""
-    moved = (out - content).abs().mean(0)
-    edge = torch.zeros_like(moved, dtype=torch.bool)
-    edge[:band], edge[-band:], edge[:, :band], edge[:, -band:] = True, True, True, True
-    return float(moved[edge].mean() / moved[~edge].mean())
-
-
 def test_borders_move_no_more_than_the_interior(weights_file):
     """Zero padding paints clipped colour into the outer pixels; replicate padding does not."""
     from workers.engine.vgg import load_vgg19
@@ -278,3 +271,31 @@ def test_a_time_limit_while_writing_an_output_reaches_the_task(weights_file, tmp
     renderer = Renderer(local_settings(), str(weights_file), "cpu")
     with pytest.raises(SoftTimeLimitExceeded):
         renderer.render_batch(plan.renders[:1], SlowStorage(), "job", "png", 90)
+
+
+def preset(name: str, **changes) -> EngineConfig:
+    from dataclasses import replace
+
+    from common.params import RenderParams
+
+    return replace(EngineConfig.from_params(RenderParams(preset=name).resolved()), **changes)
+
+
+@pytest.mark.parametrize("name", ["draft", "standard", "high"])
+def test_presets_leave_no_colour_speckle(engine, name):
+    """Chroma high-frequency energy over luma's stays within 1.3x the larger of the inputs' own
+    (workers/engine/measures.py), at a preset's settings over a short pyramid. Without the
+    chroma smoothness term the same render is speckled past the bound: the measure sees it."""
+    content = tensor(EXAMPLES / "tubingen.jpg", 96)
+    style = tensor(EXAMPLES / "starry_night.jpg", 96)
+    it = RenderItem(content, [(style, 1.0)])
+    short = dict(start=48, ratio=2.0, iterations=(40, 30))
+    bound = speckle_bound(content, style, tuple(content.shape[-2:]))
+    out = engine.render(it, preset(name, **short)).image
+    speckled = engine.render(it, preset(name, chroma_tv_weight=0.0, **short)).image
+    assert chroma_ratio(out) <= bound < chroma_ratio(speckled), (
+        chroma_ratio(out),
+        bound,
+        chroma_ratio(speckled),
+    )
+    assert border_ratio(out, content, 2) <= 1.25

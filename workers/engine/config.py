@@ -35,6 +35,8 @@ class EngineConfig:
     style_weight: float = 1.0
     content_weight: float = 0.2
     tv_weight: float = 0.5
+    # extra smoothness on the YIQ chroma channels only: colour speckle, not texture
+    chroma_tv_weight: float = 0.0
     style_scale: float = 1.0
     color: str = "none"  # none | luminance | histogram
     init: str = "content"  # content | noise | style
@@ -61,7 +63,7 @@ class EngineConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
-        for name in ("style_weight", "content_weight", "tv_weight"):
+        for name in ("style_weight", "content_weight", "tv_weight", "chroma_tv_weight"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0")
         if not 0.05 <= self.style_scale <= 4:
@@ -92,6 +94,7 @@ class EngineConfig:
             style_weight=params["style_weight"],
             content_weight=params["content_weight"],
             tv_weight=params["tv_weight"],
+            chroma_tv_weight=params["chroma_tv_weight"],
             style_scale=params["style_scale"],
             color=params["color"],
             init=params["init"],

@@ -353,7 +353,11 @@ class StyleEngine:
         total = (
             config.style_weight * style + config.content_weight * content + config.tv_weight * tv
         )
-        return {"total": total, "style": style, "content": content, "tv": tv}
+        losses = {"total": total, "style": style, "content": content, "tv": tv}
+        if config.chroma_tv_weight:
+            losses["chroma_tv"] = tv_loss(color.rgb_to_yiq(x.float())[:, 1:])
+            losses["total"] = total + config.chroma_tv_weight * losses["chroma_tv"]
+        return losses
 
     def _adam(self, x, m, v, avg, step, targets, config, iterations, progress, pin=None) -> None:
         """Adam on the pixels. On CUDA, after a few eager warm-up steps, one step is captured as
