@@ -8,6 +8,7 @@ cannot run. The tests run in file order and share one fleet."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import secrets
@@ -22,7 +23,7 @@ import yaml
 from tests.compose_fleet import DEPLOY, Engine, Fleet, Unavailable, base_image
 from tests.services import free_port, wait_for
 
-PROFILES = ("cpu", "observability")
+PROFILES = ("cpu", "observability", "web")
 SERVICES = (
     "redis",
     "minio",
@@ -32,6 +33,7 @@ SERVICES = (
     "flower",
     "metrics",
     "prometheus",
+    "serve",
 )
 INPUTS, OUTPUTS = "stylebatch-inputs", "stylebatch-outputs"
 
@@ -57,7 +59,7 @@ def fleet(tmp_path_factory, images):
         },
         **{
             f"{c.upper()}_S3_SECRET": secrets.token_hex(8)
-            for c in ("worker", "bookkeeping", "scheduler")
+            for c in ("worker", "bookkeeping", "scheduler", "web")
         },
         "STYLEBATCH_FLOWER_USER": "operator",
         "STYLEBATCH_FLOWER_PASSWORD": secrets.token_hex(8),
@@ -69,7 +71,19 @@ def fleet(tmp_path_factory, images):
         "PROMETHEUS_PORT": str(free_port()),
         "MINIO_CONSOLE_PORT": str(free_port()),
         "SMOKE_S3_PORT": str(free_port()),
+        "WEB_PORT": str(free_port()),
+        "WEB_TEAMS_FILE": str(folder / "web-teams.json"),
+        "SMOKE_WEB_TOKEN": secrets.token_hex(16),  # the test's own; compose never reads it
     }
+    teams = {  # one team that owns the smoke test's jobs: the fleet's own prefixes
+        "smoke": {
+            "token_sha256": hashlib.sha256(env["SMOKE_WEB_TOKEN"].encode()).hexdigest(),
+            "allowed_inputs": [f"s3://{INPUTS}"],
+            "allowed_outputs": [f"s3://{OUTPUTS}"],
+        }
+    }
+    (folder / "web-teams.json").write_text(json.dumps(teams))
+    (folder / "web-teams.json").chmod(0o644)
     fleet = Fleet(folder, env, PROFILES)
     fleet.compose("down", "-v", "--remove-orphans", check=False)
     try:
@@ -181,6 +195,41 @@ def test_job_through_the_scheduler_image_reaches_done(fleet):
     assert summary["job_id"] == job and len(summary["renders"]) == 2
     assert summary["weights"].startswith("random")  # visibly not pretrained
     fleet.first_job = job
+
+
+def test_serve_is_ready_and_shows_the_team_its_job_and_thumbnails(fleet):
+    """The web front's container: healthy by its own /ready check, 401 without a token, and
+    with the team's token the job, its renders and a thumbnail read through the server."""
+    manifest = job_manifest(fleet, "smoke-web", ["tubingen"], 48, 2)
+    job = submit(fleet, manifest)
+    wait_done(fleet, job)
+    wait_for(
+        lambda: fleet.inspect("serve")["State"].get("Health", {}).get("Status") == "healthy",
+        120,
+        "serve healthy",
+    )
+    base = f"http://127.0.0.1:{fleet.values['WEB_PORT']}"
+    assert get(f"{base}/ready")[0] == 200
+    assert get(f"{base}/jobs/{job}")[0] == 401
+
+    def authed(path: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"{base}{path}")
+        request.add_header("Authorization", f"Bearer {fleet.values['SMOKE_WEB_TOKEN']}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    status, body = authed(f"/jobs/{job}")
+    assert status == 200 and json.loads(body)["status"] == "done", body[:300]
+    status, body = authed(f"/jobs/{job}/renders")
+    renders = json.loads(body)["renders"]
+    assert status == 200 and len(renders) == 1, body[:300]
+    status, thumb = authed(f"/jobs/{job}/renders/{renders[0]['render']}/thumbnail")
+    assert status == 200 and thumb[:3] == b"\xff\xd8\xff", thumb[:40]  # a JPEG
+    status, page = authed(f"/ui/jobs/{job}/gallery")
+    assert status == 200 and b"<img" in page
 
 
 def test_flower_shows_the_tasks_with_auth_and_keeps_them_across_a_restart(fleet):

@@ -228,3 +228,37 @@ def test_compose_refuses_to_start_without_a_secret_and_names_it(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_built_package_carries_every_file_the_code_reads(tmp_path):
+    """The images install the wheel, not the tree: the Lua scripts, the web front's templates
+    and its static files must be in it (the Compose smoke test found them missing once)."""
+    import sys
+    import zipfile
+
+    # from a copy of the files git sees, as an image's build context has them: no egg-info or
+    # build folder left by an editable install (setuptools would take its file list from it)
+    source = tmp_path / "source"
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    for name in listed:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    build = ["wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path)]
+    subprocess.run(
+        [sys.executable, "-m", "pip", *build],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("stylebatch-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = [
+        p.relative_to(ROOT).as_posix()
+        for folder in ("common/lua", "scheduler/web/templates", "scheduler/web/static")
+        for p in (ROOT / folder).iterdir()
+        if p.is_file()
+    ]
+    assert len(wanted) > 20
+    assert not [name for name in wanted if name not in names]
