@@ -327,7 +327,7 @@ def stop_times(fleet: Fleet, since: float) -> dict[str, tuple[float, float]]:
 
 
 def test_stop_drains_the_rendering_worker_and_stops_the_rest_at_once(fleet):
-    assert ended_done(fleet) == 2  # the first job's renders, once each
+    assert ended_done(fleet) == 3  # the first job's 2 renders and the web check's 1, once each
     job = submit(
         fleet, job_manifest(fleet, "smoke-drain", ["tubingen", "shipwreck", "wave"], 96, 40)
     )
@@ -369,5 +369,5 @@ def test_the_stack_restarts_and_finishes_the_job_counting_each_render_once(fleet
         stopped,
         worker_done,
     )
-    wait_for(lambda: ended_done(fleet) == 5, 60, "metrics to count 5 renders done")
-    assert ended_done(fleet) == 5  # 2 + 3: nothing counted twice
+    wait_for(lambda: ended_done(fleet) == 6, 60, "metrics to count 6 renders done")
+    assert ended_done(fleet) == 6  # 2 + 1 + 3: nothing counted twice
