@@ -2,6 +2,7 @@
 end-to-end presets single and batched, a textbook single-scale fp32 loop, and peak memory.
 
     python bench/engine_bench.py --out bench.json [--quick]
+    python bench/engine_bench.py --overhead 256 --out overhead.json   # step against raw step
 
 Runs on whatever device is present (CUDA if available). Random VGG19 weights (seed 0): speed
 does not depend on the weights' values. Prints a table and writes JSON.
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,38 +24,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.params import PRESETS as PARAMS
+from common.params import RenderParams
 from workers.engine import EngineConfig, RenderItem, StyleEngine
 from workers.engine.losses import moments
 from workers.engine.vgg import load_vgg19
 
 HERE = Path(__file__).resolve().parents[1] / "examples" / "images"
 STYLE_LAYERS = {"relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"}
-PRESETS = {  # mirrors common/params.py PRESETS (the bench imports torch-only code)
-    "draft": dict(
-        start=128,
-        ratio=2.0,
-        iterations={"first": 120, "decay": 0.7, "minimum": 50},
-        ema=0.0,
-        lr=0.03,
-        style_loss="gram",
-    ),
-    "standard": dict(
-        start=128,
-        ratio=2**0.5,
-        iterations={"first": 300, "decay": 0.8, "minimum": 120},
-        ema=0.9,
-        lr=0.02,
-        style_loss="gram",
-    ),
-    "high": dict(
-        start=128,
-        ratio=2**0.5,
-        iterations={"first": 600, "decay": 0.85, "minimum": 250},
-        ema=0.95,
-        lr=0.02,
-        style_loss="wasserstein",
-    ),
-}
+PRESETS = {name: EngineConfig.from_params(RenderParams(preset=name).resolved()) for name in PARAMS}
 
 
 def load(name: str, long_side: int) -> torch.Tensor:
@@ -87,6 +67,11 @@ def raw_step(device, size: int, batch: int, precision: str, repeat: int) -> floa
     net = net.to(device).to(memory_format=cl)
     net.convs.to(dtype)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=cl)
+    return timed(gram_step(net, x), device, repeat)
+
+
+def gram_step(net, x: torch.Tensor):
+    """One forward and input gradient of Gram losses on an input shaped like ``x``."""
     with torch.no_grad():
         targets = {n: moments(f)[1] for n, f in net(x, STYLE_LAYERS).items()}
     x = torch.rand_like(x).requires_grad_(True)
@@ -96,7 +81,7 @@ def raw_step(device, size: int, batch: int, precision: str, repeat: int) -> floa
         loss = sum((moments(f)[1] - targets[n]).square().sum() for n, f in feats.items())
         torch.autograd.grad(loss, x)
 
-    return timed(step, device, repeat)
+    return step
 
 
 def per_iteration(engine, content, style, size, batch=1, lo=10, hi=60) -> float:
@@ -115,6 +100,44 @@ def per_iteration(engine, content, style, size, batch=1, lo=10, hi=60) -> float:
     return (run(hi) - run(lo)) / (hi - lo)
 
 
+def overhead(engine, content, style, rounds: int) -> dict:
+    """Each preset's step against the raw network step, at the content's own size, measured in
+    one process and interleaved (raw, then every preset, ``rounds`` times; medians), so a
+    machine busy with other work slows both sides alike."""
+    height, width = content.shape[-2:]
+    device = engine.device
+    shape = torch.rand(1, 3, height, width, device=device)
+    raw = gram_step(engine.net, shape.contiguous(memory_format=engine.memory_format))
+
+    item = RenderItem(content, [(style, 1.0)])
+    one_scale = {
+        name: replace(cfg, start=max(height, width), iterations=1) for name, cfg in PRESETS.items()
+    }
+    one_scale["sliced"] = replace(one_scale["standard"], style_loss="sliced")
+
+    def steps(cfg, n):
+        sync(device)
+        started = time.perf_counter()
+        engine.render(item, replace(cfg, iterations=n))
+        sync(device)
+        return time.perf_counter() - started
+
+    for cfg in one_scale.values():
+        steps(cfg, 2)
+    raws, per = [], {name: [] for name in one_scale}
+    for _ in range(rounds):
+        raws.append(timed(raw, device, 5, warmup=1))
+        for name, cfg in one_scale.items():
+            per[name].append((steps(cfg, 12) - steps(cfg, 2)) / 10)
+    raw_s = statistics.median(raws)
+    return {
+        "size": [height, width],
+        "raw_step_ms": 1e3 * raw_s,
+        "step_ms": {n: 1e3 * statistics.median(v) for n, v in per.items()},
+        "ratio": {n: statistics.median(v) / raw_s for n, v in per.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="bench.json")
@@ -122,6 +145,10 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list: presets,memory")
     parser.add_argument("--presets", default="draft,standard,high", help="comma list")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs")
+    parser.add_argument(
+        "--overhead", type=int, metavar="SIDE", help="only each preset's step against the raw one"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
@@ -144,6 +171,13 @@ def main() -> None:
     content = load("tubingen.jpg", 512)
     style = load("starry_night.jpg", 512)
     engine = StyleEngine("random:0", device)
+    if args.overhead:
+        result = overhead(engine, load("tubingen.jpg", args.overhead), style, args.rounds)
+        result["device"] = report["device"]
+        result["threads"] = torch.get_num_threads()
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return
     eager = StyleEngine("random:0", device, cuda_graphs=False)
     precision = engine.precision
 
@@ -185,10 +219,10 @@ def main() -> None:
     if "presets" in args.skip:
         presets = {}
     for name, preset in presets.items():
-        cfg = EngineConfig(**preset)
+        cfg = preset
         for size in preset_sizes:
             item = RenderItem(load("tubingen.jpg", size), [(style, 1.0)])
-            engine.render(item, EngineConfig(**{**preset, "iterations": 2}))  # warm shapes
+            engine.render(item, replace(preset, iterations=2))  # warm shapes
             sync(device)
             t = time.perf_counter()
             result = engine.render(item, cfg)
@@ -206,7 +240,7 @@ def main() -> None:
             RenderItem(load("tubingen.jpg", size), [(load(s, 512), 1.0)], seed=i)
             for i, s in enumerate(names[:batch])
         ]
-        engine.render_batch(items, EngineConfig(**{**preset, "iterations": 2}))
+        engine.render_batch(items, replace(preset, iterations=2))
         sync(device)
         t = time.perf_counter()
         engine.render_batch(items, cfg)
