@@ -99,15 +99,19 @@ def test_blend_weights_move_between_styles(engine, images):
     assert near_b[1] < mid[1] < near_a[1]
 
 
-def test_batched_equals_unbatched(engine, images):
+# Equal up to float rounding, which Adam amplifies at a few flat pixels: on average within
+# half of one 8-bit grey level for Gram. W2's gradient divides by the square roots of small
+# eigenvalues, which turns the rounding of batched convolutions (1e-7) into up to 1e-2 of the
+# gradient (measured; float64 products would not help on a GPU, whose bf16 features carry
+# 1e-3): within three grey levels (measured 0.24 and 1.7).
+@pytest.mark.parametrize(("loss", "grey_levels"), [("gram", 0.5), ("wasserstein", 3.0)])
+def test_batched_equals_unbatched(engine, images, loss, grey_levels):
     items = [item(images, "starry_night", seed=1), item(images, "wave", seed=2)]
-    cfg = EngineConfig(start=32, ratio=1.5, iterations=6, init="noise", ema=0.5)
+    cfg = EngineConfig(start=32, ratio=1.5, iterations=6, init="noise", ema=0.5, style_loss=loss)
     batched = engine.render_batch(items, cfg)
     for it, res in zip(items, batched, strict=True):
         alone = engine.render(it, cfg)
-        # Equal up to float rounding (which Adam amplifies at a few flat pixels): on average
-        # within half of one 8-bit grey level.
-        assert (alone.image - res.image).abs().mean() < 0.5 / 255
+        assert (alone.image - res.image).abs().mean() < grey_levels / 255
         assert alone.losses["total"] == pytest.approx(res.losses["total"], rel=1e-2)
 
 
@@ -177,20 +181,10 @@ def test_engine_and_manifest_agree_on_layers_and_presets():
     assert LAYERS == ALL_LAYERS
     assert tuple(name for name, _ in DEFAULT_STYLE_LAYERS) == STYLE_LAYERS
     from bench.engine_bench import PRESETS as BENCH_PRESETS
-    from common.params import schedule
+    from common.params import RenderParams, schedule
 
     for name, bench in BENCH_PRESETS.items():  # the bench times what the manifests ask for
-        preset = PRESETS[name]
-        assert bench["iterations"] == preset["pyramid"]["iterations"]
-        assert (bench["start"], bench["ratio"]) == (
-            preset["pyramid"]["start"],
-            preset["pyramid"]["ratio"],
-        )
-        assert (bench["ema"], bench["lr"], bench["style_loss"]) == (
-            preset["ema"],
-            preset["lr"],
-            preset["style_loss"],
-        )
+        assert bench == EngineConfig.from_params(RenderParams(preset=name).resolved())
 
     custom = {"start": 40, "ratio": 1.7, "iterations": [9, 5, 3]}
     for pyramid in [p["pyramid"] for p in PRESETS.values()] + [custom]:

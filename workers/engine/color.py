@@ -14,6 +14,15 @@ def rgb_to_yiq(image: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,...jhw->...ihw", _RGB_TO_YIQ.to(image), image)
 
 
+_IQ = _RGB_TO_YIQ[1:].tolist()  # Python floats: no host-to-device copy inside a CUDA graph
+
+
+def chroma(image: torch.Tensor) -> torch.Tensor:
+    """YIQ's I and Q of (..., 3, H, W) images: (..., 2, H, W)."""
+    r, g, b = image.unbind(-3)
+    return torch.stack([i_r * r + i_g * g + i_b * b for i_r, i_g, i_b in _IQ], dim=-3)
+
+
 def yiq_to_rgb(image: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,...jhw->...ihw", torch.linalg.inv(_RGB_TO_YIQ).to(image), image)
 

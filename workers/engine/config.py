@@ -94,7 +94,8 @@ class EngineConfig:
             style_weight=params["style_weight"],
             content_weight=params["content_weight"],
             tv_weight=params["tv_weight"],
-            chroma_tv_weight=params["chroma_tv_weight"],
+            # absent from parameters resolved before engine generation 3: none then
+            chroma_tv_weight=params.get("chroma_tv_weight", 0.0),
             style_scale=params["style_scale"],
             color=params["color"],
             init=params["init"],

@@ -2,14 +2,13 @@
 features are cast up before any statistic. Gram statistics and losses are stored and summed in
 fp32; on CUDA their matrix products run on TF32 tensor cores (10-bit mantissa products, fp32
 accumulation) while a render runs, see ``StyleEngine._device_flags``. The Wasserstein-2 loss
-centres its features and forms its products in fp32 without TF32, and decomposes only the small
-C x C (or N x N) matrix in float64 (see ``wasserstein2`` and ``TraceSqrt``).
+centres its features and forms its products in fp32 (no TF32: the engine turns it off for W2
+and sliced renders), and decomposes only the small C x C (or N x N) matrix in float64 (see
+``wasserstein2`` and ``TraceSqrt``).
 Every loss is relative to its target's magnitude, so weights mean the same for any VGG weights
 and any image size. Each returns one value per image in the batch."""
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -30,20 +29,6 @@ def moments(
     flat = _flat(feat).to(dtype)
     count = flat.shape[1]
     return flat.mean(1), torch.bmm(flat.transpose(1, 2), flat) / count
-
-
-@contextlib.contextmanager
-def _full_fp32(like: torch.Tensor):
-    """fp32 matrix products without TF32 for the block (CUDA only; restored after)."""
-    if like.device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class StyleTarget:
@@ -83,20 +68,20 @@ def wasserstein2(feat: torch.Tensor, target: StyleTarget) -> torch.Tensor:
     the sum of the terms, whose difference is small near the target, are float64. With N
     positions and C channels, C_t^1/2 C C_t^1/2 = Y^T Y / N for Y = X C_t^1/2; when N < C
     the N x N matrix Y Y^T / N has the same nonzero eigenvalues and is cheaper to form and
-    to decompose (relu5_1, and relu4_1 at small sizes). On CUDA the products run without
-    TF32, whose 10-bit mantissa would put noise into the small eigenvalues."""
+    to decompose (relu5_1, and relu4_1 at small sizes). On CUDA the engine runs a W2 render
+    without TF32 matmuls (``StyleEngine._device_flags``), forward and backward: TF32's 10-bit
+    mantissa would put noise into the small eigenvalues."""
     flat = _flat(feat)
     mean = flat.mean(1)
     centred = flat - mean.unsqueeze(1)
     count, channels = centred.shape[1], centred.shape[2]
     root = target.cov_root64 if flat.dtype == torch.float64 else target.cov_root
-    with _full_fp32(flat):
-        if count < channels:
-            projected = centred @ root
-            mixed = projected @ projected.transpose(1, 2) / count
-        else:
-            cov = torch.bmm(centred.transpose(1, 2), centred) / count
-            mixed = root @ cov @ root
+    if count < channels:
+        projected = centred @ root
+        mixed = projected @ projected.transpose(1, 2) / count
+    else:
+        cov = torch.bmm(centred.transpose(1, 2), centred) / count
+        mixed = root @ cov @ root
     w2 = (
         (mean.double() - target.mean64).square().sum(1)
         + (centred.square().sum((1, 2)) / count).double()

@@ -123,10 +123,12 @@ class StyleEngine:
         self._generator = torch.Generator(self.device).manual_seed(0)
 
     @contextlib.contextmanager
-    def _device_flags(self, shape: tuple[int, ...]):
-        """TF32 matmuls and convolutions on CUDA, and cuDNN autotuning for a shape seen before
-        (tuning a shape met once costs more than it saves, and exact channel sizes bring many
-        shapes), for the length of one render only: the process's own settings are restored.
+    def _device_flags(self, shape: tuple[int, ...], tf32_matmul: bool = True):
+        """TF32 convolutions on CUDA, TF32 matmuls where the loss allows them (the Gram loss;
+        not W2 or sliced, whose forward and backward products feed small eigenvalues and
+        sorted quantiles), and cuDNN autotuning for a shape seen before (tuning a shape met
+        once costs more than it saves, and exact channel sizes bring many shapes), for the
+        length of one render only: the process's own settings are restored.
         """
         if self.device.type != "cuda":
             yield
@@ -137,7 +139,8 @@ class StyleEngine:
             backends.cudnn.allow_tf32,
             backends.cudnn.benchmark,
         )
-        backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = True
+        backends.cudnn.allow_tf32 = True
+        backends.cuda.matmul.allow_tf32 = tf32_matmul
         backends.cudnn.benchmark = shape in self._shapes_seen
         self._shapes_seen.add(shape)
         try:
@@ -177,7 +180,7 @@ class StyleEngine:
             return [r for item in items for r in self.render_batch([item], config, progress)]
         lbfgs = config.optimizer == "lbfgs"
         with (
-            self._device_flags((len(items), *items[0].content.shape)),
+            self._device_flags((len(items), *items[0].content.shape), config.style_loss == "gram"),
             self._fp32_network() if lbfgs else contextlib.nullcontext(),
         ):
             return self._render_batch(items, config, progress)
@@ -355,7 +358,7 @@ class StyleEngine:
         )
         losses = {"total": total, "style": style, "content": content, "tv": tv}
         if config.chroma_tv_weight:
-            losses["chroma_tv"] = tv_loss(color.rgb_to_yiq(x.float())[:, 1:])
+            losses["chroma_tv"] = tv_loss(color.chroma(x.float()))
             losses["total"] = total + config.chroma_tv_weight * losses["chroma_tv"]
         return losses
 
