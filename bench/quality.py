@@ -218,7 +218,8 @@ def main() -> None:
                 }
             entry.update(judges.scores(out.to(device), content.to(device), style.to(device)))
             pair[method] = entry
-            row.append(out)
+            if method != "photo":  # the row already starts with the content
+                row.append(out)
             print(content_name, style_name, method, json.dumps(entry), flush=True)
         if args.along or args.only_along:
             for preset in PRESETS:
