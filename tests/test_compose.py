@@ -154,13 +154,18 @@ def wait_done(fleet: Fleet, job: str, timeout: float = 240) -> dict:
     return record(fleet, job)
 
 
-def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+def get(
+    url: str, auth: tuple[str, str] | None = None, bearer: str = "", timeout: float = 10
+) -> tuple[int, bytes]:
+    """(status, body) of a GET, with basic auth or a bearer token if given."""
     request = urllib.request.Request(url)
     if auth:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
+    if bearer:
+        request.add_header("Authorization", f"Bearer {bearer}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -213,13 +218,7 @@ def test_serve_is_ready_and_shows_the_team_its_job_and_thumbnails(fleet):
     assert get(f"{base}/jobs/{job}")[0] == 401
 
     def authed(path: str) -> tuple[int, bytes]:
-        request = urllib.request.Request(f"{base}{path}")
-        request.add_header("Authorization", f"Bearer {fleet.values['SMOKE_WEB_TOKEN']}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+        return get(f"{base}{path}", bearer=fleet.values["SMOKE_WEB_TOKEN"], timeout=30)
 
     status, body = authed(f"/jobs/{job}")
     assert status == 200 and json.loads(body)["status"] == "done", body[:300]
