@@ -101,12 +101,12 @@ def measure(client: Any, job: str, headers: dict[str, str], runs: int = 5) -> di
         "job page": f"/ui/jobs/{job}",
         "gallery": f"/ui/jobs/{job}/gallery",
         "gallery, one style and size": f"/ui/jobs/{job}/gallery?style=style3&size=50",
-        "renders API": f"/jobs/{job}/renders?limit=50",
-        "renders API, done": f"/jobs/{job}/renders?status=done&limit=50",
-        "renders API, failed": f"/jobs/{job}/renders?status=failed",
-        "renders API, one content": f"/jobs/{job}/renders?content=shot700",
-        "renders API, pending, one style": f"/jobs/{job}/renders?status=pending&style=style7",
-        "job JSON": f"/jobs/{job}",
+        "renders API": f"/v1/jobs/{job}/renders?limit=50",
+        "renders API, done": f"/v1/jobs/{job}/renders?status=done&limit=50",
+        "renders API, failed": f"/v1/jobs/{job}/renders?status=failed",
+        "renders API, one content": f"/v1/jobs/{job}/renders?content=shot700",
+        "renders API, pending, one style": f"/v1/jobs/{job}/renders?status=pending&style=style7",
+        "job JSON": f"/v1/jobs/{job}",
     }
     figures: dict[str, tuple[float, int]] = {}
     for name, path in paths.items():
@@ -119,7 +119,7 @@ def measure(client: Any, job: str, headers: dict[str, str], runs: int = 5) -> di
     def gallery_with_thumbnails() -> tuple[float, int]:
         started = time.perf_counter()
         _, size, html = _timed(client, f"/ui/jobs/{job}/gallery?status=done", headers)
-        thumbs = re.findall(r'src="(/jobs/[^"]+/thumbnail)"', html)
+        thumbs = re.findall(r'src="(/v1/jobs/[^"]+/thumbnail)"', html)
         assert len(thumbs) == DONE, len(thumbs)
         for src in thumbs:
             size += _timed(client, src, headers)[1]

@@ -3,6 +3,7 @@ its canonical inputs and parameters, so the same render is recognised within and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -12,14 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from common.access import not_allowed, reachable
 from common.errors import InputError, ManifestError, Problem
 from common.imageio import EXTENSIONS
 from common.inputs import identify, require_s3_access, weights_identity
+from common.listing import Budget, find_inputs
 from common.manifest import Glob, Manifest, Prefix, Shot, load_document, parse_manifest
 from common.schedule import slot_label
 from common.settings import Settings
 from common.sizes import parse_size
-from common.storage import list_inputs
 from common.uris import Location, canonical_uri, check_relative_key, is_s3, parse_location
 
 # Bump when the engine's output for the same inputs and parameters changes.
@@ -45,6 +47,14 @@ class Render:
     focus: tuple[float, float] | None = None  # where exact frames are cropped (None: auto)
     mask: str = ""  # a protection mask's canonical URI, "alpha" (the content's), or none
     mask_strength: float = 1.0
+    # (style name, key): other style names of the manifest that resolve to this very render
+    # (same images, parameters and size); rendered once, its output written to each key too
+    copies: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key this render's output is written to: its own, then its copies'."""
+        return (self.key, *(key for _, key in self.copies))
 
     def to_dict(self) -> dict[str, Any]:
         """Shallow (``dataclasses.asdict`` deep-copies params: slow for 10,000 renders)."""
@@ -56,6 +66,7 @@ class Render:
         data["style_images"] = tuple((u, float(w)) for u, w in data["style_images"])
         data.setdefault("identities", {})  # recorded before inputs were identified
         data["focus"] = tuple(data["focus"]) if data.get("focus") else None
+        data["copies"] = tuple((s, k) for s, k in data.get("copies") or ())
         return cls(**data)
 
 
@@ -68,6 +79,8 @@ class JobPlan:
     location: Location
     renders: list[Render]
     weights: str
+    # outputs asked for twice and made once, by design: the same render at the same key (a
+    # content listed twice, or matched by two globs; a style or size given twice)
     duplicates: int = 0
     slot: datetime | None = None
     problems: list[Problem] = field(default_factory=list)  # inputs missing, too big, refused
@@ -175,14 +188,34 @@ def plan_document(
     try:
         manifest = parse_manifest(data, source)
     except ManifestError as exc:  # also name missing inputs, so one pass shows everything
-        raise ManifestError(source, exc.problems + _raw_input_problems(data, base_dir)) from None
+        raw = _raw_input_problems(data, base_dir, settings)
+        raise ManifestError(source, exc.problems + raw) from None
     return expand(manifest, source, base_dir, settings, weights, slot)
 
 
-def _missing(where: str, text: str, base_dir: Path) -> Problem | None:
-    """A problem if ``text`` names a local file that is not there (or cannot be a URI)."""
+def confined_uri(text: str, base_dir: Path, settings: Settings) -> str:
+    """The canonical URI of an input the manifest names, if it lies inside the allowed
+    inputs; ValueError otherwise. Nothing is looked at outside them, and the message never
+    repeats the text (it may name what the submitter must not learn about)."""
     try:
         uri = canonical_uri(text, base_dir)
+    except ValueError as exc:
+        raise ValueError(_unnamed(str(exc), text)) from None
+    if not reachable(uri, settings.allowed_inputs):
+        raise ValueError(not_allowed(settings.allowed_inputs))
+    return uri
+
+
+def _unnamed(message: str, text: str) -> str:
+    """A URI's parse error without the URI (the field's path locates it)."""
+    return message.replace(repr(text), "the URI").replace(text, "the URI")
+
+
+def _missing(where: str, text: str, base_dir: Path, settings: Settings) -> Problem | None:
+    """A problem if ``text`` is outside the allowed inputs, cannot be a URI, or names a local
+    file that is not there; confined before anything is looked at."""
+    try:
+        uri = confined_uri(text, base_dir, settings)
     except ValueError as exc:
         return Problem(where, str(exc))
     if not is_s3(uri) and not Path(uri).is_file():
@@ -190,25 +223,26 @@ def _missing(where: str, text: str, base_dir: Path) -> Problem | None:
     return None
 
 
-def _raw_input_problems(data: dict[str, Any], base_dir: Path) -> list[Problem]:
+def _raw_input_problems(data: dict[str, Any], base_dir: Path, settings: Settings) -> list[Problem]:
     """Missing inputs in a manifest that failed structural validation."""
     found: list[Problem | None] = []
     content = data.get("content")
     for i, entry in enumerate(content if isinstance(content, list) else []):
         if isinstance(entry, str) and entry:
-            found.append(_missing(f"content[{i}]", entry, base_dir))
+            found.append(_missing(f"content[{i}]", entry, base_dir, settings))
         elif isinstance(entry, dict) and isinstance(entry.get("uri"), str) and entry["uri"]:
-            found.append(_missing(f"content[{i}].uri", entry["uri"], base_dir))
+            found.append(_missing(f"content[{i}].uri", entry["uri"], base_dir, settings))
     styles = data.get("styles")
     for i, style in enumerate(styles if isinstance(styles, list) else []):
         if not isinstance(style, dict):
             continue
         if isinstance(style.get("image"), str):
-            found.append(_missing(f"styles[{i}].image", style["image"], base_dir))
+            found.append(_missing(f"styles[{i}].image", style["image"], base_dir, settings))
         images = style.get("images")
         for j, item in enumerate(images if isinstance(images, list) else []):
             if isinstance(item, dict) and isinstance(item.get("uri"), str):
-                found.append(_missing(f"styles[{i}].images[{j}].uri", item["uri"], base_dir))
+                where = f"styles[{i}].images[{j}].uri"
+                found.append(_missing(where, item["uri"], base_dir, settings))
     return [p for p in found if p is not None]
 
 
@@ -229,11 +263,19 @@ def expand(
             problems.append(Problem(where, str(exc)))
             return None
 
-    location = attempt("output.location", parse_location, manifest.output.location, base_dir)
-    weights_spec = attempt(
-        "weights", canonical_weights, weights or manifest.weights or settings.weights, base_dir
+    def unnamed(fn: Any, text: str, *args: Any) -> Any:  # the error without the text
+        try:
+            return fn(text, *args)
+        except ValueError as exc:
+            raise ValueError(_unnamed(str(exc), text)) from None
+
+    location = attempt(
+        "output.location", unnamed, parse_location, manifest.output.location, base_dir
     )
-    contents = _contents(manifest, base_dir, settings, attempt, problems)
+    spec = weights or manifest.weights or settings.weights
+    weights_spec = attempt("weights", unnamed, canonical_weights, spec, base_dir)
+    repeats: list[int] = [0]  # content entries that name a content already listed
+    contents = _contents(manifest, base_dir, settings, attempt, problems, repeats)
     inputs = dict(contents)  # uri -> where the manifest names it
     named = {where: uri for uri, where in contents.items()}
     shots = {  # uri -> its Shot entry, for the contents given as one (bad URIs named above)
@@ -247,7 +289,11 @@ def expand(
         if e.mask is None:
             continue
         where = f"{contents[uri].removesuffix('.uri')}.mask"
-        mask = e.mask if e.mask == "alpha" else attempt(where, canonical_uri, e.mask, base_dir)
+        mask = (
+            e.mask
+            if e.mask == "alpha"
+            else attempt(where, confined_uri, e.mask, base_dir, settings)
+        )
         if mask is not None:
             masks[uri] = (mask, e.mask_strength)
             if mask != "alpha":
@@ -257,7 +303,7 @@ def expand(
         images = []
         for j, (uri, weight) in enumerate(style.weighted()):
             where = f"styles[{i}].image" if style.image else f"styles[{i}].images[{j}].uri"
-            problem = _missing(where, uri, base_dir)
+            problem = _missing(where, uri, base_dir, settings)
             if problem:
                 problems.append(problem)
                 continue
@@ -281,7 +327,12 @@ def expand(
         identities[weights_spec] = weights_id
     found += [problem] if problem else []
 
-    renders, by_key, seen = [], {}, set()
+    renders: list[Render] = []
+    by_key: dict[str, str] = {}
+    seen: dict[str, int] = {}  # render id -> its place in ``renders``
+    copies: dict[str, list[tuple[str, str]]] = {}  # render id -> (style name, key) of copies
+    keys_of: dict[str, set[str]] = {}  # render id -> every key it is written to
+    duplicates = 0
     ext = EXTENSIONS[manifest.output.format]
     output = output_identity(manifest.output, settings)
     for content in contents:
@@ -307,9 +358,6 @@ def expand(
                     mask,
                     output,
                 )
-                if rid in seen:
-                    continue
-                seen.add(rid)
                 key = manifest.output.key.format(
                     job=manifest.name,
                     content=cname,
@@ -323,22 +371,19 @@ def expand(
                     ext=ext,
                     slot=slot_label(slot) if slot else "adhoc",
                 )
-                try:
-                    check_relative_key(key)
-                    if key in RESERVED_KEYS or key.split("/", 1)[0] == RECORDS:
-                        raise ValueError(f"output key {key!r} is reserved for the job's own files")
-                except ValueError as exc:
-                    problems.append(Problem("output.key", str(exc)))
-                    raise ManifestError(source, problems) from None
-                if key in by_key:
-                    message = (
-                        f"two different renders map to {key!r} ({by_key[key]} and {content} x "
-                        f"{style.name} @ {size}); add {{content}}, {{style}}, {{size}}, "
-                        "{channel} or {id}"
-                    )
-                    problems.append(Problem("output.key", message))
-                    raise ManifestError(source, problems)
-                by_key[key] = f"{content} x {style.name} @ {size}"
+                if rid in seen:  # the same render again: at the same key, or a copy
+                    if key in keys_of[rid]:
+                        duplicates += 1  # collapsed by design: one render, one key
+                        continue
+                    keys_of[rid].add(key)
+                    _check_key(key, source, problems)
+                    _claim_key(by_key, key, f"{content} x {style.name} @ {size}", source, problems)
+                    copies[rid].append((style.name, key))
+                    continue
+                _check_key(key, source, problems)
+                _claim_key(by_key, key, f"{content} x {style.name} @ {size}", source, problems)
+                seen[rid] = len(renders)
+                copies[rid], keys_of[rid] = [], {key}
                 renders.append(
                     Render(
                         rid,
@@ -355,6 +400,9 @@ def expand(
                         *(mask or ("", 1.0)),
                     )
                 )
+    renders = [
+        dataclasses.replace(r, copies=tuple(copies[r.id])) if copies[r.id] else r for r in renders
+    ]
     return JobPlan(
         job_id=job_id(manifest, weights_spec, slot, [r.id for r in renders]),
         name=manifest.name,
@@ -364,10 +412,34 @@ def expand(
         renders=renders,
         weights=weights_spec,
         signed=output["credentials"] is not None,
-        duplicates=total - len(renders),
+        duplicates=duplicates + repeats[0] * sum(len(p.sizes) for _, _, p in styles),
         slot=slot,
         problems=found,
     )
+
+
+def _check_key(key: str, source: str, problems: list[Problem]) -> None:
+    try:
+        check_relative_key(key)
+        if key in RESERVED_KEYS or key.split("/", 1)[0] == RECORDS:
+            raise ValueError(f"output key {key!r} is reserved for the job's own files")
+    except ValueError as exc:
+        problems.append(Problem("output.key", str(exc)))
+        raise ManifestError(source, problems) from None
+
+
+def _claim_key(
+    by_key: dict[str, str], key: str, what: str, source: str, problems: list[Problem]
+) -> None:
+    """Each key is written by one render: two different renders at one key are refused."""
+    if key in by_key:
+        message = (
+            f"two different renders map to {key!r} ({by_key[key]} and {what}); add "
+            "{content}, {style}, {size}, {channel} or {id}"
+        )
+        problems.append(Problem("output.key", message))
+        raise ManifestError(source, problems)
+    by_key[key] = what
 
 
 def job_id(
@@ -384,34 +456,45 @@ def job_id(
 
 
 def _contents(
-    manifest: Manifest, base_dir: Path, settings: Settings, attempt: Any, problems: list[Problem]
+    manifest: Manifest,
+    base_dir: Path,
+    settings: Settings,
+    attempt: Any,
+    problems: list[Problem],
+    repeats: list[int],
 ) -> dict[str, str]:
-    """Every content image's canonical URI, in order, with where the manifest names it."""
+    """Every content image's canonical URI, in order, with where the manifest names it. Each
+    is confined before it is looked at; globs and prefixes are listed only inside the allowed
+    inputs, within one budget for the whole manifest (common/listing.py)."""
     out: dict[str, str] = {}
+    budget = Budget.of(settings)
     for i, entry in enumerate(manifest.content):
         where = f"content[{i}]"
         if isinstance(entry, str | Shot):
             uri = entry if isinstance(entry, str) else entry.uri
             here = where if isinstance(entry, str) else f"{where}.uri"
-            problem = _missing(here, uri, base_dir)
+            problem = _missing(here, uri, base_dir, settings)
             if problem:
                 problems.append(problem)
             else:
-                out.setdefault(canonical_uri(uri, base_dir), here)
+                canon = canonical_uri(uri, base_dir)
+                repeats[0] += canon in out
+                out.setdefault(canon, here)
             continue
         pattern = entry.glob if isinstance(entry, Glob) else entry.prefix
         label = "glob" if isinstance(entry, Glob) else "prefix"
-        if is_s3(pattern):
-            canon = pattern
-        else:
-            canon = attempt(f"{where}.{label}", canonical_uri, pattern, base_dir)
-        if canon is None:
+        here = f"{where}.{label}"
+        try:
+            canon = pattern if is_s3(pattern) else canonical_uri(pattern, base_dir)
+        except ValueError as exc:
+            problems.append(Problem(here, _unnamed(str(exc), pattern)))
             continue
         if is_s3(canon):
             require_s3_access()
-        found = attempt(f"{where}.{label}", list_inputs, canon, isinstance(entry, Prefix), settings)
+        found = attempt(here, find_inputs, canon, isinstance(entry, Prefix), settings, budget)
         if found == []:
-            problems.append(Problem(f"{where}.{label}", f"matches no image: {pattern}"))
+            problems.append(Problem(here, f"matches no image: {pattern}"))
         for uri in found or []:
-            out.setdefault(uri, f"{where}.{label}")
+            repeats[0] += uri in out
+            out.setdefault(uri, here)
     return out

@@ -6,7 +6,9 @@ skipped; workers fetch exactly that content or fail the render, never a stale or
 S3 objects are HEADed in parallel, except where many share a folder: that folder is listed
 instead (1,000 keys a request), so 10,000 inputs cost about ten requests rather than 10,000.
 Many inputs scattered over small folders are found by listing what they share, unless that
-listing runs past ten times their number.
+listing runs past ten times their number. A folder is listed only where it lies inside the
+allowed inputs as a whole (common/access.py): never a listing that could show another team's
+keys, even ones this process would then drop.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import defaultdict
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import lru_cache
 
-from common.access import check_allowed
+from common.access import check_allowed, reachable
 from common.errors import InputError, Problem, StylebatchError, TransientError
 from common.settings import Settings
 from common.storage import s3_client, storage_error
@@ -145,17 +147,22 @@ def _found_on_s3(
     client = s3_client(settings)
     jobs = []
     scattered: dict[str, list[str]] = defaultdict(list)  # bucket -> inputs in small folders
+
+    def inside(bucket: str, folder: str) -> bool:
+        return reachable(f"s3://{bucket}/{folder}".rstrip("/"), settings.allowed_inputs)
+
     for (bucket, folder), uris in folders.items():
-        if len(uris) >= LIST_FROM:
+        if len(uris) >= LIST_FROM and inside(bucket, folder):
             prefix = f"{folder}/" if folder else ""
             jobs.append((pool.submit(_listed, client, bucket, prefix, uris), uris))
         else:
             scattered[bucket] += uris
     for bucket, uris in scattered.items():
-        if len(uris) >= LIST_FROM:  # many small folders: list what they share, within reason
-            keys = [parse_s3(u)[1] for u in uris]
-            common = os.path.commonprefix(keys)  # noqa: RUF071 (S3 prefixes are strings)
-            cap = 10 * len(uris)
+        keys = [parse_s3(u)[1] for u in uris]
+        common = os.path.commonprefix(keys)  # noqa: RUF071 (S3 prefixes are strings)
+        common = common[: common.rfind("/") + 1]  # a folder, listed whole or not at all
+        if len(uris) >= LIST_FROM and inside(bucket, common):
+            cap = 10 * len(uris)  # many small folders: list what they share, within reason
             jobs.append((pool.submit(_listed, client, bucket, common, uris, cap), uris))
         else:
             jobs += [(pool.submit(_headed, uri, client), [uri]) for uri in uris]

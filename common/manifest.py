@@ -235,17 +235,69 @@ def load_document(path: Path) -> dict[str, Any]:
         raise ManifestError(source, [Problem("", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(source, [Problem("", f"cannot read: {exc}")]) from None
+    return read_document(text, source, as_json=path.suffix.lower() == ".json")
+
+
+MAX_DIGITS = (
+    18  # an integer in a manifest: no setting needs more, and JSON's readers differ past 2^53
+)
+
+
+def read_document(text: str, source: str, as_json: bool = False) -> dict[str, Any]:
+    """A manifest's text as a mapping: JSON (``as_json``, or text opening with ``{`` that is
+    JSON) else YAML. Every fault is a ManifestError naming where: bad syntax, nesting too
+    deep, or a number no setting could take (too many digits, not finite)."""
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = _parse(text, as_json)
     except json.JSONDecodeError as exc:
-        raise ManifestError(source, [Problem(f"line {exc.lineno}", exc.msg)]) from None
+        raise ManifestError(
+            source, [Problem(f"line {exc.lineno}", f"invalid JSON: {exc.msg}")]
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
         raise ManifestError(source, [Problem(where, f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ManifestError(source, [Problem("", "nested too deeply")]) from None
+    except ValueError as exc:  # Python's limit on integer digits, met while parsing
+        message = f"a number is too long to be a setting ({exc})"
+        raise ManifestError(source, [Problem("", message)]) from None
     if not isinstance(data, dict):
         raise ManifestError(source, [Problem("", "a manifest must be a mapping at the top")])
+    problems = list(_odd_numbers(data, ""))
+    if problems:
+        raise ManifestError(source, problems)
     return data
+
+
+def _parse(text: str, as_json: bool) -> Any:
+    if as_json:
+        return json.loads(text)
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass  # a YAML flow mapping, then
+    return yaml.safe_load(text)
+
+
+def _odd_numbers(value: Any, where: str, depth: int = 0) -> Any:
+    """Numbers no setting takes, with their path: integers over MAX_DIGITS digits, floats
+    that are not finite."""
+    if depth > 64:
+        yield Problem(where, "nested too deeply")
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and len(str(abs(value))) > MAX_DIGITS:
+        yield Problem(where, f"integer of {len(str(abs(value)))} digits; at most {MAX_DIGITS}")
+    elif isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        yield Problem(where, "not a finite number")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _odd_numbers(v, f"{where}.{k}" if where else str(k), depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _odd_numbers(v, f"{where}[{i}]", depth + 1)
 
 
 def parse_manifest(data: dict[str, Any], source: str) -> Manifest:

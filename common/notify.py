@@ -1,9 +1,13 @@
 """Job-end webhooks: what is POSTed, how it is signed, and how one delivery is tried.
 
-The body is JSON: the job's status and reason, counts, up to 20 failures, cost and the URI of
-its summary, with a ``delivery`` id (job id and end time) that a receiver can use to drop a
-repeat. The ``X-Stylebatch-Signature`` header is ``sha256=`` and the HMAC-SHA256 of the exact
-body under STYLEBATCH_WEBHOOK_SECRET (a setting, never the manifest's).
+The body is JSON: the job's status, outcome and reason, counts, up to 20 failures, cost and
+the URI of its summary, with a ``delivery`` id (job id and end time) that a receiver can use
+to drop a repeat. The ``X-Stylebatch-Signature`` header is ``t=<unix time>,v1=<hex>``: the
+HMAC-SHA256 of ``<t>.<exact body>`` under the secret of the team that submitted the job
+(common/teams.py), or the fleet's (STYLEBATCH_WEBHOOK_SECRET) for a job with no team; never a
+manifest's. During a rotation there are two ``v1=`` values, one per valid secret. A receiver
+checks one of them in constant time and refuses a ``t`` older than five minutes, so a captured
+delivery cannot be replayed later (docs/campaigns.md has the snippet).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,19 +30,53 @@ DELIVERY_HEADER = "X-Stylebatch-Delivery"
 MAX_FAILURES = 20
 
 
-def check_webhook(url: str | None, settings: Settings) -> list[Problem]:
-    """A manifest's webhook must fall under STYLEBATCH_WEBHOOK_ALLOWED, and the fleet must
-    have a secret to sign with."""
+MAX_AGE = 300  # seconds: a receiver refuses a delivery signed longer ago (docs/campaigns.md)
+
+
+def check_webhook(
+    url: str | None, settings: Settings, team: str = "", secrets: tuple[str, ...] | None = None
+) -> list[Problem]:
+    """A manifest's webhook must fall under STYLEBATCH_WEBHOOK_ALLOWED, and there must be a
+    secret to sign it with (``secrets``, else ``signing_secrets``): the submitting team's
+    own, or the fleet's for a job with no team. A team is not told the fleet's list (other
+    teams' receivers may be on it)."""
     if not url:
         return []
-    allowed = ",".join(settings.webhook_allowed) or "(none)"
     if not any(url_under(url, prefix) for prefix in settings.webhook_allowed):
-        message = f"{url} is not among the allowed webhooks (STYLEBATCH_WEBHOOK_ALLOWED={allowed})"
-        return [Problem("notify.webhook", message)]
-    if not settings.webhook_secret:
-        message = "this fleet signs webhooks and has no STYLEBATCH_WEBHOOK_SECRET set"
+        allowed = ",".join(settings.webhook_allowed) or "(none)"
+        where = "this fleet's" if team else f"STYLEBATCH_WEBHOOK_ALLOWED={allowed}"
+        return [Problem("notify.webhook", f"not among the allowed webhooks ({where})")]
+    if not (signing_secrets(settings, team) if secrets is None else secrets):
+        message = (
+            f"team {team} has no webhook secret (webhook_secret in STYLEBATCH_WEB_TEAMS)"
+            if team
+            else "this fleet signs webhooks and has no STYLEBATCH_WEBHOOK_SECRET set"
+        )
         return [Problem("notify.webhook", message)]
     return []
+
+
+def signing_secrets(settings: Settings, team: str = "") -> tuple[str, ...]:
+    """The secrets that sign a job's webhooks: its team's (current, then previous), or the
+    fleet's for a job with no team. A team that the settings no longer name has none."""
+    if team:
+        found = _teams(settings.web_teams, settings).get(team) if settings.web_teams else None
+        return found.webhook_secrets if found else ()
+    return tuple(s for s in (settings.webhook_secret, settings.webhook_secret_previous) if s)
+
+
+def _teams(spec: str, settings: Settings) -> dict:
+    """The teams, read once per spec (the file is read again after a change of the setting,
+    that is, a restart)."""
+    from common.teams import load_teams
+
+    key = (spec, settings.allowed_inputs, settings.allowed_outputs)
+    if key not in _TEAMS:
+        _TEAMS[key] = load_teams(spec, settings)
+    return _TEAMS[key]
+
+
+_TEAMS: dict = {}
 
 
 def url_under(url: str, prefix: str) -> bool:
@@ -59,13 +98,28 @@ def url_under(url: str, prefix: str) -> bool:
     return u.scheme == p.scheme and u.hostname == p.hostname and same_port and path_ok
 
 
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(body: bytes, secrets: tuple[str, ...], at: int | None = None) -> str:
+    """``t=<unix time>,v1=<hex>[,v1=<hex>]``: one HMAC-SHA256 of ``<t>.<body>`` per secret."""
+    at = int(time.time()) if at is None else at
+    signed = f"{at}.".encode() + body
+    macs = [hmac.new(s.encode(), signed, hashlib.sha256).hexdigest() for s in secrets]
+    return ",".join([f"t={at}", *(f"v1={m}" for m in macs)])
 
 
-def verify(body: bytes, signature: str, secret: str) -> bool:
-    """What a receiver does (in Python): compare in constant time."""
-    return hmac.compare_digest(sign(body, secret), signature)
+def verify(body: bytes, header: str, secret: str, now: float | None = None) -> bool:
+    """What a receiver does (docs/campaigns.md has the same in a few lines): the header's
+    time is at most MAX_AGE seconds old, and one of its ``v1`` values is the HMAC of
+    ``<t>.<body>`` under the receiver's secret, compared in constant time."""
+    fields = [part.split("=", 1) for part in header.split(",") if "=" in part]
+    stamps = [v for k, v in fields if k.strip() == "t"]
+    if len(stamps) != 1 or not stamps[0].isdigit():
+        return False
+    now = time.time() if now is None else now
+    if abs(now - int(stamps[0])) > MAX_AGE:
+        return False
+    signed = f"{stamps[0]}.".encode() + body
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, v.strip()) for k, v in fields if k.strip() == "v1")
 
 
 def payload(info: Any, failures: list[dict[str, Any]], summary_uri: str) -> tuple[str, bytes]:
@@ -78,6 +132,8 @@ def payload(info: Any, failures: list[dict[str, Any]], summary_uri: str) -> tupl
         "job": info.job_id,
         "name": info.meta.get("name"),
         "status": info.status,
+        "outcome": info.outcome,
+        "headline": info.headline,
         "reason": info.meta.get("reason") or None,
         "total": info.total,
         "counts": counts,
@@ -99,7 +155,9 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirects)
 
 
-def post(url: str, body: bytes, delivery: str, secret: str, timeout: float = 10) -> str | None:
+def post(
+    url: str, body: bytes, delivery: str, secrets: tuple[str, ...], timeout: float = 10
+) -> str | None:
     """One delivery attempt: None if the receiver answered 2xx, else why not. Redirects are
     never followed: one is a failed delivery, and its target gets nothing."""
     request = urllib.request.Request(
@@ -109,7 +167,7 @@ def post(url: str, body: bytes, delivery: str, secret: str, timeout: float = 10)
         headers={
             "Content-Type": "application/json",
             "User-Agent": "stylebatch-webhook",
-            SIGNATURE_HEADER: sign(body, secret),
+            SIGNATURE_HEADER: sign(body, secrets),
             DELIVERY_HEADER: delivery,
         },
     )

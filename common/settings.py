@@ -47,6 +47,12 @@ class Settings:
     allowed_outputs: tuple[str, ...] = ("s3://",)
     schedules: str = ""  # where beat reads scheduled manifests (protected from outputs)
     min_input_side: int = 16  # a shorter input side is refused (degenerate panoramas)
+    # A manifest's globs and prefixes (common/listing.py) look at this many entries (objects
+    # or directory entries, all of them together) and take this many seconds at most: past
+    # either the manifest is refused, naming the limit, so one submit cannot walk a disk or a
+    # bucket for everyone else's time.
+    max_listed: int = 10_000
+    list_seconds: float = 5.0
     input_cache_bytes: int = 2 << 30
     max_time_limit: int = 3 * 3600  # hard limit on any task, seconds
     # For time limits: 0 takes the device's figure from common.queue.SECONDS_PER_MPIX_ITERATION
@@ -67,9 +73,11 @@ class Settings:
     startup_wait: float = 60.0
     max_device_errors: int = 3  # consecutive device errors before a worker steps aside
     # Job-end webhooks (docs/campaigns.md): a manifest's URL must start with one of these;
-    # every POST is signed with the secret (HMAC-SHA256), which never comes from a manifest.
+    # every POST is signed (HMAC-SHA256 over a timestamp and the body) with the fleet's secret,
+    # or a web team's own (common/teams.py); never one from a manifest.
     webhook_allowed: tuple[str, ...] = ()
     webhook_secret: str = field(default="", repr=False)
+    webhook_secret_previous: str = field(default="", repr=False)  # also valid while rotating
     webhook_retries: int = 6  # deliveries retried with backoff: 2, 4, 8 .. 300 s
     webhook_backoff: float = 2.0
     # Content credentials (C2PA, docs/campaigns.md): off unless this or a manifest turns them
@@ -88,6 +96,17 @@ class Settings:
     web_thumbnails: str = ""  # empty: cache_dir / "thumbnails"
     web_thumbnail_cache_bytes: int = 512 << 20
     web_secure_cookies: str = ""
+    # Each team's rate, across replicas (docs/web.md): requests (any), and submits (POST
+    # /jobs, re-renders, exports) on top; a burst of this many at once, refilled at the rate.
+    web_requests_per_second: float = 10.0
+    web_request_burst: int = 120
+    web_submits_per_minute: float = 10.0
+    web_submit_burst: int = 10
+    web_session_seconds: int = 12 * 3600  # a login lasts this long (logout ends it at once)
+    # processes that read and plan posted manifests, apart from the server's event loop
+    web_planners: int = 2
+    # "user:password" of /metrics (the fleet's exporter and the web front's): basic auth
+    metrics_auth: str = field(default="", repr=False)
 
     def signs(self, requested: bool | str | None) -> bool:
         """Whether outputs get content credentials: a manifest's ``output.credentials`` (as
@@ -121,6 +140,8 @@ class Settings:
             allowed_outputs=_prefixes("STYLEBATCH_ALLOWED_OUTPUTS", default.allowed_outputs),
             schedules=_env("STYLEBATCH_SCHEDULES"),
             min_input_side=int(_env("STYLEBATCH_MIN_INPUT_SIDE", str(default.min_input_side))),
+            max_listed=int(_env("STYLEBATCH_MAX_LISTED", str(default.max_listed))),
+            list_seconds=float(_env("STYLEBATCH_LIST_SECONDS", str(default.list_seconds))),
             input_cache_bytes=int(
                 _env("STYLEBATCH_INPUT_CACHE_BYTES", str(default.input_cache_bytes))
             ),
@@ -146,6 +167,7 @@ class Settings:
             ),
             webhook_allowed=_prefixes("STYLEBATCH_WEBHOOK_ALLOWED", ()),
             webhook_secret=_env("STYLEBATCH_WEBHOOK_SECRET"),
+            webhook_secret_previous=_env("STYLEBATCH_WEBHOOK_SECRET_PREVIOUS"),
             webhook_retries=int(_env("STYLEBATCH_WEBHOOK_RETRIES", str(default.webhook_retries))),
             webhook_backoff=float(_env("STYLEBATCH_WEBHOOK_BACKOFF", str(default.webhook_backoff))),
             c2pa_sign=_env("STYLEBATCH_C2PA_SIGN", "0").lower() in ("1", "true", "yes", "on"),
@@ -160,4 +182,21 @@ class Settings:
                 _env("STYLEBATCH_WEB_THUMBNAIL_CACHE_BYTES", str(default.web_thumbnail_cache_bytes))
             ),
             web_secure_cookies=_env("STYLEBATCH_WEB_SECURE_COOKIES").lower(),
+            web_requests_per_second=float(
+                _env("STYLEBATCH_WEB_REQUESTS_PER_SECOND", str(default.web_requests_per_second))
+            ),
+            web_request_burst=int(
+                _env("STYLEBATCH_WEB_REQUEST_BURST", str(default.web_request_burst))
+            ),
+            web_submits_per_minute=float(
+                _env("STYLEBATCH_WEB_SUBMITS_PER_MINUTE", str(default.web_submits_per_minute))
+            ),
+            web_submit_burst=int(
+                _env("STYLEBATCH_WEB_SUBMIT_BURST", str(default.web_submit_burst))
+            ),
+            metrics_auth=_env("STYLEBATCH_METRICS_AUTH"),
+            web_planners=int(_env("STYLEBATCH_WEB_PLANNERS", str(default.web_planners))),
+            web_session_seconds=int(
+                _env("STYLEBATCH_WEB_SESSION_SECONDS", str(default.web_session_seconds))
+            ),
         )

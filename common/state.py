@@ -22,6 +22,7 @@ clock. Other modules read through ``JobStore.read``, which has no write commands
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterable, Iterator
@@ -145,6 +146,37 @@ class JobInfo:
         return max(0, self.count("running"))
 
     @property
+    def outcome(self) -> str | None:
+        """How an ended job came out: ``succeeded`` (every render done or skipped),
+        ``partial`` (it ended with renders failed), ``failed`` or ``cancelled``; None while it
+        runs. A job is ``done`` once its renders have all ended, whatever they came to: this
+        says which."""
+        if not self.terminal:
+            return None
+        if self.status == "done":
+            return "partial" if self.count("failed") else "succeeded"
+        return self.status
+
+    @property
+    def headline(self) -> str:
+        """The state in words, failures always counted: what the CLI, the pages, the API and
+        the webhook say."""
+        total, failed = self.total, self.count("failed")
+        ended = total - self.pending - self.running
+        also = f", {failed} failed" if failed else ""
+        if self.status == "done":
+            if failed:
+                return f"done with failures: {failed} of {total} renders failed"
+            return f"done: all {total} renders succeeded" if total else "done: no renders"
+        if self.status == "cancelled":
+            return f"cancelled: {self.count('cancelled')} of {total} renders cancelled{also}"
+        if self.status == "failed":
+            return f"failed: {self.meta.get('reason') or 'no reason recorded'}{also}"
+        if self.status == "finalizing":
+            return f"finalizing: all {total} renders ended{also}; writing the summary"
+        return f"{self.status}: {ended} of {total} renders ended{also}"
+
+    @property
     def pending(self) -> int:
         return max(0, self.total - int(self.meta.get("ended", 0)) - self.running)
 
@@ -194,6 +226,18 @@ class Beat:
     stale: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Rate:
+    """A request measured against a team's rate: whether it may go, how many more may now,
+    the burst, seconds until the bucket is full again, and until one more may go."""
+
+    allowed: bool
+    remaining: int
+    limit: int
+    reset: float
+    retry_after: float
+
+
 FINISH = {-2: "superseded", -1: "missing", 0: "ended", 1: "recorded", 2: "complete"}
 
 # How a job's renders are indexed at create (one sorted set, all scores 0, read by range of
@@ -203,10 +247,13 @@ FACETS_LISTED = 200  # styles and sizes named in the job record (the pages' filt
 
 
 def index_entries(render: Render) -> tuple[str, ...]:
+    """Its entries in the job's render index: by id, style (its copies' names too), size and
+    content."""
     rid = render.id
+    styles = dict.fromkeys((render.style, *(s for s, _ in render.copies)))
     return (
         f"a\0{rid}",
-        f"s\0{render.style}\0{rid}",
+        *(f"s\0{style}\0{rid}" for style in styles),
         f"z\0{render.size}\0{rid}",
         f"c\0{render.content_name}\0{rid}",
     )
@@ -224,6 +271,7 @@ class Facets:
 
     def add(self, render: Render) -> None:
         self.styles.add(render.style)
+        self.styles.update(style for style, _ in render.copies)
         self.sizes.add(str(render.size))
         self.contents.add(render.content_name)
 
@@ -240,13 +288,11 @@ class Facets:
 
 def _matches(render: Render, state: dict[str, Any], wanted: dict[str, str | None]) -> bool:
     status = state.get("status", "pending")
-    have = {
-        "status": status,
-        "style": render.style,
-        "size": str(render.size),
-        "content": render.content_name,
-    }
-    return all(v is None or have[k] == v for k, v in wanted.items())
+    have = {"status": status, "size": str(render.size), "content": render.content_name}
+    styles = {render.style, *(s for s, _ in render.copies)}
+    return all(
+        v is None or (v in styles if k == "style" else have[k] == v) for k, v in wanted.items()
+    )
 
 
 @dataclass
@@ -416,6 +462,7 @@ class JobStore:
             "credentials": "1" if plan.signed else "0",
             "team": team,
             "facets": json.dumps(Facets(plan.renders).record()),
+            "outputs": sum(len(r.keys) for r in plan.renders),
         }
         keys = [
             self._job(job_id),
@@ -428,7 +475,7 @@ class JobStore:
             self._index(job_id),
             self._team(team or "-"),
         ]
-        entries = len(INDEX_FACETS) * len(plan.renders)
+        entries = sum(len(index_entries(r)) for r in plan.renders)
         outcome, held = self._run_durably(
             "create", keys, [job_id, json.dumps(record), len(plan.renders), entries, team]
         )
@@ -469,8 +516,10 @@ class JobStore:
         pipe.srem(self.ACTIVE, job_id)
         pipe.execute()
 
-    def cancel(self, job_id: str) -> bool:
-        return bool(self._run("cancel", [self._job(job_id)], []))
+    def cancel(self, job_id: str) -> str:
+        """Ask for a running job's cancel: ``requested``; a job whose renders have all ended
+        (``finalizing``) or that has ``ended`` is left as it is; ``missing``."""
+        return self._run("cancel", [self._job(job_id)], [])
 
     def drop_active(self, job_id: str) -> bool:
         """Off the reconciler's list, if the job ended or is gone."""
@@ -493,6 +542,46 @@ class JobStore:
         index = self.JOBS if team is None else self._team(team)
         ids = self.r.zrevrange(index, offset, offset + limit - 1)
         return [info for job_id in ids if (info := self.get(job_id))]
+
+    def jobs_after(
+        self, limit: int, after: str = "", team: str | None = None, budget: int = 2000
+    ) -> tuple[list[JobInfo], str | None]:
+        """Newest first, one page after the cursor ``after`` (``<created>:<job id>`` of the
+        last job looked at before; '' for the first page): the page, and the cursor of the
+        next one (None at the end). A cursor stays good while jobs are added or expire: it
+        names a place in time, not an offset. Ids whose job expired are passed over, at most
+        ``budget`` of them per page (the page is then short: follow the cursor)."""
+        index = self.JOBS if team is None else self._team(team)
+        top, last = "+inf", ""
+        if after:
+            score, _, last = after.partition(":")
+            try:
+                top = repr(float(score))
+            except ValueError:
+                top, last = "+inf", ""
+        found: list[JobInfo] = []
+        start, looked, cursor = 0, 0, None
+        while len(found) < limit and looked < budget:
+            chunk = self.r.zrevrangebyscore(index, top, "-inf", start, 200, withscores=True)
+            if not chunk:
+                return found, None
+            start += len(chunk)
+            for job_id, score in chunk:
+                if last and repr(score) == top and job_id >= last:
+                    continue  # the cursor's job, or one before it at the same instant
+                looked += 1
+                cursor = f"{score!r}:{job_id}"
+                info = self.get(job_id)
+                if info is not None:
+                    found.append(info)
+                if len(found) == limit or looked >= budget:
+                    break
+        if cursor is None:
+            return found, None
+        score, _, job_id = cursor.partition(":")
+        older = self.r.zcount(index, "-inf", f"({score}")
+        same = [j for j in self.r.zrangebyscore(index, score, score) if j < job_id]
+        return found, cursor if older or same else None
 
     def count_jobs(self, team: str | None = None) -> int:
         """How many jobs ``jobs`` pages through (of every job, or of one web team's)."""
@@ -876,6 +965,41 @@ class JobStore:
     def token() -> str:
         return secrets.token_hex(8)
 
+    # the web front: sessions, rates, idempotency keys (scheduler/web)
+    def open_session(self, team: str, seconds: int) -> str:
+        """A new session of ``team`` for ``seconds``: its id (random, the cookie's value).
+        Only its digest is a key, so reading Redis gives no one a session. A plain SET: one
+        new key, nothing else to keep in step."""
+        session = secrets.token_urlsafe(32)
+        self.r.set(self._session(session), team, ex=seconds, nx=True)
+        return session
+
+    def session_team(self, session: str) -> str | None:
+        """The team of a live session, or None (unknown, expired or ended)."""
+        if not session or len(session) > 100:
+            return None
+        return self.r.get(self._session(session))
+
+    def end_session(self, session: str) -> None:
+        """Log out: the session is gone everywhere at once (a plain DEL of its one key)."""
+        if session and len(session) <= 100:
+            self.r.delete(self._session(session))
+
+    def _session(self, session: str) -> str:
+        return f"{PREFIX}:session:{hashlib.sha256(session.encode()).hexdigest()}"
+
+    def take_rate(self, team: str, kind: str, interval_ms: int, burst: int) -> Rate:
+        """One request of ``team`` against its ``kind`` of rate (rate.lua)."""
+        allowed, left, full_ms, wait_ms = self._run(
+            "rate", [f"{PREFIX}:rate:{team}:{kind}"], [max(1, interval_ms), max(1, burst)]
+        )
+        return Rate(bool(allowed), int(left), burst, int(full_ms) / 1000, int(wait_ms) / 1000)
+
+    def idempotency(self, team: str, key: str, step: str, digest: str, *args: Any) -> list[str]:
+        """A POST's Idempotency-Key (idempotency.lua): ``begin``, ``end`` or ``drop``."""
+        name = hashlib.sha256(f"{team}\0{key}".encode()).hexdigest()
+        return list(self._run("idempotency", [f"{PREFIX}:idem:{name}"], [step, digest, *args]))
+
     # worker liveness
     def beat(self, owner: str, description: dict[str, Any], held: list[Held] = ()) -> Beat:
         """Record that ``owner`` (a worker process) is alive, and learn which of the renders
@@ -956,7 +1080,7 @@ class JobStore:
         records = []
         order = lambda r: (r.content, r.style, parse_size(r.size).pixels, str(r.size))  # noqa: E731
         for render in sorted(self.specs(job_id), key=order):
-            record = RenderRecord.of(render, info.location.uri_of(render.key))
+            record = RenderRecord.of(render, info.location.uri_of(render.key), info.location)
             state = states.get(render.id, {})
             record.status = state.get("status", "pending")
             if record.status == "running":

@@ -6,7 +6,6 @@ single PUT. Credentials come from the environment (boto3's chain), never from ma
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import tempfile
 from functools import lru_cache
@@ -361,40 +360,3 @@ def changed(uri: str, expected: str, found: str) -> str:
         f"{uri} changed after the job was planned (expected {expected}, found {found}); "
         "submit again to render the new version"
     )
-
-
-def list_inputs(pattern: str, recursive_prefix: bool, settings: Settings) -> list[str]:
-    """Canonical URIs of the images matching a glob, or under a prefix; sorted."""
-    if is_s3(pattern):
-        bucket, key = parse_s3(pattern)
-        literal = key if recursive_prefix else _literal_head(key)
-        client = s3_client(settings)
-        found = []
-        try:
-            for page in client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=literal
-            ):
-                for obj in page.get("Contents", []):
-                    name = obj["Key"]
-                    if recursive_prefix or fnmatch.fnmatchcase(name, key):
-                        found.append(f"s3://{bucket}/{name}")
-        except Exception as exc:
-            error = storage_error(exc, bucket, literal)
-            if isinstance(error, TransientStorageError):
-                raise error from None  # S3 away: try again later, not a manifest problem
-            raise InputError(str(error)) from None
-        return sorted(u for u in found if u.lower().endswith(IMAGE_SUFFIXES))
-    root = Path(pattern)
-    if recursive_prefix:
-        paths = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
-    else:
-        anchor = Path(root.anchor)
-        paths = [p for p in anchor.glob(str(root.relative_to(anchor))) if p.is_file()]
-    return sorted(str(p) for p in paths if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _literal_head(pattern: str) -> str:
-    for i, ch in enumerate(pattern):
-        if ch in "*?[":
-            return pattern[:i]
-    return pattern

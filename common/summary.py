@@ -38,9 +38,20 @@ class RenderRecord:
     rendered_by: str | None = None  # for a skipped render: the job that made its output
     device: str | None = None  # where this job rendered it (cpu, or cuda:<card>)
     pixel_iterations: float | None = None  # output pixels x iterations, summed over scales
+    # the same render under other style names: [{"style", "key", "uri"}], written with it
+    copies: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def outputs(self) -> int:
+        """Output files this render's making wrote: its own and its copies'."""
+        return 1 + len(self.copies)
 
     @classmethod
-    def of(cls, render: Render, uri: str) -> RenderRecord:
+    def of(cls, render: Render, uri: str, location: Any = None) -> RenderRecord:
+        copies = [
+            {"style": s, "key": k, "uri": location.uri_of(k) if location else k}
+            for s, k in render.copies
+        ]
         return cls(
             id=render.id,
             content=render.content,
@@ -52,6 +63,7 @@ class RenderRecord:
             uri=uri,
             inputs=render.identities,
             mask=[render.mask, render.mask_strength] if render.mask else None,
+            copies=copies,
         )
 
 
@@ -75,7 +87,9 @@ class Summary:
             source=plan.source,
             output=str(plan.location),
             weights=plan.weights,
-            renders=[RenderRecord.of(r, plan.location.uri_of(r.key)) for r in plan.renders],
+            renders=[
+                RenderRecord.of(r, plan.location.uri_of(r.key), plan.location) for r in plan.renders
+            ],
         )
 
     def counts(self) -> dict[str, int]:
@@ -83,6 +97,13 @@ class Summary:
         for record in self.renders:
             counts[record.status] += 1
         return counts
+
+    def outcome(self) -> str | None:
+        """As the job's (common/state.py ``JobInfo.outcome``): succeeded, partial, or None
+        before it ends."""
+        if self.finished is None:
+            return None
+        return "partial" if self.counts()["failed"] else "succeeded"
 
     def cost(self) -> dict[str, Any]:
         """What this job spent: device-seconds by device type, pixel-iterations, outputs."""
@@ -93,12 +114,13 @@ class Summary:
         return {
             "device_seconds": seconds,
             "pixel_iterations": sum(r.pixel_iterations or 0 for r in self.renders if r.device),
-            "outputs": sum(r.status == "done" for r in self.renders),
+            "outputs": sum(r.outputs for r in self.renders if r.status == "done"),
         }
 
     def cost_csv(self) -> bytes:
         """One row per render, for a finance team to sum: what this job spent on it (a render
-        skipped because an earlier job made it costs nothing here)."""
+        skipped because an earlier job made it costs nothing here). ``outputs`` counts each
+        file written once: a render's own and its copies' (one making, many keys)."""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
@@ -107,11 +129,13 @@ class Summary:
             seconds = f"{r.seconds or 0:.3f}" if ran else "0"
             work = f"{r.pixel_iterations or 0:.0f}" if ran else "0"
             row = [self.job_id, r.id, r.content, r.style, r.size, r.status, r.device or ""]
-            writer.writerow([*row, seconds, work, int(r.status == "done")])
+            writer.writerow([*row, seconds, work, r.outputs if r.status == "done" else 0])
         return out.getvalue().encode()
 
     def to_json(self) -> bytes:
         data = asdict(self)
         data["counts"] = self.counts()
+        data["outcome"] = self.outcome()
+        data["outputs_planned"] = sum(r.outputs for r in self.renders)
         data["cost"] = self.cost()
         return json.dumps(data, indent=2, sort_keys=False).encode()

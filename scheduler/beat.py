@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import yaml
 from celery import beat
 from kombu.exceptions import OperationalError
 
 from common.errors import ManifestError, TransientError
-from common.expand import plan_document
 from common.inputs import CannotCheck
-from common.manifest import parse_manifest
+from common.manifest import parse_manifest, read_document
 from common.schedule import latest_slot, next_slot, slot_label
 from common.settings import Settings
 from common.state import JobStore
@@ -81,10 +79,7 @@ def load_manifest(source: str, settings: Settings) -> tuple[dict[str, Any], Path
         base = Path("/nonexistent-s3-manifest-folder")  # S3 manifests must use absolute URIs
     else:
         text, base = Path(source).read_text("utf-8"), Path(source).resolve().parent
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ManifestError(source, [])
-    return data, base
+    return read_document(text, source, as_json=source.endswith(".json")), base
 
 
 @dataclass(frozen=True)
@@ -100,15 +95,16 @@ def fire_slot(source: str, slot: datetime, settings: Settings, app: Any, store: 
     """Submit the job of one slot (claimed atomically); returns its job id. Its inputs are
     identified now, so a shot replaced since the last slot renders again. A slot that would
     fail renders (a missing input, an unwritable output) is refused like an invalid manifest."""
-    from scheduler.preflight import preflight
-    from scheduler.submit import submit
+    from scheduler.intake import Refused, Submitter, Unchecked, intake
 
     data, base = load_manifest(source, settings)
-    plan = plan_document(data, source, base, settings, None, slot)
-    problems = preflight(plan, settings)
-    if problems:
-        raise ManifestError(source, problems)
-    return submit(plan, settings, app, store).job_id
+    try:
+        _, submitted = intake(data, source, base, Submitter(settings), app, store, slot=slot)
+    except Refused as exc:
+        raise ManifestError(source, exc.problems) from None
+    except Unchecked as exc:
+        raise CannotCheck(str(exc)) from None
+    return submitted.job_id
 
 
 class ManifestScheduler(beat.Scheduler):

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.errors import ManifestError, StylebatchError
-from common.expand import JobPlan, plan_job
+from common.expand import JobPlan
 from common.report import record_key
 from common.settings import Settings
 from scheduler.jobview import counts as _counts
@@ -58,13 +58,20 @@ WeightsOpt = Annotated[
 def _plan(
     manifest: Path, weights: str | None, slot=None, settings: Settings | None = None
 ) -> JobPlan:
-    from common.inputs import CannotCheck
+    """The manifest planned as the fleet's operator (scheduler/intake.py); exit 2 listing
+    every problem, or 3 when it cannot be checked from here."""
+    from common.manifest import load_document
+    from scheduler.intake import Refused, Submitter, Unchecked, plan
 
+    who = Submitter(settings or Settings.from_env())
     try:
-        return plan_job(manifest, settings or Settings.from_env(), weights, slot)
-    except ManifestError as exc:
+        document = load_document(manifest)
+        return plan(document, str(manifest), manifest.resolve().parent, who, weights, slot)
+    except ManifestError as exc:  # the file itself: unreadable, not YAML or JSON
         _problems("invalid manifest", exc.source, exc.problems)
-    except CannotCheck as exc:  # the environment, not the manifest
+    except Refused as exc:
+        _problems(exc.title, exc.source, exc.problems)
+    except Unchecked as exc:  # the environment, not the manifest
         err.print(f"{manifest}: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_UNCHECKED) from None
     except StylebatchError as exc:
@@ -80,22 +87,17 @@ def _problems(title: str, source: str, problems: list) -> None:
 
 
 def _preflight(plan: JobPlan, settings: Settings, source: Path) -> None:
-    """Exit 2 listing every problem that would fail renders, before anything is enqueued;
-    exit 3 when the checks cannot be made now (S3 unreachable or failing)."""
-    from common.errors import TransientError
-    from scheduler.preflight import preflight
+    """The output location, then every problem that would fail renders, before anything is
+    enqueued: exit 2 listing them; exit 3 when the checks cannot be made now (S3 away)."""
+    from scheduler.intake import Refused, Submitter, Unchecked, check
 
     try:
-        problems = preflight(plan, settings)
-    except TransientError as exc:  # the environment, not the manifest: nothing was done
-        err.print(
-            f"{source}: cannot check the output now, try again: {exc}",
-            highlight=False,
-            markup=False,
-        )
+        check(plan, Submitter(settings))
+    except Refused as exc:
+        _problems(exc.title, str(source), exc.problems)
+    except Unchecked as exc:  # the environment, not the manifest: nothing was done
+        err.print(f"{source}: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_UNCHECKED) from None
-    if problems:
-        _problems("preflight failed", str(source), problems)
 
 
 def _print_plan(plan: JobPlan) -> None:
@@ -112,13 +114,25 @@ def _print_plan(plan: JobPlan) -> None:
         )
     out.print(table)
     contents = len({r.content for r in plan.renders})
+    copies = sum(len(r.copies) for r in plan.renders)
     out.print(
         f"{len(plan.renders)} renders: {contents} content image(s) x "
         f"{len(by_style)} style(s); output {plan.location}",
         highlight=False,
     )
+    if copies:
+        names = len({s for r in plan.renders for s, _ in r.copies})
+        out.print(
+            f"{len(plan.renders) + copies} outputs: {copies} are copies ({names} style name(s) "
+            "resolve to renders of other names: each renders once, its output written to "
+            "every key)",
+            highlight=False,
+        )
     if plan.duplicates:
-        out.print(f"{plan.duplicates} duplicate render(s) collapsed")
+        out.print(
+            f"{plan.duplicates} duplicate entr(y/ies) collapsed: the same render at the same key",
+            highlight=False,
+        )
     _print_weights(plan.weights)
 
 
@@ -218,7 +232,7 @@ def validate(
     settings = fleet if on_s3 else _local_settings()
     plan = _plan(manifest, weights, settings=settings)
     _print_plan(plan)
-    _confine(plan.location, settings, manifest)
+    _confine(plan.location, settings, manifest)  # before the credentials: settings alone
     if on_s3 and not has_credentials():
         err.print(f"{manifest}: cannot check the s3 output: {NO_CREDENTIALS}", highlight=False)
         raise typer.Exit(EXIT_UNCHECKED)
@@ -331,7 +345,8 @@ def submit(
 ) -> None:
     """Validate a manifest, record the job in Redis and enqueue its renders for the workers."""
     from common.schedule import parse_slot
-    from scheduler.submit import submit as submit_job
+    from scheduler.intake import Submitter
+    from scheduler.intake import submit as submit_job
 
     try:
         slot_time = parse_slot(slot) if slot and slot != "auto" else None
@@ -352,7 +367,7 @@ def submit(
         plan = _plan(manifest, weights, due)
     settings, celery, store = _queue()
     _preflight(plan, settings, manifest)
-    result = submit_job(plan, settings, celery, store, force)
+    result = submit_job(plan, Submitter(settings), celery, store, force)
     if result.created:
         out.print(
             f"submitted {result.job_id}: {result.renders} renders in {result.tasks} "
@@ -443,7 +458,7 @@ def status(
 
     failures = failures_of(store, info)
     out.print(
-        f"job {job} ({info.meta['name']}): {info.status}"
+        f"job {job} ({info.meta['name']}): {info.headline}"
         + (" [cancel requested]" if info.cancelled else ""),
         highlight=False,
         markup=False,
@@ -592,7 +607,7 @@ def serve(
     review jobs, for the teams of STYLEBATCH_WEB_TEAMS (docs/web.md). Never imports torch."""
     from common.errors import ConfigError
     from common.queue import EXIT_MISCONFIGURED
-    from scheduler.web.teams import load_teams
+    from common.teams import load_teams
 
     settings = Settings.from_env()
     try:
@@ -611,9 +626,22 @@ def serve(
 def cancel(job: JobArg) -> None:
     """Cancel a job: renders not yet started are skipped, even after a worker restart."""
     _, _, store = _queue()
-    _job_or_exit(store, job)
-    store.cancel(job)
-    out.print(f"cancel requested for {job}: queued renders will be skipped", highlight=False)
+    info = _job_or_exit(store, job)
+    outcome = store.cancel(job)
+    if outcome == "requested":
+        out.print(
+            f"cancel requested for {job}: {info.pending} render(s) not yet started will be "
+            "cancelled",
+            highlight=False,
+        )
+        return
+    why = (
+        "every render has ended and the job is being finalized"
+        if outcome == "finalizing"
+        else f"the job has already ended ({info.status})"
+    )
+    err.print(f"not cancelled: {job}: {why}; nothing changed", highlight=False)
+    raise typer.Exit(EXIT_INVALID)
 
 
 @app.command()

@@ -53,12 +53,16 @@ def job_record(info: JobInfo) -> dict[str, Any]:
         "job": info.job_id,
         "name": info.meta.get("name"),
         "status": info.status,
+        "outcome": info.outcome,
+        "headline": info.headline,
         "cancel_requested": info.cancelled,
         "reason": info.meta.get("reason"),
         "total": info.total,
+        "outputs_planned": int(info.meta.get("outputs") or info.total),
         **counts(info),
         "created": float(info.meta["created"]) if "created" in info.meta else None,
         "finished": float(info.meta["finished"]) if "finished" in info.meta else None,
+        "cost": info.cost(),
     }
 
 

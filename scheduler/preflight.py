@@ -13,23 +13,21 @@ from common.errors import Problem, TransientError
 from common.expand import JobPlan
 from common.settings import Settings
 from common.storage import s3_client, storage_error
-from common.uris import Location, is_s3, join_key
+from common.uris import Location, join_key
 
 PROBE_KEY = ".stylebatch-write-check"
 
 
-def uses_s3(plan: JobPlan) -> bool:
-    uris = {r.content for r in plan.renders} | {u for r in plan.renders for u, _ in r.style_images}
-    return plan.location.scheme == "s3" or is_s3(plan.weights) or any(map(is_s3, uris))
-
-
-def preflight(plan: JobPlan, settings: Settings) -> list[Problem]:
+def preflight(
+    plan: JobPlan, settings: Settings, team: str = "", secrets: tuple[str, ...] | None = None
+) -> list[Problem]:
     """Every problem that would fail renders of this job, found without rendering. Raises
-    TransientError when the output location cannot be checked now (S3 away)."""
+    TransientError when the output location cannot be checked now (S3 away). ``team``: the
+    web team submitting it, whose own ``secrets`` sign its webhooks (common/notify.py)."""
     from common.notify import check_webhook
 
     notify = plan.manifest.notify
-    hook = check_webhook(notify.webhook if notify else None, settings)
+    hook = check_webhook(notify.webhook if notify else None, settings, team, secrets)
     return (
         check_location(plan.location, settings)
         + plan.problems

@@ -110,6 +110,19 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+_DBS = iter(range(100, 256))  # 0-99: the fixed numbers some older tests still name
+
+
+@pytest.fixture
+def redis_db(redis_server) -> str:
+    """A Redis database of this test's own, empty: its URL."""
+    import redis
+
+    url = redis_server.url(next(_DBS))
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from tests.services import S3Server

@@ -135,6 +135,8 @@ class RedisServer:
             "no",
             "--logfile",
             str(folder / "redis.log"),
+            "--databases",
+            "256",  # tests take one each (conftest's redis_db)
         ]
         if password:
             args += ["--requirepass", password]

@@ -4,6 +4,7 @@ and submit (the command line) and in every write (storage)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import site
 import subprocess
@@ -75,9 +76,19 @@ def test_inputs_in_a_bucket_sharing_a_prefix_are_refused():
     ],
 )
 def test_outputs_refused(uri, fragment):
+    """The fleet's own locations are named where the settings would allow writing there; a
+    location outside the allowed outputs is refused as such, first, without saying what it
+    holds (a team is not told about what lies outside its prefixes)."""
+    everywhere = dataclasses.replace(FLEET, allowed_outputs=("s3://", "/"))
+    protected = "ALLOWED_OUTPUTS" not in fragment
     with pytest.raises(OutputRefused) as info:
-        check_output(uri, FLEET)
+        check_output(uri, everywhere if protected else FLEET)
     assert fragment in str(info.value)
+    assert uri not in str(info.value)  # the refusal names the rule, not the location
+    if protected:
+        with pytest.raises(OutputRefused, match="not among the outputs") as info:
+            check_output(uri, FLEET)
+        assert "fleet's" not in str(info.value) and "system" not in str(info.value)
 
 
 def test_outputs_allowed_and_the_protected_list_wins_over_the_allowed_one(tmp_path):
@@ -106,16 +117,17 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    ("location", "fragment"),
+    ("location", "fragment", "allowed"),
     [
-        ("s3://stylebatch-models/fleet", "STYLEBATCH_WEIGHTS"),
-        ("s3://stylebatch-manifests/schedules", "STYLEBATCH_SCHEDULES"),
-        ("s3://team-a-secrets/out", "STYLEBATCH_ALLOWED_OUTPUTS"),
-        (site.getsitepackages()[0], "the fleet's code"),
+        ("s3://stylebatch-models/fleet", "STYLEBATCH_WEIGHTS", "s3://,/"),
+        ("s3://stylebatch-manifests/schedules", "STYLEBATCH_SCHEDULES", "s3://,/"),
+        ("s3://team-a-secrets/out", "STYLEBATCH_ALLOWED_OUTPUTS", "s3://team-a"),
+        (site.getsitepackages()[0], "the fleet's code", "s3://,/"),
+        (site.getsitepackages()[0], "STYLEBATCH_ALLOWED_OUTPUTS", "s3://team-a"),
     ],
 )
 def test_validate_and_submit_refuse_before_anything_is_enqueued(
-    tmp_path, images, location, fragment
+    tmp_path, images, location, fragment, allowed
 ):
     data = tiny_manifest(images, tmp_path / "out")
     data["output"]["location"] = location
@@ -123,7 +135,7 @@ def test_validate_and_submit_refuse_before_anything_is_enqueued(
     env = {
         "STYLEBATCH_WEIGHTS": "s3://stylebatch-models/vgg19-imagenet.pth",
         "STYLEBATCH_SCHEDULES": "s3://stylebatch-manifests/schedules/",
-        "STYLEBATCH_ALLOWED_OUTPUTS": "s3://team-a",
+        "STYLEBATCH_ALLOWED_OUTPUTS": allowed,
         "STYLEBATCH_ALLOWED_INPUTS": "/",
         "STYLEBATCH_REDIS_URL": "redis://127.0.0.1:1/0",  # nothing may reach Redis
     }
@@ -155,7 +167,12 @@ def test_run_writes_local_outputs_with_the_usual_file_modes(tmp_path, images, we
     ],
 )
 def test_s3_writes_are_checked_before_any_request(bucket, prefix, key, fragment):
-    storage = open_storage(Location("s3", bucket, prefix), FLEET)  # no server: never reached
+    settings = (
+        FLEET
+        if "ALLOWED" in fragment
+        else Settings(**{**FLEET.__dict__, "allowed_outputs": ("s3://",)})
+    )
+    storage = open_storage(Location("s3", bucket, prefix), settings)  # no server: never reached
     with pytest.raises(OutputRefused, match=fragment):
         storage.put(key, b"data", "image/png", {})
 

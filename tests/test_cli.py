@@ -155,6 +155,7 @@ def test_a_sick_render_worker_stops_the_unit_with_status_3():
 def test_validate_tells_a_missing_environment_from_a_bad_manifest(tmp_path, images):
     data = tiny_manifest(images, tmp_path / "out")
     data["content"] = ["s3://shots/product.png"]
+    data["styles"] = [{"name": "starry", "image": "s3://shots/starry.png"}]
     path = write_manifest(tmp_path, data)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STYLEBATCH_S3"))}
     env |= {"COLUMNS": "200", "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/x"}

@@ -392,7 +392,8 @@ def test_a_webhook_is_signed_retried_and_delivered_once(fleet, tmp_path):
         for command in (["validate"], ["validate", "--offline"], ["submit"]):
             result = fleet.cli(*command, str(path))
             assert result.returncode == 2, result.stdout + result.stderr
-            assert "notify.webhook: http://169.254.169.254" in " ".join(result.stderr.split())
+            said = " ".join(result.stderr.split())
+            assert "notify.webhook: not among the allowed webhooks" in said, said
         hook = f"http://127.0.0.1:{fleet.webhook_port}/hooks/campaign"
         path.write_text(yaml.safe_dump(dict(data, notify={"webhook": hook})))
         job_id = fleet.submit(path)
@@ -414,6 +415,9 @@ def test_a_webhook_is_signed_retried_and_delivered_once(fleet, tmp_path):
         1,
     )
     assert body["failures"][0]["content"] == "hook_broken" and body["failures"][0]["error"]
+    assert body["outcome"] == "partial"  # it ended with a render failed: said, with counts
+    assert body["headline"] == "done with failures: 1 of 2 renders failed"
+    assert all(s.startswith("t=") and ",v1=" in s for _, _, s in received)  # time-stamped
     assert body["summary"] == f"s3://outputs/hooked/_jobs/{job_id}/summary.json"
     assert body["cost"]["outputs"] == 1
     assert fleet.store.get(job_id).meta["webhook_attempts"] == "3"

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from common.expand import plan_job
 from common.params import PRESETS, RenderParams
-from common.settings import Settings
-from tests.conftest import tiny_manifest, write_manifest
+from tests.conftest import local_settings, tiny_manifest, write_manifest
 
-SETTINGS = Settings()
+SETTINGS = local_settings()  # local files may be read, as `stylebatch run` plans
 
 
 def plan(tmp_path, data, name="m"):

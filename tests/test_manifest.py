@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,9 @@ from common.errors import ManifestError
 from common.expand import plan_job
 from common.manifest import parse_manifest
 from common.settings import Settings
-from tests.conftest import ROOT, tiny_manifest, write_manifest
+from tests.conftest import ROOT, local_settings, tiny_manifest, write_manifest
 
-SETTINGS = Settings()
+SETTINGS = local_settings()  # local files may be read, as `stylebatch run` plans
 
 
 def problems(tmp_path: Path, data: dict, settings: Settings = SETTINGS) -> list[str]:
@@ -153,7 +154,7 @@ def test_key_collisions(tmp_path, images):
 
 def test_render_limit(tmp_path, images):
     data = tiny_manifest(images, tmp_path / "out", sizes=[48, 64, 96])
-    found = problems(tmp_path, data, Settings(max_renders=5))
+    found = problems(tmp_path, data, dataclasses.replace(SETTINGS, max_renders=5))
     assert any("expands to 6 renders; the limit is 5" in p for p in found)
 
 
@@ -193,7 +194,7 @@ def test_required_fields(tmp_path):
 
 def problem_map(tmp_path, data) -> dict[str, str]:
     with pytest.raises(ManifestError) as info:
-        plan_job(write_manifest(tmp_path, data), Settings())
+        plan_job(write_manifest(tmp_path, data), SETTINGS)
     return {p.where: p.message for p in info.value.problems}
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from common.errors import InputError, StorageError
+from common.listing import Budget, find_inputs
 from common.settings import Settings
-from common.storage import S3Storage, list_inputs, read_input, s3_client
+from common.storage import S3Storage, read_input, s3_client
 from common.uris import Location
 from tests.services import ACCESS_KEY, SECRET_KEY
 
@@ -29,10 +30,12 @@ def test_put_get_metadata_and_listing(s3_server, s3_env):
     assert storage.get("x/y.png") == b"\x89PNG data"
     assert storage.metadata("x/y.png") == {"render-id": "abc", "job": "j"}
     assert read_input("s3://store-a/jobs/one/x/y.png", s3_env) == b"\x89PNG data"
-    assert list_inputs("s3://store-a/jobs/*/x/*.png", False, s3_env) == [
+    budget = Budget.of(s3_env)
+    assert find_inputs("s3://store-a/jobs/*/x/*.png", False, s3_env, budget) == [
         "s3://store-a/jobs/one/x/y.png"
     ]
-    assert list_inputs("s3://store-a/jobs/", True, s3_env) == ["s3://store-a/jobs/one/x/y.png"]
+    found = find_inputs("s3://store-a/jobs/", True, s3_env, budget)
+    assert found == ["s3://store-a/jobs/one/x/y.png"]
 
 
 def test_missing_bucket_and_object_are_named(s3_env):

@@ -18,11 +18,19 @@ from PIL import Image
 
 from common.errors import ConfigError
 from common.settings import Settings
+from common.teams import load_teams
 from scheduler.web.app import create_app
-from scheduler.web.teams import csrf_token, load_teams
 from tests.fleet import Fleet, upload_inputs
 from tests.services import RedisServer, wait_for
-from tests.web_helpers import TOKENS, Served, bearer, web_settings
+from tests.web_helpers import (
+    GENEROUS,
+    TOKENS,
+    Served,
+    bearer,
+    log_in,
+    session_csrf,
+    web_settings,
+)
 
 DB = 15
 
@@ -182,8 +190,10 @@ def test_bad_manifests_get_every_problem_and_the_prefix_named(client):
     assert len(wheres) >= 2 and any(w.startswith("styles") for w in wheres), wheres
     outside = post(client, "alpha", document("web-out", team="beta"))  # alpha writing beta's
     assert outside.status_code == 422
+    assert outside.headers["content-type"] == "application/problem+json"
     text = json.dumps(outside.json())
-    assert "s3://outputs/beta/web-out" in text and "s3://outputs/alpha" in text
+    assert outside.json()["code"] == "output-refused"
+    assert "s3://outputs/beta" not in text and "s3://outputs/alpha" in text  # its own, only
     reads = document("web-reads")
     reads["content"] = ["/etc/passwd"]
     assert post(client, "alpha", reads).status_code == 422
@@ -206,19 +216,25 @@ def test_bad_manifests_get_every_problem_and_the_prefix_named(client):
 
 def test_forms_need_the_sessions_anti_forgery_value(client, served):
     job = post(client, "alpha", document("web-one")).json()["job"]
-    login = client.post("/ui/login", data={"token": TOKENS["alpha"]})
+    login = log_in(client, "alpha")
     assert login.status_code == 303 and "samesite=strict" in login.headers["set-cookie"].lower()
     assert "httponly" in login.headers["set-cookie"].lower()
+    assert TOKENS["alpha"] not in login.headers["set-cookie"]  # a session id, not the token
     assert client.get(f"/ui/jobs/{job}").status_code == 200  # the cookie is the session
     assert client.post(f"/ui/jobs/{job}/cancel").status_code == 403
     assert client.post(f"/ui/jobs/{job}/cancel", data={"csrf": "forged"}).status_code == 403
     assert client.post(f"/jobs/{job}/cancel").status_code == 403  # the API too, by cookie
-    good = client.post(f"/ui/jobs/{job}/cancel", data={"csrf": csrf_token(TOKENS["alpha"])})
+    good = client.post(f"/ui/jobs/{job}/cancel", data={"csrf": session_csrf(client)})
     assert good.status_code == 303
     # the API by cookie, with the value in a form body: checked, then read as the manifest
-    as_form = client.post("/jobs", data={"csrf": csrf_token(TOKENS["alpha"])})
+    as_form = client.post("/jobs", data={"csrf": session_csrf(client)})
     assert as_form.status_code == 422 and as_form.json()["problems"], as_form.text
-    assert client.post("/ui/login", data={"token": "wrong"}).status_code == 401
+    client.cookies.clear()
+    refused = client.post("/ui/login", data={"token": TOKENS["alpha"]})  # no form value
+    assert refused.status_code == 403 and "sb_session" not in refused.headers.get("set-cookie")
+    value = refused.text.split('name="login_csrf" value="')[1].split('"')[0]  # a fresh form
+    wrong = client.post("/ui/login", data={"token": "wrong", "login_csrf": value})
+    assert wrong.status_code == 401
     client.cookies.clear()
 
 
@@ -366,7 +382,7 @@ def test_teams_must_lie_within_the_fleets_prefixes(tmp_path):
     entry = {"token_file": str(token), "allowed_inputs": ["s3://inputs"]}
     spec.write_text(yaml.safe_dump({"a": {**entry, "allowed_outputs": ["s3://outputs/a"]}}))
     teams = load_teams(str(spec), fleet)
-    from scheduler.web.teams import authenticate
+    from common.teams import authenticate
 
     assert authenticate(teams, "a-token-from-a-mounted-secret").name == "a"
     assert authenticate(teams, "a-token-from-a-mounted-secreT") is None
@@ -460,7 +476,7 @@ def test_the_pages_in_a_real_browser(served, client):
 
     def submit(page, data: dict) -> str:
         page.fill("textarea[name=manifest]", yaml.safe_dump(data, sort_keys=False))
-        page.click("#submit button[type=submit]")
+        page.click("#send")
         page.wait_for_url("**/ui/jobs/*")
         return page.url.rsplit("/", 1)[-1]
 
@@ -503,7 +519,8 @@ def test_the_pages_in_a_real_browser(served, client):
         alpha.wait_for_url(f"**/ui/jobs/{second}")
         record = client.get(f"/jobs/{second}", headers=bearer("alpha")).json()
         assert record["cancel_requested"] is True
-        assert alpha.locator("text=cancel requested").count() == 1
+        assert alpha.locator(".tag", has_text="cancel requested").count() == 1
+        assert alpha.locator("#notice").inner_text().startswith("cancel requested")
         alpha.goto(f"{served.url}/ui")
         assert alpha.locator(f"#jobs tr[data-job='{job}']").count() == 1
         shot(alpha, "jobs")
@@ -558,6 +575,7 @@ def local(local_redis, tmp_path, images):
         weights="random",
         web_teams=json.dumps(teams),
         web_thumbnails=str(tmp_path / "thumbnails"),
+        **GENEROUS,
     )
     app = create_app(settings)
     app.state.web.store.r.flushdb()
@@ -673,10 +691,11 @@ def test_the_team_list_pages_past_an_expired_job(local):
     ids = [local_post(web, local_doc(inputs, f"page{i}")).json()["job"] for i in range(4)]
     store = app.state.web.store
     store.r.delete(store._job(ids[2]))  # its record expired; the team's index not yet swept
-    first = web.get("/jobs?limit=2", headers=bearer("alpha")).json()
-    assert [j["job"] for j in first["jobs"]] == [ids[3]] and first["next_offset"] == 2
-    rest = web.get("/jobs?limit=2&offset=2", headers=bearer("alpha")).json()
-    assert [j["job"] for j in rest["jobs"]] == [ids[1], ids[0]] and rest["next_offset"] is None
+    first = web.get("/v1/jobs?limit=2", headers=bearer("alpha"))
+    assert [j["job"] for j in first.json()["jobs"]] == [ids[3], ids[1]], first.text
+    assert first.headers["link"].startswith("</v1/jobs?") and 'rel="next"' in first.headers["link"]
+    rest = web.get(first.headers["link"][1:].split(">")[0], headers=bearer("alpha")).json()
+    assert [j["job"] for j in rest["jobs"]] == [ids[0]] and rest["next"] is None
 
 
 def test_json_bodies_are_read_as_json(local):
@@ -747,7 +766,7 @@ def test_the_thumbnail_cache_is_pruned_least_recently_used_first(local, tmp_path
     import time
 
     from common.uris import Location
-    from scheduler.web.core import Outputs
+    from scheduler.web.outputs import Outputs
 
     settings, _web, _app, _inputs = local
     folder = tmp_path / "outs"
@@ -828,11 +847,9 @@ def test_the_session_cookie_is_secure_as_set_or_off_loopback(local):
     on = dataclasses.replace(settings, web_secure_cookies="true")
     assert secure_cookies(on, "127.0.0.1")
     with TestClient(create_app(on), raise_server_exceptions=False) as behind_tls:
-        login = behind_tls.post(
-            "/ui/login", data={"token": TOKENS["alpha"]}, follow_redirects=False
-        )
+        login = log_in(behind_tls, "alpha")
     assert login.status_code == 303 and "secure" in login.headers["set-cookie"].lower()
-    plain = web.post("/ui/login", data={"token": TOKENS["alpha"]}, follow_redirects=False)
+    plain = log_in(web, "alpha")
     assert "secure" not in plain.headers["set-cookie"].lower()
     web.cookies.clear()
 
@@ -852,7 +869,7 @@ def test_errors_name_their_cause_and_pages_are_not_stored(local, monkeypatch, tm
     def oom(*args, **kw):
         raise redis_lib.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
 
-    monkeypatch.setattr(app.state.web.store, "jobs", oom)
+    monkeypatch.setattr(app.state.web.store, "jobs_after", oom)
     full = web.get("/jobs", headers=bearer("alpha"))
     assert full.status_code == 503 and full.json()["service"] == "Redis", full.text
     monkeypatch.undo()
@@ -865,3 +882,4 @@ def test_errors_name_their_cause_and_pages_are_not_stored(local, monkeypatch, tm
     listed = web.get("/schedules", headers=bearer("alpha"))
     assert listed.status_code == 503 and "S3" not in listed.text, listed.text
     assert "schedules folder" in listed.json()["detail"]
+    assert str(tmp_path) not in listed.text  # no server path is shown to a team

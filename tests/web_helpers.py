@@ -28,9 +28,16 @@ def teams_json(inputs: str = "s3://inputs", outputs: str = "s3://outputs") -> st
     )
 
 
+# Rates high enough for the tests' bursts (the rate itself: tests/test_tenants.py)
+GENEROUS = {"web_request_burst": 100_000, "web_submit_burst": 10_000}
+
+
 def web_settings(base: Settings, folder: Path, **teams) -> Settings:
     return dataclasses.replace(
-        base, web_teams=teams_json(**teams), web_thumbnails=str(folder / "thumbnails")
+        base,
+        web_teams=teams_json(**teams),
+        web_thumbnails=str(folder / "thumbnails"),
+        **GENEROUS,
     )
 
 
@@ -58,3 +65,24 @@ class Served:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def log_in(client, team: str):
+    """Log ``client`` (httpx or a TestClient) in through the login page, as a browser does:
+    the form's pre-login anti-forgery value, then the token; returns the POST's answer."""
+    import re
+
+    form = client.get("/ui/login")
+    value = re.search(r'name="login_csrf" value="([^"]+)"', form.text).group(1)
+    return client.post(
+        "/ui/login",
+        data={"token": TOKENS[team], "login_csrf": value, "next": "/ui"},
+        follow_redirects=False,
+    )
+
+
+def session_csrf(client) -> str:
+    """The forms' anti-forgery value of the client's session (as the pages embed it)."""
+    from scheduler.web.deps import csrf_token
+
+    return csrf_token(client.cookies.get("sb_session", ""))

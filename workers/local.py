@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 from common.errors import InputError
 from common.expand import JobPlan, Render
+from common.imageio import CONTENT_TYPES
 from common.report import publish, write_summary
 from common.settings import Settings
 from common.storage import open_storage
 from common.summary import Summary
+from workers.copies import complete_copies
 from workers.render import ENGINE_VERSION, Outcome, Renderer, batches, earlier
 
 
@@ -49,6 +51,7 @@ def run_local(
         if prior is None:
             todo.append(render)
             continue
+        complete_copies(storage, render, CONTENT_TYPES[plan.format])
         record(Outcome(render, "skipped", prior["seconds"] or 0.0, None, prior["losses"]))
         rec = records[render.id]  # what the run that made it measured
         rec.seconds, rec.weights_id, rec.rendered_by = (

@@ -41,6 +41,7 @@ from common.settings import Settings
 from common.sizes import cover_box, parse_size
 from common.storage import Storage
 from workers.cache import InputCache
+from workers.copies import write_copies
 
 ENGINE_VERSION = "stylebatch-engine/3"  # with common.expand.ENGINE_GENERATION
 _DEVICE_TROUBLE = re.compile(
@@ -384,9 +385,9 @@ class Renderer:
                 data = encode(to_image(result.image), fmt, quality, meta)
                 if credentials:
                     data = self.signer.sign(data, fmt, meta, render.key)
-                there = storage.put_output(
-                    render.key, data, CONTENT_TYPES[fmt], _flat_metadata(meta), render.id
-                )
+                flat = _flat_metadata(meta)
+                there = storage.put_output(render.key, data, CONTENT_TYPES[fmt], flat, render.id)
+                write_copies(storage, render, data, CONTENT_TYPES[fmt], flat)
             except (SoftTimeLimitExceeded, TransientError, ConfigError):
                 raise  # the task's to handle, never this render's error
             except Exception as exc:

@@ -22,7 +22,14 @@ from redis.exceptions import RedisError
 
 from common.dispatch import notify as notify_job
 from common.dispatch import redrive, settle
-from common.errors import ConfigError, DeviceError, StylebatchError, TransientError
+from common.errors import (
+    ConfigError,
+    DeviceError,
+    StorageError,
+    StylebatchError,
+    TransientError,
+)
+from common.imageio import CONTENT_TYPES
 from common.params import schedule
 from common.queue import (
     BOOKKEEPING_QUEUE,
@@ -44,6 +51,7 @@ from common.settings import Settings
 from common.sizes import parse_size
 from common.state import Held, JobStore
 from common.storage import open_storage
+from workers.copies import complete_copies
 from workers.liveness import Heartbeat, known_dead, owner_id
 from workers.render import ENGINE_VERSION, Renderer, earlier
 
@@ -222,6 +230,13 @@ def render(
                 continue
             prior = earlier(storage, spec)
             if prior is not None:  # keep what the job that made it measured
+                try:
+                    complete_copies(storage, spec, CONTENT_TYPES[info.meta["format"]])
+                except StorageError as exc:
+                    if isinstance(exc, TransientError):
+                        raise
+                    _end(held, "failed", error=f"copies not written: {exc}")
+                    continue
                 made_by = prior.pop("job")
                 # an earlier attempt of this very job wrote it (and was cut off before it
                 # could say so): done; else a job before this one made it: skipped
@@ -396,6 +411,7 @@ def _record(task, info, r, outcomes, held_of) -> dict[str, Any]:
             pixel_iterations=outcome.pixel_iterations,
             worker=task.request.hostname,
             weights_id=r.weights_id if ok else None,
+            outputs=len(outcome.render.keys),  # its own and its copies': counted in the cost
         )
         if ok:
             result["rendered"].append(info.location.uri_of(outcome.render.key))
@@ -512,7 +528,7 @@ def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
     one task (this one, across its retries); a delivery already made is not made again, so a
     receiver sees one id per job end, as many times as it had to be retried. Each attempt and
     the outcome are recorded in the job. The result names no URL (it may hold a secret)."""
-    from common.notify import check_webhook, payload, post
+    from common.notify import check_webhook, payload, post, signing_secrets
 
     jobs = store()
     token = self.request.id or jobs.token()
@@ -529,7 +545,8 @@ def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
     if info is None:
         return {"ignored": "the job is gone"}
     url = info.meta.get("webhook", "")
-    refused = check_webhook(url, settings)  # checked at submit; the worker checks again
+    team = info.meta.get("team", "")
+    refused = check_webhook(url, settings, team)  # checked at submit; checked again here
     if refused:
         status = f"refused: {refused[0].message}"
         jobs.delivery_outcome(job_id, delivery, token, status, "refused")
@@ -541,7 +558,7 @@ def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
     ]  # fmt: skip
     summary = info.location.uri_of(record_key(job_id, "summary.json"))
     delivery_id, body = payload(info, failed, summary)
-    error = post(url, body, delivery_id, settings.webhook_secret)
+    error = post(url, body, delivery_id, signing_secrets(settings, team))
     if error is None:
         jobs.delivery_outcome(job_id, delivery, token, "delivered", "delivered")
         return {"delivered": delivery, "attempts": attempts}

@@ -31,5 +31,8 @@ if type(record['device']) == 'string' and tonumber(record['seconds']) then
   redis.call('HINCRBY', KEYS[4], 'render_seconds_bucket:' .. bucket, 1)
   redis.call('HINCRBYFLOAT', KEYS[4], 'render_seconds_sum', seconds)
 end
-if ARGV[2] == 'done' then redis.call('HINCRBY', KEYS[1], 'cost:outputs', 1) end
+-- outputs written: the render's own, and its copies' (one making, several keys)
+if ARGV[2] == 'done' then
+  redis.call('HINCRBY', KEYS[1], 'cost:outputs', tonumber(record['outputs']) or 1)
+end
 return ended(KEYS[1], ARGV[2], t, ARGV[1])

@@ -1,27 +1,31 @@
 """The web front (`stylebatch serve`, docs/web.md): one FastAPI app with the JSON API
-(scheduler/web/api.py, OpenAPI at /openapi.json) and the pages (scheduler/web/pages.py).
-It never imports torch.
+(scheduler/web/routes, under /v1, OpenAPI at /openapi.json) and the pages
+(scheduler/web/pages.py). It never imports torch.
 
-Faults: Redis or S3 away is a 503 that names which (the server keeps no state of its own
-and answers again when they return); a bad body, an unknown job or render, another team's job
-are 4xx; anything else unexpected is a 500 with no traceback shown. Bodies are limited to
-STYLEBATCH_WEB_MAX_BODY (413). Its request metrics are at /metrics (basic auth as the fleet's,
-STYLEBATCH_METRICS_AUTH)."""
+Faults: every error is a problem (RFC 9457, scheduler/web/problems.py) with a stable code:
+Redis or S3 away is a 503 that names which (the server keeps no state of its own and answers
+again when they return); a bad body, an unknown job or render, another team's job are 4xx;
+anything else unexpected is a 500 with no traceback shown. Bodies are limited to
+STYLEBATCH_WEB_MAX_BODY (413). Its request metrics are at /metrics (basic auth as the
+fleet's, STYLEBATCH_METRICS_AUTH).
+
+The unversioned API paths (/jobs, ...) are aliases of /v1's, kept for clients written before
+the version prefix; they are not in the OpenAPI document (docs/web.md lists them)."""
 
 from __future__ import annotations
 
 import base64
 import hmac
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,13 +39,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.errors import TransientError
 from common.settings import Settings
 from common.state import JobStore
-from scheduler.web import api, pages
-from scheduler.web.core import Unavailable, Web
-from scheduler.web.teams import load_teams
+from common.teams import load_teams
+from scheduler.web import models, pages, sessions
+from scheduler.web.deps import Unavailable, Web, rate_headers
+from scheduler.web.problems import MEDIA_TYPE, ApiError, Problem, code_for, problem
+from scheduler.web.routes import health, jobs, renders, schedules
+from scheduler.web.webhooks import router as webhooks
 
 log = logging.getLogger("stylebatch.web")
 HERE = Path(__file__).parent
-METRIC_NAMES = ("stylebatch_web_requests_total", "stylebatch_web_request_seconds")
+API = (jobs.router, renders.router, schedules.router)
 
 
 class BodyLimit:
@@ -74,7 +81,7 @@ class BodyLimit:
                 return  # the reader's own answer, replaced by the 413
             if message["type"] == "http.response.start" and not started and seen > self.limit:
                 started = replaced = True
-                await JSONResponse({"detail": too_big(self.limit)}, 413)(scope, receive, send)
+                await too_big(scope, self.limit)(scope, receive, send)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -84,15 +91,16 @@ class BodyLimit:
         except Exception:
             if seen <= self.limit or started:
                 raise
-            await JSONResponse({"detail": too_big(self.limit)}, 413)(scope, receive, send)
+            await too_big(scope, self.limit)(scope, receive, send)
 
 
 class TooBig(Exception):
     """A body past the limit (BodyLimit)."""
 
 
-def too_big(limit: int) -> str:
-    return f"body over {limit} bytes (STYLEBATCH_WEB_MAX_BODY)"
+def too_big(scope: dict, limit: int) -> Response:
+    detail = f"body over {limit} bytes (STYLEBATCH_WEB_MAX_BODY)"
+    return problem("too-large", detail, scope.get("path", ""))
 
 
 def _route(request: Request) -> str:
@@ -160,12 +168,16 @@ def create_app(
         length = request.headers.get("content-length", "")
         limit = settings.web_max_body
         if length and (not length.isdigit() or int(length) > limit):  # refused unread
-            response: Response = JSONResponse({"detail": too_big(limit)}, 413)
+            response: Response = too_big(request.scope, limit)
         else:
             started = time.perf_counter()
             response = await call_next(request)
             seconds.labels(_route(request)).observe(time.perf_counter() - started)
         requests.labels(_route(request), request.method, str(response.status_code)).inc()
+        taken = getattr(request.state, "rate", None)
+        if taken is not None:
+            for name, value in rate_headers(taken).items():
+                response.headers.setdefault(name, value)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -179,12 +191,26 @@ def create_app(
     def wants_html(request: Request) -> bool:
         return request.url.path.startswith("/ui")
 
+    def answer(request: Request, exc: ApiError) -> Response:
+        if wants_html(request):
+            if exc.status == 401:
+                return sessions.login_page(request, 401, exc.detail)
+            return pages.page(
+                request, "error.html", exc.status, title=exc.status, message=exc.detail,
+                problems=exc.extra.get("problems"),
+            )  # fmt: skip
+        return problem(exc.code, exc.detail, request.url.path, exc.status, exc.headers, **exc.extra)
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, exc: ApiError) -> Response:
+        return answer(request, exc)
+
     def unavailable(request: Request, service: str, detail: str) -> Response:
         message = f"{service} is unavailable: {detail}"
         log.warning("503: %s", message)
-        if wants_html(request):
-            return pages.page(request, "error.html", 503, title="unavailable", message=message)
-        return JSONResponse({"detail": message, "service": service}, 503)
+        return answer(
+            request, ApiError("unavailable", message, {"Retry-After": "5"}, service=service)
+        )
 
     @app.exception_handler(Unavailable)
     async def on_unavailable(request: Request, exc: Unavailable) -> Response:
@@ -210,63 +236,101 @@ def create_app(
     except ImportError:  # pragma: no cover - celery[redis] brings kombu
         pass
 
-    @app.exception_handler(api.Invalid)
-    async def on_invalid(request: Request, exc: api.Invalid) -> Response:
-        return JSONResponse(exc.body(), 422)
-
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
-        if wants_html(request):
-            if exc.status_code == 401:
-                return pages.page(request, "login.html", 401, error=str(exc.detail))
-            return pages.page(
-                request, "error.html", exc.status_code, title=exc.status_code, message=exc.detail
-            )
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        code = code_for(exc.status_code)
+        error = ApiError(code, str(exc.detail), dict(exc.headers or {}), exc.status_code)
+        return answer(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        problems = [
+        found = [
             {"where": ".".join(map(str, e.get("loc", ()))), "message": e.get("msg", "")}
             for e in exc.errors()
         ]
-        if wants_html(request):
-            message = "; ".join(f"{p['where']}: {p['message']}" for p in problems)
-            return pages.page(request, "error.html", 422, title="bad request", message=message)
-        return JSONResponse({"detail": "invalid request", "problems": problems}, 422)
+        detail = "; ".join(f"{p['where']}: {p['message']}" for p in found) or "invalid request"
+        return answer(request, ApiError("invalid-request", detail, problems=found))
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error answering %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error (logged by the server)"}, 500)
+        return answer(request, ApiError("internal", "internal error (logged by the server)"))
 
     app.add_middleware(BodyLimit, limit=settings.web_max_body)
-    app.include_router(api.router)
+    for router in API:
+        app.include_router(router, prefix="/v1")
+        app.include_router(router, include_in_schema=False)  # the unversioned aliases
+    app.include_router(health.router)
+    app.include_router(sessions.router)
     app.include_router(pages.router)
+    app.webhooks.include_router(webhooks)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/", include_in_schema=False)
     def root() -> Response:
         return RedirectResponse("/ui", status_code=303)
 
-    auth = os.environ.get("STYLEBATCH_METRICS_AUTH", "")
+    auth = settings.metrics_auth
     expected = "Basic " + base64.b64encode(auth.encode()).decode() if auth else ""
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
         given = request.headers.get("authorization", "")
         if expected and not hmac.compare_digest(given.encode(), expected.encode()):
-            raise HTTPException(401, "authentication required", {"WWW-Authenticate": "Basic"})
+            raise ApiError("unauthorized", "authentication required", {"WWW-Authenticate": "Basic"})
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    def close_planners() -> None:
+        if "planners" in vars(app.state.web):  # started: their processes end with the server
+            app.state.web.planners.close()
+
+    app.router.on_shutdown.append(close_planners)
+    app.openapi = lambda: openapi(app)  # type: ignore[method-assign]
     return app
 
 
+def openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with what it cannot say by itself: errors are problems (its own
+    422 schema, which this server never sends, replaced), and the schemas referenced by hand."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        routes=app.routes,
+        webhooks=app.webhooks.routes,
+    )
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (Problem, models.Plan):
+        found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in found.pop("$defs", {}).items():
+            schemas.setdefault(name, sub)
+        schemas[model.__name__] = found
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for operations in doc.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if "422" in responses:
+                responses["422"] = {
+                    "description": "Invalid request or manifest: every problem with its path",
+                    "content": {MEDIA_TYPE: {"schema": ref}},
+                }
+    app.openapi_schema = doc
+    return doc
+
+
 def serve(settings: Settings, bind: str, port: int) -> None:
+    import threading
+
     import uvicorn
 
+    app = create_app(settings, bind=bind)
+    threading.Thread(target=app.state.web.planners.warm, daemon=True).start()
     uvicorn.run(
-        create_app(settings, bind=bind),
+        app,
         host=bind,
         port=port,
         log_level="info",

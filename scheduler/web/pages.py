@@ -1,26 +1,30 @@
 """The pages, rendered here (Jinja2, autoescaped: nothing read from job state reaches the
 browser as HTML), with a little plain JavaScript for live progress and no build step. They
-read through the same functions as the API (scheduler/web/api.py, scheduler/jobview.py).
+read through the same functions as the API (scheduler/web/routes, scheduler/jobview.py).
 
-Sessions: the login form takes a team's token and sets it as an HttpOnly, SameSite=Strict
-cookie; every form carries the session's anti-forgery value (scheduler/web/core.py)."""
+Every form carries the session's anti-forgery value (scheduler/web/deps.py); every action
+shows its result on the next page (``sessions.flash``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from scheduler import jobview
-from scheduler.web import api
-from scheduler.web.core import COOKIE, Team, facets, job_of, team, token_of, web
-from scheduler.web.teams import authenticate, csrf_token
+from scheduler.web.deps import TeamDep, csrf_token, job_of, render_of, session_of, web
+from scheduler.web.intake import plan_document, plan_record, submit_document
+from scheduler.web.problems import ApiError
+from scheduler.web.routes import jobs as jobs_api
+from scheduler.web.routes import renders as renders_api
+from scheduler.web.routes.schedules import schedules_of
+from scheduler.web.sessions import flash
 
 HERE = Path(__file__).parent
 env = Environment(
@@ -29,95 +33,99 @@ env = Environment(
 )
 templates = Jinja2Templates(env=env)
 router = APIRouter(prefix="/ui", include_in_schema=False)
-TeamDep = Annotated[Team, Depends(team)]
 GALLERY_PAGE = 48
-
-
-def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    token, _ = token_of(request)
-    context.setdefault("team", None)
-    response = templates.TemplateResponse(
-        request, name, {"csrf": csrf_token(token) if token else "", **context}, status_code=status
-    )
-    response.headers["Cache-Control"] = "no-store"  # it holds the session's anti-forgery value
-    return response
-
-
+JOBS_PAGE = 20
 env.filters["duration"] = jobview.duration
 
 
-@router.get("/login")
-def login_form(request: Request) -> HTMLResponse:
-    return page(request, "login.html")
-
-
-@router.post("/login")
-def login(request: Request, token: Annotated[str, Form(max_length=500)] = "") -> Response:
-    """The token becomes the session cookie (no anti-forgery check here: there is no session
-    yet, and a forged login could only log someone in with the forger's own token)."""
-    if authenticate(web(request).teams, token) is None:
-        return page(request, "login.html", status=401, error="unknown token")
-    response = RedirectResponse("/ui", status_code=303)
-    secure = web(request).secure_cookies or request.url.scheme == "https"
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure)
+def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    session = session_of(request)
+    notice = unquote(request.cookies.get("sb_notice", ""))
+    context.setdefault("team", None)
+    context.setdefault("notice", notice)
+    csrf = csrf_token(session) if session else ""
+    response = templates.TemplateResponse(
+        request, name, {"csrf": csrf, **context}, status_code=status
+    )
+    response.headers["Cache-Control"] = "no-store"  # it holds the session's anti-forgery value
+    if notice:
+        response.delete_cookie("sb_notice", path="/ui")
     return response
 
 
-@router.post("/logout")
-def logout(request: Request, who: TeamDep) -> Response:
-    response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(COOKIE)
-    return response
+def jobs_listed(request: Request, who: Any, after: str = "") -> tuple[list[dict], str | None]:
+    store = web(request).store
+    found, cursor = store.jobs_after(JOBS_PAGE, after, team=who.name)
+    return [jobs_api.job_record(store, i) for i in found], cursor
 
 
 @router.get("")
 def jobs_page(
-    request: Request, who: TeamDep, offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0
+    request: Request, who: TeamDep, after: Annotated[str, Query(max_length=200)] = ""
 ) -> HTMLResponse:
-    listed = api.list_jobs(request, who, limit=20, offset=offset)
-    return page(request, "jobs.html", team=who, jobs=listed["jobs"], next=listed["next_offset"])
+    jobs, cursor = jobs_listed(request, who, after)
+    return page(request, "jobs.html", team=who, jobs=jobs, next=cursor, first=bool(after))
 
 
 @router.post("/jobs")
 async def submit_page(request: Request, who: TeamDep) -> Response:
+    """The submit form: ``action`` "check" plans it and shows what it comes to; "submit"
+    submits it. Refusals are shown on the form, problem by problem."""
     form = await request.form()
     text = str(form.get("manifest", ""))  # at most STYLEBATCH_WEB_MAX_BODY (app.py)
+    checking = form.get("action") == "check"
+    ctx = web(request)
     try:
-        data = api.parse_body(text.encode())  # read as JSON where it opens with "{"
-        _, info = await run_in_threadpool(api.submit_document, web(request), who, data)
-    except api.Invalid as exc:
-        listed = api.list_jobs(request, who, limit=20, offset=0)
+        jobs_api.rate(request, who, "submit")
+        body = text.encode()  # read as JSON where it opens with "{", else as YAML
+        if checking:
+            job = await run_in_threadpool(plan_document, ctx, who, body)
+            jobs, cursor = jobs_listed(request, who)
+            return page(
+                request, "jobs.html", team=who, jobs=jobs, next=cursor, manifest=text,
+                plan=plan_record(job),
+            )  # fmt: skip
+        created, info, job = await run_in_threadpool(submit_document, ctx, who, body)
+    except ApiError as exc:
+        if exc.code == "rate-limited":
+            raise
+        jobs, cursor = jobs_listed(request, who)
+        refused = {"detail": exc.detail, "problems": exc.extra.get("problems") or []}
         return page(
-            request,
-            "jobs.html",
-            status=422,
-            team=who,
-            jobs=listed["jobs"],
-            next=listed["next_offset"],
-            problems=exc.body(),
-            manifest=text,
-        )
-    return RedirectResponse(f"/ui/jobs/{info.job_id}", status_code=303)
+            request, "jobs.html", status=exc.status, team=who, jobs=jobs, next=cursor,
+            problems=refused, manifest=text,
+        )  # fmt: skip
+    said = plan_record(job)
+    message = (
+        f"{'submitted' if created else 'already submitted'}: {said['renders']} render(s), "
+        f"{said['outputs']} output(s)"
+    )
+    if said["notes"]:
+        message += "; " + "; ".join(said["notes"])
+    response = RedirectResponse(f"/ui/jobs/{info.job_id}", status_code=303)
+    return flash(response, message)
 
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, who: TeamDep, job_id: str) -> HTMLResponse:
     info = job_of(request, who, job_id)
-    record = jobview.status_record(web(request).store, info)
+    record = jobs_api.detail(web(request).store, info)
     ended = info.total - record["pending"] - record["running"]
-    return page(request, "job.html", team=who, job=record, ended=ended, facets=facets(info))
+    return page(request, "job.html", team=who, job=record, ended=ended, facets=record["facets"])
 
 
-ACTIONS = {"cancel": api.cancel_job, "retry": api.retry_job}
+ACTIONS = {"cancel": jobs_api.cancel_job, "retry": jobs_api.retry_job}
 
 
 @router.post("/jobs/{job_id}/{action}")
 def action_page(
     request: Request, who: TeamDep, job_id: str, action: Literal["cancel", "retry"]
 ) -> Response:
-    """The job page's buttons: the API's cancel or retry, then back to the job."""
-    ACTIONS[action](request, who, job_id)
-    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+    """The job page's buttons: the API's cancel or retry, then back to the job, which shows
+    what came of it."""
+    result = ACTIONS[action](request, who, job_id)
+    response = RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+    return flash(response, result["detail"])
 
 
 Text = Annotated[str | None, Query(max_length=300)]
@@ -136,9 +144,10 @@ def gallery(
 ) -> HTMLResponse:
     # the filter form sends every field, "" for "any"
     status, style, size, content = status or None, style or None, size or None, content or None
-    if status is not None and status not in api.STATES:
-        raise HTTPException(422, f"no such state: {status} (one of {', '.join(api.STATES)})")
-    info, found = api.renders_page(
+    if status is not None and status not in renders_api.STATES:
+        choices = ", ".join(renders_api.STATES)
+        raise ApiError("invalid-request", f"no such state: {status} (one of {choices})")
+    info, found = renders_api.renders_page(
         request, who, job_id, status, style, size, content, GALLERY_PAGE, after
     )
     given = {"status": status, "style": style, "size": size, "content": content}
@@ -149,9 +158,9 @@ def gallery(
         "gallery.html",
         team=who,
         job=jobview.job_record(info),
-        renders=[api.render_record(info, r, s) for r, s in found.renders],
-        facets=facets(info),
-        states=api.STATES,
+        renders=[renders_api.render_record(info, r, s) for r, s in found.renders],
+        facets=renders_api.facets(info),
+        states=renders_api.STATES,
         filters=filters,
         next=next_link,
         first=f"?{urlencode(filters)}" if after else None,
@@ -160,8 +169,8 @@ def gallery(
 
 @router.get("/jobs/{job_id}/renders/{render_id}")
 def render_page(request: Request, who: TeamDep, job_id: str, render_id: str) -> HTMLResponse:
-    info, render, state = api.render_of(request, who, job_id, render_id)
-    record = api.render_detail(info, render, state)
+    info, render, state = render_of(request, who, job_id, render_id)
+    record = renders_api.render_detail(info, render, state)
     facts = None
     if record["status"] in ("done", "skipped"):  # the output's size and credentials
         made = web(request).outputs.thumbnail(info.location, render.key)
@@ -179,5 +188,5 @@ def sheet_page(request: Request, who: TeamDep, job_id: str) -> HTMLResponse:
 
 @router.get("/schedules")
 def schedules_page(request: Request, who: TeamDep) -> HTMLResponse:
-    found = api.schedules_of(web(request), who)
+    found = schedules_of(web(request), who)
     return page(request, "schedules.html", team=who, schedules=found)

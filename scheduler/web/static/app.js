@@ -1,30 +1,51 @@
 // Live progress for the jobs list and a job's page: every element with data-job is refreshed
-// from the JSON API every 2 s while its job runs. Values are set as text, never as HTML.
+// from the JSON API every 2 s while its job runs: counts, the bar's segments, the ETA, the
+// cost and the headline. Values are set as text or SVG attributes, never as HTML.
 (function () {
+  var ENDED = ["done", "failed", "cancelled"];
   function duration(s) {  // as the pages' `duration` filter (scheduler/web/pages.py)
     if (s == null) return "-";
     if (s < 90) return Math.round(s) + " s";
     if (s < 5400) return Math.round(s / 60) + " min";
     return (s / 3600).toFixed(1) + " h";
   }
+  function cost(c) {  // as the pages' `cost` macro (templates/_progress.html)
+    var parts = Object.keys(c.device_seconds).sort().map(function (d) {
+      return d + " " + c.device_seconds[d].toFixed(1) + " s; ";
+    });
+    var pi = Number(c.pixel_iterations).toPrecision(3).replace(/\.?0+(e|$)/, "$1");
+    return (parts.join("") || "0 device-seconds; ") + pi + " pixel-iterations; " +
+      c.outputs + " output(s)";
+  }
+  function bar(svg, j) {
+    var total = j.total || 1, x = 0;
+    var shares = {ok: j.done + j.skipped, failed: j.failed, cancelled: j.cancelled,
+                  running: j.running};
+    ["ok", "failed", "cancelled", "running"].forEach(function (k) {
+      var seg = svg.querySelector("[data-seg=" + k + "]");
+      var w = 100 * shares[k] / total;
+      if (seg) { seg.setAttribute("x", x.toFixed(3)); seg.setAttribute("width", w.toFixed(3)); }
+      x += w;
+    });
+    var title = svg.querySelector("title");
+    if (title) {
+      title.textContent = (j.total - j.pending - j.running) + " of " + j.total + " ended: " +
+        shares.ok + " succeeded, " + j.failed + " failed, " + j.cancelled + " cancelled";
+    }
+  }
   function refresh(el) {
-    fetch("/jobs/" + encodeURIComponent(el.dataset.job), {credentials: "same-origin"})
+    fetch("/v1/jobs/" + encodeURIComponent(el.dataset.job), {credentials: "same-origin"})
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (j) {
         if (!j) return;
         el.querySelectorAll("[data-field]").forEach(function (f) {
           var k = f.dataset.field;
-          if (k === "bar") {
-            var ended = j.total - j.pending - j.running;
-            f.max = j.total || 1;
-            f.value = j.total ? ended : 1;
-          } else if (k === "eta") {
-            f.textContent = duration(j.eta_seconds);
-          } else if (k in j) {
-            f.textContent = String(j[k]);
-          }
+          if (k === "bar") bar(f, j);
+          else if (k === "eta") f.textContent = duration(j.eta_seconds);
+          else if (k === "cost") f.textContent = cost(j.cost);
+          else if (k in j && j[k] !== null && typeof j[k] !== "object") f.textContent = String(j[k]);
         });
-        if (["done", "failed", "cancelled"].indexOf(j.status) < 0) {
+        if (ENDED.indexOf(j.status) < 0) {
           setTimeout(function () { refresh(el); }, 2000);
         } else if (el.id === "job" && el.dataset.reloaded !== "1") {
           el.dataset.reloaded = "1";
@@ -35,7 +56,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-job]").forEach(function (el) {
       var status = el.querySelector("[data-field=status]");
-      if (status && ["done", "failed", "cancelled"].indexOf(status.textContent) < 0) {
+      if (status && ENDED.indexOf(status.textContent) < 0) {
         setTimeout(function () { refresh(el); }, 2000);
       }
     });

@@ -1,6 +1,7 @@
-"""What the API and the pages share: the server's context (settings, teams, the job store, the
-outputs), who is asking (a bearer token, or the session cookie a login sets, with the forms'
-anti-forgery check), and a team's view of a job (404 for another team's, as for none)."""
+"""A job's outputs as the pages and the API read them (S3 or local), and the gallery's
+thumbnails: made once per output version (S3 ETag, or a local file's size and mtime), from the
+output itself, and kept on the server's disk, so a page view never fetches full-size outputs
+again. A render's output is read whole once, when its first thumbnail is made."""
 
 from __future__ import annotations
 
@@ -8,143 +9,24 @@ import hashlib
 import io
 import json
 import os
-import re
 import secrets
 import threading
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException, Request
-
-from common.access import under
 from common.errors import StorageError, TransientError
-from common.manifest import _NAME
 from common.settings import Settings
-from common.state import JobInfo, JobStore
 from common.storage import s3_client, storage_error
 from common.uris import Location, join_key
-from scheduler.web.teams import Team, authenticate, csrf_token
+from scheduler.web.deps import Unavailable
+from scheduler.web.problems import ApiError
 
-COOKIE = "sb_token"
-CSRF_HEADER = "x-csrf-token"
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 THUMB_SIDE = 240  # pixels, the long side of a gallery thumbnail
 THUMB_QUALITY = 80
 
 
-class Unavailable(Exception):
-    """A service the server needs is away: answered 503, naming it."""
-
-    def __init__(self, service: str, detail: str):
-        super().__init__(f"{service} is unavailable: {detail}")
-        self.service = service
-
-
-@dataclass
-class Web:
-    settings: Settings
-    teams: dict[str, Team]
-    store: JobStore
-    thumbnails: Path
-    secure_cookies: bool = False  # the session cookie's Secure flag (app.py)
-
-    @cached_property
-    def celery(self) -> Any:
-        from common.queue import make_app
-
-        return make_app(self.settings)
-
-    @cached_property
-    def outputs(self) -> Outputs:
-        return Outputs(self.settings, self.thumbnails)
-
-
-def web(request: Request) -> Web:
-    return request.app.state.web
-
-
-def token_of(request: Request) -> tuple[str | None, bool]:
-    """(token, whether it came from the session cookie)."""
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        return header[7:].strip(), False
-    cookie = request.cookies.get(COOKIE)
-    return (cookie, True) if cookie else (None, False)
-
-
-async def team(request: Request) -> Team:
-    """The asking team: 401 without a valid token. A form or request authenticated by the
-    session cookie must also carry the session's anti-forgery value (form field ``csrf`` or
-    header X-CSRF-Token) on anything but GET: a cross-site page can make the browser send the
-    cookie (were it not SameSite=Strict) but cannot read the value. A bearer token is never
-    sent by a browser on its own, so it needs none."""
-    token, from_cookie = token_of(request)
-    found = authenticate(web(request).teams, token)
-    if found is None:
-        raise HTTPException(
-            401,
-            "a valid token is needed (Authorization: Bearer TOKEN)",
-            {"WWW-Authenticate": "Bearer"},
-        )
-    if from_cookie and request.method not in SAFE_METHODS:
-        given = request.headers.get(CSRF_HEADER, "")
-        if not given and "form" in request.headers.get("content-type", ""):
-            await request.body()  # kept: the endpoint reads it again (as a form or not)
-            given = str((await request.form()).get("csrf", ""))
-        if not given or not _same(given, csrf_token(token or "")):
-            raise HTTPException(403, "missing or wrong anti-forgery token (csrf)")
-    return found
-
-
-def _same(a: str, b: str) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
-def owns(who: Team, info: JobInfo | None) -> bool:
-    """A team's jobs: those it submitted here, and those submitted without a team (the command
-    line, beat's slots) that write under its allowed outputs."""
-    if info is None:
-        return False
-    if info.meta.get("team"):
-        return who.owns(info)
-    return any(under(str(info.location), p) for p in who.allowed_outputs)
-
-
-# A job id as common/expand.py's job_id makes it: the manifest's name (common/manifest.py),
-# the slot's label where it is scheduled, 12 hex digits. Never a ':', so never the name of
-# another of the job's keys (its ':index', ':specs', ...), whatever a path holds.
-JOB_ID = re.compile(rf"(?:{_NAME.pattern[1:-1]})(?:-\d{{8}}T\d{{6}}Z)?-[0-9a-f]{{12}}")
-
-
-def job_of(request: Request, who: Team, job_id: str) -> JobInfo:
-    """The job, if this team may see it; 404 otherwise (another team's job is no one's, and
-    what is no job id is no job: refused before anything is read)."""
-    store = web(request).store
-    info = store.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if not owns(who, info):
-        raise HTTPException(404, f"no such job: {job_id[:200]}")
-    if info.total and "facets" not in info.meta:  # recorded before the render index existed
-        store.index_recorded(job_id)
-        info = store.get(job_id) or info
-    return info
-
-
-def facets(info: JobInfo) -> dict[str, Any]:
-    try:
-        return json.loads(info.meta.get("facets") or "{}")
-    except ValueError:
-        return {}
-
-
 class Outputs:
-    """Reads a job's outputs for the pages (S3 or local), and the gallery's thumbnails: made
-    once per output version (S3 ETag, or a local file's size and mtime), from the output
-    itself, and kept on the server's disk, so a page view never fetches full-size outputs
-    again. A render's output is read whole once, when its first thumbnail is made."""
+    """Reads outputs, and makes and keeps their thumbnails (the module's docstring)."""
 
     def __init__(self, settings: Settings, folder: Path):
         self.settings, self.folder = settings, folder
@@ -213,7 +95,7 @@ class Outputs:
         try:
             img = decode(data, key, self.settings.max_input_pixels)
         except Exception as exc:  # not an image we read: no thumbnail, said plainly
-            raise HTTPException(422, f"output cannot be read as an image: {exc}") from None
+            raise ApiError("invalid-request", f"output cannot be read as an image: {exc}") from None
         info = {
             "width": img.width,
             "height": img.height,
@@ -274,4 +156,4 @@ class Outputs:
 def _unavailable(error: StorageError) -> Exception:
     if isinstance(error, TransientError):
         return Unavailable("S3", str(error))
-    return HTTPException(404, f"output not readable: {error}")
+    return ApiError("not-found", f"output not readable: {error}")

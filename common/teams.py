@@ -1,15 +1,22 @@
-"""The web front's teams: who may use it, and what each may read and write.
+"""The fleet's teams: who may use the web front, what each may read and write, and the
+secrets that sign each team's webhooks. Read by `stylebatch serve` and by the bookkeeping
+worker (which signs the webhooks), so it lives in the shared core.
 
 ``STYLEBATCH_WEB_TEAMS`` is a file (JSON or YAML) or inline JSON mapping a team's name to::
 
     {"token_sha256": "<hex SHA-256 of the token>"   # or "token_file": "/run/secrets/team-a"
      "allowed_inputs": ["s3://inputs/team-a"],
-     "allowed_outputs": ["s3://outputs/team-a"]}
+     "allowed_outputs": ["s3://outputs/team-a"],
+     "webhook_secret_file": "/run/secrets/team-a-webhook",           # or "webhook_secret"
+     "webhook_secret_previous_file": "/run/secrets/team-a-webhook-old"}  # during a rotation
 
-Tokens come from the settings only, never from manifests; only their hashes need be in the
-mapping. A team's prefixes narrow the fleet's (``STYLEBATCH_ALLOWED_INPUTS`` / ``_OUTPUTS``):
-each must lie within one of them, or the server does not start. A token is checked against
-every team's hash in constant time (no early exit, ``hmac.compare_digest``).
+Tokens and secrets come from the settings only, never from manifests; only the tokens'
+hashes need be in the mapping. A team's prefixes narrow the fleet's
+(``STYLEBATCH_ALLOWED_INPUTS`` / ``_OUTPUTS``): each must lie within one of them, or the
+server does not start; a local path among them is what lets a team name files on the
+server's disk at all. A token is checked against every team's hash in constant time (no
+early exit, ``hmac.compare_digest``). A team's webhooks are signed with its own secret (and,
+during a rotation, its previous one too), never another team's or the fleet's.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,8 @@ class Team:
     token_sha256: str
     allowed_inputs: tuple[str, ...]
     allowed_outputs: tuple[str, ...]
+    # the current secret first, then the previous one while a rotation lasts
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def settings(self, fleet: Settings) -> Settings:
         """The fleet's settings, narrowed to this team's prefixes: what its manifests are
@@ -54,12 +63,6 @@ class Team:
 
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def csrf_token(token: str) -> str:
-    """The forms' anti-forgery value for a session: derived from its token, so only a page
-    that holds the token (never a cross-site one) can send it, and any replica can check it."""
-    return hmac.new(token.encode(), b"stylebatch-web-csrf", hashlib.sha256).hexdigest()
 
 
 def authenticate(teams: dict[str, Team], token: str | None) -> Team | None:
@@ -130,10 +133,37 @@ def load_teams(spec: str, fleet: Settings) -> dict[str, Team]:
                 )
         if any(t.token_sha256 == hashed for t in teams.values()):
             raise ConfigError(f"{SETTING}: team {name!r}: its token is another team's")
+        secrets = tuple(
+            s
+            for s in (_secret(name, entry, "webhook_secret"),
+                      _secret(name, entry, "webhook_secret_previous"))
+            if s
+        )  # fmt: skip
+        if secrets and not _secret(name, entry, "webhook_secret"):
+            raise ConfigError(
+                f"{SETTING}: team {name!r}: a previous webhook secret without a current one"
+            )
+        if any(s in other.webhook_secrets for s in secrets for other in teams.values()):
+            raise ConfigError(f"{SETTING}: team {name!r}: its webhook secret is another team's")
         teams[name] = Team(
             name,
             hashed,
             _prefixes(name, entry, "allowed_inputs", fleet.allowed_inputs),
             _prefixes(name, entry, "allowed_outputs", fleet.allowed_outputs),
+            secrets,
         )
     return teams
+
+
+def _secret(name: str, entry: dict, which: str) -> str:
+    """A webhook secret, inline or from a file (``<which>_file``); '' where none is set."""
+    if entry.get(f"{which}_file"):
+        try:
+            value = Path(entry[f"{which}_file"]).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{SETTING}: team {name!r}: {which}_file: {exc}") from None
+    else:
+        value = str(entry.get(which) or "").strip()
+    if value and len(value) < 16:
+        raise ConfigError(f"{SETTING}: team {name!r}: {which} shorter than 16 characters")
+    return value
