@@ -231,7 +231,7 @@ class Harness:
             return Settings.from_env()
 
     def start(self) -> None:
-        from workers.launch import worker_commands
+        from scheduler.cli.services import worker_commands
 
         self._inputs()
         commands = worker_commands([], "chaos", "INFO", cpu_workers=2)

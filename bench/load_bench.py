@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.state import JobStore  # noqa: E402
+from scheduler.cli.services import worker_commands  # noqa: E402
 from tests.services import ACCESS_KEY, SECRET_KEY, RedisServer, S3Server, Worker  # noqa: E402
 from workers.engine import random_state_dict  # noqa: E402
-from workers.launch import worker_commands  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

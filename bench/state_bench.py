@@ -61,10 +61,10 @@ def main() -> None:
         assert submitted.returncode == 0, submitted.stderr
         job_id = submitted.stdout.strip().splitlines()[-1]
         r = redis.Redis(port=port, decode_responses=True)
-        renders = int(r.hget(f"sb:job:{job_id}", "total"))
+        renders = int(r.hget(f"sb:job:{{{job_id}}}", "total"))
         memory = sum(
             r.memory_usage(k) or 0
-            for k in r.scan_iter(f"sb:job:{job_id}*")
+            for k in r.scan_iter(f"sb:job:{{{job_id}}}*")
         )  # fmt: skip
         r.config_set("slowlog-log-slower-than", 20_000)
         r.slowlog_reset()
@@ -81,7 +81,7 @@ def main() -> None:
         baseline = min(cli("--help")[0] for _ in range(3))  # interpreter and imports alone
         slow = [(e["duration"], " ".join(map(str, e["command"]))[:80]) for e in r.slowlog_get(128)]
 
-        r.hset(f"sb:job:{job_id}", mapping={"status": "done", "finished": 0})  # ended long ago
+        r.hset(f"sb:job:{{{job_id}}}", mapping={"status": "done", "finished": 0})  # ended long ago
         keys_before = r.dbsize()
         gc_s, swept = cli("gc", "--older-than-days", "0")
         report = {

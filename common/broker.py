@@ -28,11 +28,6 @@ def queue_keys(queue: str) -> list[str]:
     return [queue_key(queue, p) for p in PRIORITY_STEPS]
 
 
-def transport_options() -> dict[str, Any]:
-    """The layout-defining transport options, which make_app passes to kombu."""
-    return {"queue_order_strategy": "priority", "priority_steps": list(PRIORITY_STEPS), "sep": SEP}
-
-
 def task_kwargs(raw: str | bytes) -> dict[str, Any] | None:
     """A task message's keyword arguments (JSON bodies, base64 or not), or None."""
     try:

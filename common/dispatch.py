@@ -6,18 +6,17 @@ only through common/broker.py."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from celery import Celery, Signature
 
 from common import broker
+from common.batching import batches
 from common.expand import Render
 from common.queue import (
     FAILED_TASK,
     FINALIZE_TASK,
-    MAX_BATCH_PIXELS,
     NOTIFY_TASK,
     RENDER_QUEUE,
     RENDER_TASK,
@@ -51,26 +50,9 @@ def settle(app: Celery, job_id: str, outcome: str | bool) -> None:
 
 
 def task_groups(renders: list[Render]) -> list[list[Render]]:
-    """Renders a worker can optimise as one batch: one content, one size, one parameter set
-    (so one output shape), up to the batch pixel budget."""
-    groups: dict[str, list[Render]] = {}
-    for render in renders:
-        key = json.dumps(
-            [
-                render.content,
-                render.identities.get(render.content, ""),
-                render.size,
-                render.params,
-                render.weights,
-            ],
-            sort_keys=True,
-        )
-        groups.setdefault(key, []).append(render)
-    out = []
-    for group in groups.values():
-        per_task = max(1, MAX_BATCH_PIXELS // parse_size(group[0].size).pixels)
-        out += [group[i : i + per_task] for i in range(0, len(group), per_task)]
-    return out
+    """A job's renders as tasks: the one batching rule (common/batching.py), sizes as the
+    manifest gives them (a long side counts as a square, the most it can be)."""
+    return batches(renders, lambda r: parse_size(r.size).pixels)
 
 
 def enqueue(

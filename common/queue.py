@@ -82,6 +82,18 @@ def time_limits(work: float, per_unit: float, max_time_limit: int) -> tuple[int,
     return math.ceil(soft), math.ceil(hard)
 
 
+def worker_argv(app: str, loglevel: str = "INFO") -> list[str]:
+    """A Celery worker process of the fleet, of the app module ``app`` (the render workers'
+    ``workers.tasks``, bookkeeping's ``scheduler.bookkeeping.tasks``): events on, one message
+    at a time, no gossip or mingle (the fleet's liveness is its heartbeats)."""
+    import sys
+
+    return [
+        sys.executable, "-m", "celery", "-A", app, "worker", "-E", f"--loglevel={loglevel}",
+        "--prefetch-multiplier=1", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     # Unacknowledged messages come back after the visibility timeout: it must exceed the

@@ -116,6 +116,23 @@ class Settings:
         return requested in (True, "1", "true")
 
     @classmethod
+    def local_run(cls) -> Settings:
+        """What `stylebatch run` (and `validate` of a manifest on local files alone) checks a
+        manifest with: the user's own manifest on their own machine, so local files may be
+        read and written unless STYLEBATCH_ALLOWED_INPUTS / _OUTPUTS say otherwise (the
+        fleet's own locations stay refused whatever these say)."""
+        import dataclasses
+
+        settings = cls.from_env()
+        if "STYLEBATCH_ALLOWED_INPUTS" not in os.environ:
+            settings = dataclasses.replace(settings, allowed_inputs=(*settings.allowed_inputs, "/"))
+        if "STYLEBATCH_ALLOWED_OUTPUTS" not in os.environ:
+            settings = dataclasses.replace(
+                settings, allowed_outputs=(*settings.allowed_outputs, "/")
+            )
+        return settings
+
+    @classmethod
     def from_env(cls) -> Settings:
         default = cls()
         return cls(

@@ -59,6 +59,25 @@ def check_redis(settings: Settings) -> None:
 
     unreachable = (redis.ConnectionError, redis.TimeoutError)
     _answered(ask, unreachable, "STYLEBATCH_REDIS_URL", where, settings.startup_wait)
+    check_memory_policy(store, where)
+    from common.state.upgrade import upgrade
+
+    upgrade(store)
+
+
+def check_memory_policy(store: JobStore, where: str) -> None:
+    """ConfigError unless Redis never evicts keys (``maxmemory-policy noeviction``). The
+    fleet's state is not a cache: an evicted job spec, render state or broker binding is a
+    job lost without a word (every submit says OK, and the job shows running forever), and
+    job keys carry TTLs once ended, so even the ``volatile-*`` policies (the default of
+    several managed services) evict them. With noeviction, a full Redis refuses writes
+    instead: loudly, and nothing is lost (docs/operations.md, "Redis out of memory")."""
+    policy = str(store.read.info("memory").get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        raise ConfigError(
+            f"STYLEBATCH_REDIS_URL: {where} has maxmemory-policy {policy}, which evicts the "
+            "fleet's state; set maxmemory-policy noeviction (docs/operations.md)"
+        )
 
 
 def _bucket(settings: Settings) -> str:

@@ -24,7 +24,7 @@ monitor.Metrics.get = _metrics_behind_auth
 def main() -> None:
     from celery.__main__ import main as celery
 
-    sys.argv = ["celery", "-A", "workers.tasks", "flower", *sys.argv[1:]]
+    sys.argv = ["celery", "-A", "common.celery_app", "flower", *sys.argv[1:]]
     celery()
 
 

@@ -13,7 +13,6 @@ never names a URI or path outside the team's prefixes (``redact``), whatever pro
 
 from __future__ import annotations
 
-import dataclasses
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -164,5 +163,22 @@ def redact(message: str, prefixes: tuple[str, ...]) -> str:
     return _NAMED.sub(keep, message)
 
 
-def narrowed(fleet: Settings, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> Settings:
-    return dataclasses.replace(fleet, allowed_inputs=inputs, allowed_outputs=outputs)
+def operator_settings(document: Any, weights: str | None, fleet: Settings) -> Settings:
+    """What the command line checks a manifest with: the fleet's where it names anything on
+    S3 (its output, an input, a mask, the weights: it is the fleet's to run; `submit` checks
+    with these), else a local run's (``Settings.local_run``: a job on local files alone is one
+    for `stylebatch run`)."""
+    on_s3 = _names_s3(document) or is_s3(weights or fleet.weights)
+    return fleet if on_s3 else Settings.local_run()
+
+
+def _names_s3(value: Any, depth: int = 0) -> bool:
+    if depth > 64:
+        return False
+    if isinstance(value, str):
+        return is_s3(value)
+    if isinstance(value, dict):
+        return any(_names_s3(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(_names_s3(v, depth + 1) for v in value)
+    return False

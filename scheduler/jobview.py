@@ -66,6 +66,18 @@ def job_record(info: JobInfo) -> dict[str, Any]:
     }
 
 
+def facets(info: JobInfo) -> dict[str, Any]:
+    """The job's styles, sizes (or channels) and how many contents, as its record keeps them
+    (the pages' filters); {} for a job recorded before they were."""
+    import json
+
+    try:
+        found = json.loads(info.meta.get("facets") or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def failures(store: JobStore, info: JobInfo, limit: int = FAILURES) -> list[dict[str, Any]]:
     """Up to ``limit`` failed renders: id, content, style, size and the error."""
     if not info.count("failed"):

@@ -11,9 +11,10 @@ from celery import Celery
 
 from common.dispatch import enqueue, finalize, recover_job
 from common.expand import JobPlan
+from common.leases import renewing
 from common.schedule import slot_label
 from common.settings import Settings
-from common.state import JobStore
+from common.state import SUBMIT_LEASE, JobStore
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Submitted:
     tasks: int
     seconds: float
     in_progress: bool = False  # another submit of the same job holds it, creating or enqueueing
+    wait: float = 0.0  # then: seconds until its lease lapses, were that submit dead
 
 
 def submit(
@@ -45,17 +47,19 @@ def submit(
             return Submitted(holder, False, len(plan.renders), 0, 0.0)
     # One submit at a time creates and enqueues a job: a racing one (the same manifest posted
     # twice at once) neither stages over it nor re-drives the renders it is still sending.
-    # A submit killed holding the lease leaves it to expire; the next one recovers the job.
+    # The lease is short and renewed while this submit lives, so a submit killed holding it
+    # lets go within SUBMIT_LEASE seconds, and the next one recovers the job.
     token = store.token()
     if not store.hold_submit(plan.job_id, token):
-        return Submitted(plan.job_id, False, len(plan.renders), 0, 0.0, in_progress=True)
+        wait = store.lease_left(f"submit:{plan.job_id}")
+        return Submitted(plan.job_id, False, len(plan.renders), 0, 0.0, True, wait)
     try:
-        if not store.create(plan, force, team):
-            tasks = recover_job(plan.job_id, store, app, settings)
-            return Submitted(plan.job_id, False, len(plan.renders), tasks, 0.0)
-        store.hold_submit(plan.job_id, token)  # renewed: staging a big job took its time
-        tasks = enqueue(app, plan.job_id, plan.renders, plan.manifest.priority, settings)
-        store.mark_sent(plan.job_id)
+        with renewing(lambda: store.hold_submit(plan.job_id, token), SUBMIT_LEASE / 3):
+            if not store.create(plan, force, team):
+                tasks = recover_job(plan.job_id, store, app, settings)
+                return Submitted(plan.job_id, False, len(plan.renders), tasks, 0.0)
+            tasks = enqueue(app, plan.job_id, plan.renders, plan.manifest.priority, settings)
+            store.mark_sent(plan.job_id)
     finally:
         store.release_submit(plan.job_id, token)
     if not plan.renders:

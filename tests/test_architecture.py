@@ -1,7 +1,9 @@
-"""The shape of the code, enforced: one module writes Redis, one knows the broker's layout
-(checked against the installed kombu and KEDA's triggers), no import cycles, and imports go
-down only (workers never import the scheduler; a plan followed into submit reaches only
-common/)."""
+"""The shape of the code, enforced (docs/architecture.md): one package writes Redis, one module
+knows the broker's layout (checked against the installed kombu and KEDA's triggers), no
+import cycles, and the roles stay apart: the shared core (common/) imports neither side,
+the render workers (workers/) never import the control plane (scheduler/), and the control
+plane imports the workers only in the command line, the composition root that launches each
+role. Bookkeeping's tasks live in scheduler/bookkeeping/, none in workers/."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from common import broker
 from tests.conftest import ROOT
 
 PACKAGES = ("common", "scheduler", "workers")
-STATE_MODULES = {"common.state", "common.redis_client"}  # the store; how to reach Redis
+STATE = "common.state"  # the store (a package); and how to reach Redis:
+REDIS_CLIENT = "common.redis_client"
 
 
 def modules() -> dict[str, ast.Module]:
@@ -54,7 +57,7 @@ def graph() -> dict[str, set[str]]:
 def test_only_the_state_module_touches_the_redis_client():
     offenders = []
     for name, tree in modules().items():
-        if name in STATE_MODULES:
+        if name in (STATE, REDIS_CLIENT) or name.startswith(STATE + "."):
             continue
         for node in ast.walk(tree):
             raw = isinstance(node, ast.Attribute) and node.attr in ("r", "_r", "register_script")
@@ -65,7 +68,7 @@ def test_only_the_state_module_touches_the_redis_client():
             )
             if raw or made:
                 offenders.append(f"{name}:{node.lineno}")
-    assert offenders == [], "Redis reached outside common/state.py: " + ", ".join(offenders)
+    assert offenders == [], "Redis reached outside common/state: " + ", ".join(offenders)
 
 
 def test_the_read_only_view_refuses_writes(redis_server):
@@ -74,7 +77,7 @@ def test_the_read_only_view_refuses_writes(redis_server):
     read = JobStore.from_url(redis_server.url(db=6)).read
     assert read.get("nothing") is None and read.pipeline().llen("x").execute() == [0]
     for write in ("set", "hset", "delete", "lpush", "eval", "execute_command", "flushdb"):
-        with pytest.raises(AttributeError, match=r"only common/state\.py writes"):
+        with pytest.raises(AttributeError, match=r"only common/state writes"):
             getattr(read, write)
 
 
@@ -99,6 +102,41 @@ def test_no_import_cycles_and_imports_go_down(graph):
             assert not {d for d in deps if d.startswith("scheduler")}, name
         if name.startswith("common"):
             assert not {d for d in deps if d.startswith(("scheduler", "workers"))}, name
+        if name.startswith("scheduler") and not name.startswith("scheduler.cli"):
+            assert not {d for d in deps if d.startswith("workers")}, name
+
+
+def test_the_control_plane_reaches_the_workers_only_from_the_command_line(graph):
+    """Everything the scheduler image runs but the command line (bookkeeping, beat, the web
+    front, the metrics exporter, the probes) reaches no module of workers/, directly or not."""
+    roots = [m for m in graph if m.startswith("scheduler") and not m.startswith("scheduler.cli")]
+    assert {"scheduler.bookkeeping.tasks", "scheduler.beat", "scheduler.web.app"} <= set(roots)
+    reached = reach(graph, roots)
+    assert not {m for m in reached if m.startswith("workers")}, sorted(reached)
+    starts = reach(graph, ["common.celery_app"])  # beat's and Flower's app
+    assert not {m for m in starts if m.startswith(("workers", "scheduler"))}, sorted(starts)
+
+
+def test_no_bookkeeping_task_in_the_workers():
+    """Tasks by name, wherever they are defined: the render task in workers/, the rest in
+    scheduler/bookkeeping/."""
+    from common import queue
+
+    where = {}
+    for name, tree in modules().items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "attr", "") == "task":
+                    task = next(k.value.id for k in deco.keywords if k.arg == "name")
+                    where[getattr(queue, task)] = name
+    assert where == {
+        queue.RENDER_TASK: "workers.tasks",
+        queue.FINALIZE_TASK: "scheduler.bookkeeping.tasks",
+        queue.NOTIFY_TASK: "scheduler.bookkeeping.tasks",
+        queue.FAILED_TASK: "scheduler.bookkeeping.tasks",
+    }
 
 
 def reach(graph, roots) -> set[str]:
@@ -203,7 +241,7 @@ def test_the_web_front_reaches_neither_torch_nor_the_workers(graph):
     import sys
 
     web = [m for m in graph if m.startswith("scheduler.web")]
-    assert {"scheduler.web.app", "scheduler.web.api", "scheduler.web.pages"} <= set(web)
+    assert {"scheduler.web.app", "scheduler.web.routes.jobs", "scheduler.web.pages"} <= set(web)
     reached = reach(graph, web)
     assert not {m for m in reached if m.startswith("workers")}, sorted(reached)
     probe = "import sys, scheduler.web.app, scheduler.cli; print('torch' in sys.modules)"

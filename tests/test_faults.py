@@ -100,7 +100,7 @@ def test_a_render_that_kills_its_worker_is_capped(stack, tmp_path):
             if children:
                 kills += 1
                 stack.store.r.hset(
-                    f"sb:job:{job_id}:states", target, json.dumps({**state, "kill": kills})
+                    stack.store.keys(job_id).states, target, json.dumps({**state, "kill": kills})
                 )
         time.sleep(0.1)
     stack.wait_done(job_id, timeout=120)

@@ -10,7 +10,7 @@
 - each component keeps its own Secret and object-store user;
 - the hardening is there in every pod, and checkov's policy scan passes with every exception
   carrying its reason;
-- the probes' program (scheduler/health.py) answers as it should against a real Redis and a
+- the probes' program (common/health.py) answers as it should against a real Redis and a
   real Celery worker.
 A tool that is not installed is a skip that names it (tests/deploy_tools.py), never a pass."""
 
@@ -373,7 +373,7 @@ def test_every_pod_is_hardened(request):
         objects = all_objects(request.getfixturevalue("rendered"))
     except pytest.skip.Exception:
         objects = [(p.name, d) for p in FILES for d in load(p)]
-    from scheduler.health import parser
+    from common.health import parser
 
     pods = 0
     for where, obj in objects:
@@ -418,7 +418,7 @@ def test_every_pod_is_hardened(request):
                     continue
                 command = c[probe].get("exec", {}).get("command")
                 if command:  # the probe's program exists and takes these arguments
-                    assert command[:3] == ["python", "-m", "scheduler.health"], name
+                    assert command[:3] == ["python", "-m", "common.health"], name
                     parser().parse_args(command[3:])
     assert pods >= 6
     namespace = next(d for d in written() if d["kind"] == "Namespace")
@@ -499,7 +499,7 @@ def test_checkov_finds_no_failed_check_and_every_exception_says_why(tmp_path, re
 
 def health(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "scheduler.health", *args],
+        [sys.executable, "-m", "common.health", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         capture_output=True,
@@ -512,11 +512,11 @@ def test_probes_answer_from_heartbeats_and_pings(redis_server, tmp_path):
     import dataclasses
     import time
 
+    from common.health import check_workers
     from common.settings import Settings
     from common.state import JobStore
-    from scheduler.health import check_workers
+    from scheduler.cli.services import worker_commands
     from tests.services import Worker
-    from workers.launch import worker_commands
 
     url = redis_server.url(14)
     store = JobStore.from_url(url)

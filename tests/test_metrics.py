@@ -159,7 +159,8 @@ def test_status_shows_cancel_eta_and_failures_as_written(fleet_state):
     store.cancel(plan.job_id)
     shown = cli("status", plan.job_id, url=settings.redis_url)
     assert shown.returncode == 1  # a render failed
-    assert f"job {plan.job_id} (tiny): running [cancel requested]" in shown.stdout
+    said = f"job {plan.job_id} (tiny): running: 1 of 2 renders ended, 1 failed [cancel requested]"
+    assert said in shown.stdout
     assert "bad [bold red]input[/] at [x]" in shown.stdout  # never read as markup
     assert "eta ~" in shown.stdout and "renders/min so far" in shown.stdout
     record = json.loads(cli("status", plan.job_id, "--json", url=settings.redis_url).stdout)

@@ -11,9 +11,9 @@ import pytest
 
 from common.queue import RENDER_TASK, make_app, seconds_per_unit, task_work, time_limits
 from common.settings import Settings
+from scheduler.cli.services import worker_commands
 from tests.fleet import Fleet, manifest, upload_inputs
 from tests.services import Worker, wait_for
-from workers.launch import worker_commands
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow

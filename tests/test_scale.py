@@ -11,9 +11,8 @@ import subprocess
 import pytest
 
 from common.expand import plan_job
-from common.settings import Settings
 from common.state import Held, JobStore
-from tests.conftest import run_cli, tiny_manifest, write_manifest
+from tests.conftest import local_settings, run_cli, tiny_manifest, write_manifest
 
 SLOW_US = 20_000
 
@@ -48,7 +47,9 @@ def store(redis_server):
 
 def test_status_jobs_retry_and_updates_stay_fast_on_100k_renders(store, tmp_path, images):
     s, url = store
-    plan = plan_job(write_manifest(tmp_path, tiny_manifest(images, tmp_path / "o")), Settings())
+    plan = plan_job(
+        write_manifest(tmp_path, tiny_manifest(images, tmp_path / "o")), local_settings()
+    )
     small, big = big_job(plan, 100), big_job(plan, 100_000)
     for p in (small, big):
         assert s.create(p)

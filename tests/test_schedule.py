@@ -18,7 +18,7 @@ from common.settings import Settings
 from common.state import JobStore
 from scheduler.beat import ManifestScheduler
 from scheduler.submit import submit
-from tests.conftest import tiny_manifest, write_manifest
+from tests.conftest import local_settings, tiny_manifest, write_manifest
 
 T0 = datetime(2026, 11, 27, 1, 30, tzinfo=UTC)  # 02:30 in Berlin
 
@@ -40,7 +40,7 @@ def test_bad_schedules(tmp_path, images, schedule, fragment):
     data = tiny_manifest(images, tmp_path / "out")
     data["schedule"] = schedule
     with pytest.raises(ManifestError) as info:
-        plan_job(write_manifest(tmp_path, data), Settings())
+        plan_job(write_manifest(tmp_path, data), local_settings())
     assert any(p.where == "schedule" and fragment in p.message for p in info.value.problems)
 
 
@@ -60,6 +60,7 @@ class Recording(ManifestScheduler):
 def env(redis_server, monkeypatch):
     url = redis_server.url(db=3)
     monkeypatch.setenv("STYLEBATCH_REDIS_URL", url)
+    monkeypatch.setenv("STYLEBATCH_ALLOWED_INPUTS", "s3://,/")  # the tests' inputs are local
     store = JobStore.from_url(url)
     store.r.flushdb()
     return Settings.from_env(), store
@@ -323,7 +324,10 @@ class FlakyRedis:
 def test_beat_survives_redis_errors_on_slot_markers(tmp_path, images, env, caplog):
     settings, _ = env
     _, now, beat = nightly_beat(tmp_path, images, settings)
+    from common.state import ReadOnly
+
     flaky = beat.store.r = FlakyRedis(beat.store.r)
+    beat.store.q = ReadOnly(flaky)  # its reads too
     flaky.failing = ["set"]
     with caplog.at_level("WARNING", logger="stylebatch.beat"):
         assert beat.tick() == beat.retry_every  # the first-sight marker could not be set
@@ -367,7 +371,7 @@ def test_a_transient_preflight_error_is_retried_a_permanent_one_skips(
     from botocore.exceptions import ClientError, EndpointConnectionError
 
     import scheduler.preflight
-    from scheduler import cli
+    from scheduler.cli import common as cli
 
     monkeypatch.setenv("STYLEBATCH_ALLOWED_INPUTS", "/")
     settings = Settings.from_env()
@@ -392,7 +396,7 @@ def test_a_transient_preflight_error_is_retried_a_permanent_one_skips(
         assert beat._marker("nightly") < slot.timestamp()  # the marker stays before the slot
         now[0] += timedelta(seconds=beat.retry_every)
     with pytest.raises(typer.Exit) as info:  # submit and validate: exit 3, no traceback
-        cli._preflight(plan_job(path, settings), settings, path)
+        cli.preflight_or_exit(plan_job(path, settings), settings, path)
     assert info.value.exit_code == cli.EXIT_UNCHECKED
     tries = s3.calls
     s3.error = ClientError({"Error": {"Code": "AccessDenied"}}, "PutObject")

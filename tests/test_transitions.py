@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import threading
 import time
 
@@ -16,7 +17,7 @@ from billiard.exceptions import TimeLimitExceeded
 from common.expand import plan_job
 from common.settings import Settings
 from common.state import RENDER_TRANSITIONS, SCRIPTS, TERMINAL, Held, JobStore, script_source
-from tests.conftest import tiny_manifest, write_manifest
+from tests.conftest import local_settings, tiny_manifest, write_manifest
 
 LIVE = 60.0  # seconds a heartbeat stays good
 CAP = 3
@@ -33,7 +34,7 @@ def store(redis_server):
 def plan(tmp_path, images):
     data = tiny_manifest(images, tmp_path / "out")
     data["styles"] = data["styles"][:1]  # one render
-    return plan_job(write_manifest(tmp_path, data), Settings(), "random")
+    return plan_job(write_manifest(tmp_path, data), local_settings(), "random")
 
 
 @pytest.fixture
@@ -241,16 +242,16 @@ def test_one_webhook_delivery_per_job_end_claimed_once(store, plan, tmp_path):
 
 def test_a_create_cut_short_leaves_no_job_and_the_next_completes_it(store, tmp_path, images):
     data = tiny_manifest(images, tmp_path / "out")
-    plan = plan_job(write_manifest(tmp_path, data), Settings(), "random")
+    plan = plan_job(write_manifest(tmp_path, data), local_settings(), "random")
     job_id = plan.job_id
     # a submit killed after staging half its renders: nothing is visible
-    staged = store._specs(job_id) + ":staging"
+    staged = store.keys(job_id).specs + ":staging"
     store.r.hset(staged, mapping={r.id: "{}" for r in plan.renders[:1]})
     store.r.expire(staged, 60)  # as a killed submit's staging: it expires
-    script = store._scripts["create"]
-    keys = [store._job(job_id), staged, store._states(job_id) + ":staging"]
-    keys += [store._specs(job_id), store._states(job_id), store.JOBS, store.ACTIVE]
-    assert script(keys=keys, args=[job_id, "{}", len(plan.renders)]) == "incomplete"
+    keys = [store.keys(job_id).record, staged, store.keys(job_id).states + ":staging"]
+    keys += [store.keys(job_id).specs, store.keys(job_id).states, store.JOBS, store.ACTIVE]
+    args = [job_id, "{}", len(plan.renders), 0, "", 3600]
+    assert store.scripts.run("create", keys, args) == "incomplete"
     assert store.get(job_id) is None and store.jobs() == [] and store.active() == []
     assert store.create(plan)  # the rerun stages again and makes it visible whole
     info = store.get(job_id)
@@ -258,7 +259,7 @@ def test_a_create_cut_short_leaves_no_job_and_the_next_completes_it(store, tmp_p
     assert len(store.specs(job_id)) == len(plan.renders) == len(store.states(job_id))
     assert [j.job_id for j in store.jobs()] == [job_id] and store.active() == [job_id]
     assert 0 < store.r.ttl(staged) <= 60  # left to expire: each submit stages apart
-    assert [k for k in store.r.scan_iter(f"sb:job:{job_id}:*staging*") if k != staged] == []
+    assert [k for k in store.r.scan_iter(f"sb:job:{{{job_id}}}:*staging*") if k != staged] == []
     assert not store.create(plan)  # exists
 
 
@@ -299,7 +300,7 @@ def test_racing_claims_and_finishes_released_together(job, racers):
 
 def test_an_ended_job_expires_a_retried_one_lasts_and_gc_frees_ended_jobs(job):
     store, job_id, rid = job
-    keys = store._job_keys(job_id)
+    keys = store.keys(job_id).all()
     assert store.finish(take(store, job_id, rid, "A"), "failed", error="bad") == "complete"
     assert all(store.r.ttl(k) == -1 for k in keys if store.r.exists(k))  # running: kept
     assert store.end_job(job_id, "done")
@@ -316,15 +317,25 @@ def test_an_ended_job_expires_a_retried_one_lasts_and_gc_frees_ended_jobs(job):
     assert not any(store.r.exists(k) for k in keys) and store.jobs() == []
 
 
-def test_an_old_jobs_worker_cannot_finish_a_forced_resubmits_attempt(job, plan):
+def test_force_of_a_running_job_is_refused_and_changes_nothing(job, plan):
+    """`submit --force` of a running (or finalizing) job is refused: its attempts and counts
+    stay as they are, and its worker still finishes it; once it has ended, --force starts
+    it again from scratch."""
+    from common.state import Running
+
     store, job_id, rid = job
     old = take(store, job_id, rid, "A")
-    assert store.create(plan, force=True)  # `submit --force`: attempts start again
-    new = store.claim(job_id, rid, "B", LIVE, CAP)
-    assert new.attempt == old.attempt
-    stale = Held(job_id, rid, old.attempt, "A")
-    assert store.finish(stale, "failed", error="old job's render") == "superseded"
-    assert store.finish(Held(job_id, rid, new.attempt, "B"), "done") == "complete"
+    with pytest.raises(Running, match="cancel it first"):
+        store.create(plan, force=True)
+    assert store.state(job_id, rid)["attempt"] == old.attempt
+    assert store.finish(old, "done") == "complete"
+    with pytest.raises(Running, match="finalizing"):
+        store.create(plan, force=True)
+    assert store.end_job(job_id, "done")
+    assert store.create(plan, force=True)  # ended: made again, every render pending
+    info = store.get(job_id)
+    assert info.status == "running" and info.count("done") == 0 and info.pending == 1
+    assert store.finish(old, "failed", error="the old run's") == "superseded"
 
 
 def test_a_render_that_stalls_every_worker_still_reaches_the_crash_cap(job):
@@ -363,37 +374,56 @@ def test_an_owed_webhook_is_found_again_until_delivered(store, plan):
     assert store.owed_webhooks(older_than=0) == [] and not store.r.smembers(store.WEBHOOKS)
 
 
-def test_celery_calls_the_errback_with_the_failed_tasks_request(job, monkeypatch):
-    """Celery's own errback dispatch (what a hard time limit runs) reaches render_failed with
-    the request, so the renders that task holds end failed, once, with the reason."""
-    pytest.importorskip("torch")
-    from celery import Signature
-    from celery.app.task import Context
+def test_a_dead_render_tasks_errback_reaches_bookkeeping_and_fails_what_it_held(
+    job, monkeypatch, redis_server
+):
+    """Celery's own errback dispatch, as a hard time limit runs it in a render worker (which
+    has no bookkeeping task): the errback is sent to the bookkeeping queue with the failed
+    task's id; bookkeeping's render_failed then fails the renders that task holds, once,
+    with the reason its result records."""
+    import base64
 
-    import workers.tasks as tasks
+    from celery.app.task import Context
+    from celery.canvas import Signature
+
+    from common.queue import BOOKKEEPING_QUEUE, FAILED_TASK, make_app
+    from common.settings import Settings
+    from scheduler.bookkeeping import tasks as books
 
     store, job_id, rid = job
+    url = redis_server.url(db=5)
     take(store, job_id, rid, "A", task="task-9")
-    settled = []
-    monkeypatch.setattr(tasks, "_store", store)
-    monkeypatch.setattr(tasks, "settle", lambda app, job, outcome: settled.append((job, outcome)))
-    errback = Signature(tasks.FAILED_TASK, args=(job_id, [rid]), app=tasks.app)
+    render_side = make_app(Settings(redis_url=url))  # a render worker's app: no such task
+    assert FAILED_TASK not in render_side.tasks
+    errback = Signature(FAILED_TASK, args=(job_id, [rid]), app=render_side)
     request = Context(id="task-9", errbacks=[dict(errback)], delivery_info={}, root_id=None)
-    exc = TimeLimitExceeded(20)
-    tasks.app.backend.mark_as_failure("task-9", exc, request=request, store_result=False)
+    render_side.backend.mark_as_failure("task-9", TimeLimitExceeded(20), request=request)
+    queued = [k for k in store.r.scan_iter(f"{BOOKKEEPING_QUEUE}*") if store.r.type(k) == "list"]
+    [raw] = [m for k in queued for m in store.r.lrange(k, 0, -1)]
+    message = json.loads(raw)
+    assert message["headers"]["task"] == FAILED_TASK
+    args, _, _ = json.loads(base64.b64decode(message["body"]))
+    assert args == ["task-9", job_id, [rid]]
+    settled = []
+    monkeypatch.setattr(books, "_store", store)
+    monkeypatch.setattr(books, "app", make_app(Settings(redis_url=url)))
+    monkeypatch.setattr(books, "settle", lambda app, job, outcome: settled.append((job, outcome)))
+    books.render_failed(*args)
     state = store.state(job_id, rid)
     assert state["status"] == "failed" and "TimeLimitExceeded" in state["error"], state
     assert settled == [(job_id, True)]  # the job's last render ended: finalize is due
+    books.render_failed(*args)  # a duplicate delivery of the errback: nothing more
+    assert store.get(job_id).count("failed") == 1
 
 
 def test_a_create_stages_under_keys_of_its_own(store, plan):
     """Another submit's staging (here under the name every submit once shared) is left
     alone: a racing create no longer deletes what a concurrent one staged."""
-    shared = store._specs(plan.job_id) + ":staging"
+    shared = store.keys(plan.job_id).specs + ":staging"
     store.r.hset(shared, "r", "another submit's")
     assert store.create(plan)
     assert store.r.hget(shared, "r") == "another submit's"
-    left = [k for k in store.r.scan_iter(f"sb:job:{plan.job_id}:*staging*") if k != shared]
+    left = [k for k in store.r.scan_iter(f"sb:job:{{{plan.job_id}}}:*staging*") if k != shared]
     assert left == []  # its own staging became the job's
 
 

@@ -282,13 +282,13 @@ def test_a_job_recorded_before_the_render_index_is_indexed_on_first_read(fleet, 
         claim = store.claim(plan.job_id, rid, "web|h|1|t", 60, 3)
         store.finish(Held(plan.job_id, rid, claim.attempt), status, error="bad")
     # as an earlier version recorded it
-    store.r.delete(store._index(plan.job_id), store._ended(plan.job_id))
-    store.r.hdel(store._job(plan.job_id), "facets")
+    store.r.delete(store.keys(plan.job_id).index, store.keys(plan.job_id).ended)
+    store.r.hdel(store.keys(plan.job_id).record, "facets")
     try:
         listed = client.get(f"/jobs/{plan.job_id}/renders?limit=200", headers=bearer("alpha"))
         assert len(listed.json()["renders"]) == 30, listed.text
-        assert store.r.hexists(store._job(plan.job_id), "facets")
-        assert store.r.ttl(store._index(plan.job_id)) == -1  # a running job's: kept
+        assert store.r.hexists(store.keys(plan.job_id).record, "facets")
+        assert store.r.ttl(store.keys(plan.job_id).index) == -1  # a running job's: kept
         for status, rid in (("done", done), ("failed", failed)):
             page = client.get(
                 f"/jobs/{plan.job_id}/renders", params={"status": status}, headers=bearer("alpha")
@@ -690,7 +690,7 @@ def test_the_team_list_pages_past_an_expired_job(local):
     _settings, web, app, inputs = local
     ids = [local_post(web, local_doc(inputs, f"page{i}")).json()["job"] for i in range(4)]
     store = app.state.web.store
-    store.r.delete(store._job(ids[2]))  # its record expired; the team's index not yet swept
+    store.r.delete(store.keys(ids[2]).record)  # its record expired; the team's index not yet swept
     first = web.get("/v1/jobs?limit=2", headers=bearer("alpha"))
     assert [j["job"] for j in first.json()["jobs"]] == [ids[3], ids[1]], first.text
     assert first.headers["link"].startswith("</v1/jobs?") and 'rel="next"' in first.headers["link"]

@@ -1,87 +1,39 @@
-"""``stylebatch worker``: one Celery worker process per GPU (pinned with CUDA_VISIBLE_DEVICES),
-or one CPU worker, plus a light worker for bookkeeping. Nothing here imports torch."""
+"""``stylebatch worker``'s render workers: one Celery worker process per GPU (pinned with
+CUDA_VISIBLE_DEVICES), or CPU workers, and the supervision of every process it starts
+(bookkeeping's too). Nothing here imports torch."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
-from common.queue import BOOKKEEPING_QUEUE, EXIT_MISCONFIGURED, EXIT_SICK, RENDER_QUEUE
-
-
-def visible_gpus() -> list[str]:
-    pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if pinned is not None:
-        return [g for g in pinned.split(",") if g.strip() and g.strip() != "-1"]
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
-
+from common.queue import EXIT_MISCONFIGURED, EXIT_SICK, RENDER_QUEUE, worker_argv
 
 Command = tuple[list[str], dict[str, str]]
 
 
-def worker_commands(
-    gpus: list[str],
-    host: str | None = None,
-    loglevel: str = "INFO",
-    cpu_workers: int = 1,
-    bookkeeping: bool = True,
+def render_commands(
+    gpus: list[str], host: str | None = None, loglevel: str = "INFO", cpu_workers: int = 1
 ) -> list[Command]:
-    """(argv, extra environment) for each worker process to start."""
+    """(argv, extra environment) for each render worker process: one per GPU, pinned with
+    CUDA_VISIBLE_DEVICES, or ``cpu_workers`` CPU workers where there is none."""
     host = host or socket.gethostname()
-    base = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.tasks",
-        "worker",
-        "-E",
-        f"--loglevel={loglevel}",
-        "--prefetch-multiplier=1",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-    out = []
-    for gpu in gpus:
-        out.append(
+    base = [*worker_argv("workers.tasks", loglevel), "-Q", RENDER_QUEUE, "-c", "1"]
+    if gpus:
+        return [
             (
-                [*base, "-Q", RENDER_QUEUE, "-c", "1", "-n", f"gpu{gpu}@{host}"],
+                [*base, "-n", f"gpu{gpu}@{host}"],
                 {"CUDA_VISIBLE_DEVICES": gpu, "STYLEBATCH_DEVICE": "cuda"},
             )
-        )
-    if not gpus:
-        for i in range(cpu_workers):
-            out.append(
-                (
-                    [*base, "-Q", RENDER_QUEUE, "-c", "1", "-n", f"cpu{i}@{host}"],
-                    {"STYLEBATCH_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""},
-                )
-            )
-    if bookkeeping:
-        out.append(
-            (
-                [*base, "-Q", BOOKKEEPING_QUEUE, "-c", "2", "-n", f"bookkeeping@{host}"],
-                {"CUDA_VISIBLE_DEVICES": ""},
-            )
-        )
-    return out
+            for gpu in gpus
+        ]
+    return [
+        ([*base, "-n", f"cpu{i}@{host}"], {"STYLEBATCH_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""})
+        for i in range(cpu_workers)
+    ]
 
 
 def run_workers(commands: list[Command]) -> int:

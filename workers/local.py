@@ -6,14 +6,14 @@ import time
 from collections.abc import Callable
 
 from common.errors import InputError
-from common.expand import JobPlan, Render
+from common.expand import ENGINE_VERSION, JobPlan, Render
 from common.imageio import CONTENT_TYPES
 from common.report import publish, write_summary
 from common.settings import Settings
 from common.storage import open_storage
 from common.summary import Summary
 from workers.copies import complete_copies
-from workers.render import ENGINE_VERSION, Outcome, Renderer, batches, earlier
+from workers.render import Outcome, Renderer, batches, earlier
 
 
 def run_local(

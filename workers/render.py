@@ -20,6 +20,7 @@ from typing import Any
 from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image, ImageChops, ImageFilter
 
+from common.batching import batches as group_batches
 from common.errors import (
     ConfigError,
     DeviceError,
@@ -27,7 +28,7 @@ from common.errors import (
     StylebatchError,
     TransientError,
 )
-from common.expand import Render
+from common.expand import ENGINE_VERSION, Render
 from common.imageio import (
     CONTENT_TYPES,
     decode,
@@ -43,7 +44,6 @@ from common.storage import Storage
 from workers.cache import InputCache
 from workers.copies import write_copies
 
-ENGINE_VERSION = "stylebatch-engine/3"  # with common.expand.ENGINE_GENERATION
 _DEVICE_TROUBLE = re.compile(
     r"CUDA|cuDNN|CUBLAS|NCCL|NVIDIA|device-side assert|out of memory|no kernel image|"
     r"ECC error|GPU is lost|illegal memory access|accelerator",
@@ -164,20 +164,9 @@ def batches(
     shape_of: Callable[[Render], tuple[int, int]],
     max_pixels: int = MAX_BATCH_PIXELS,
 ) -> list[list[Render]]:
-    """Renders that can share one optimisation: same output shape and same parameters."""
-    groups: dict[str, list[Render]] = {}
-    for render in renders:
-        key = json.dumps(
-            [shape_of(render), render.params, render.weights, _content_key(render)],
-            sort_keys=True,
-        )
-        groups.setdefault(key, []).append(render)
-    out = []
-    for group in groups.values():
-        h, w = shape_of(group[0])
-        per_batch = max(1, max_pixels // (h * w))
-        out += [group[i : i + per_batch] for i in range(0, len(group), per_batch)]
-    return out
+    """Renders that can share one optimisation: the one batching rule (common/batching.py),
+    by their outputs' real shapes."""
+    return group_batches(renders, lambda r: shape_of(r)[0] * shape_of(r)[1], max_pixels)
 
 
 class Renderer:

@@ -2,9 +2,9 @@
 -- dead owner -> running under the caller (one crash; failed at the cap); running under a
 -- live owner -> unchanged ('busy': a duplicate delivery); terminal -> unchanged ('ended').
 -- The new attempt number is the fencing token every later transition must carry.
--- KEYS: job, states, crashes, running, heartbeats
--- ARGV: render, owner, liveness, crash cap, owner known dead (or ''), running field, task id,
--- reaped marker prefix
+-- KEYS: job, states, failed, ended, fleet metrics (the prelude's J), crashes, running,
+--       heartbeats, reaped markers
+-- ARGV: render, owner, liveness, crash cap, owner known dead (or ''), running field, task id
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return {'missing', '', '0'} end
 local state = cjson.decode(raw)
@@ -16,17 +16,17 @@ local crashes = 0
 if status == 'running' then
   local owner = state['owner']
   if owner ~= ARGV[2] then
-    local beat = redis.call('ZSCORE', KEYS[5], owner)
+    local beat = redis.call('ZSCORE', KEYS[8], owner)
     if owner ~= ARGV[5] and beat and t - tonumber(beat) < tonumber(ARGV[3]) then
       return {'busy', owner, '0'}
     end
     local gave_up
-    crashes, gave_up = crashed(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[4], t, attempt)
+    crashes, gave_up = crashed(KEYS[6], ARGV[1], ARGV[4], t, attempt)
     if gave_up > 0 then
-      leave_running(KEYS[1], KEYS[4], ARGV[6])
+      leave_running(KEYS[7], ARGV[6])
       return {'gave_up', tostring(gave_up), '0'}
     end
-    redis.call('SET', ARGV[8] .. ':' .. attempt, owner, 'EX', 86400)
+    redis.call('HSET', KEYS[9], ARGV[1] .. ' ' .. attempt, owner)  -- beat.lua may take it back
   end
 else
   redis.call('HINCRBY', KEYS[1], 'n_running', 1)
@@ -34,7 +34,7 @@ end
 attempt = attempt + 1
 redis.call('HSET', KEYS[2], ARGV[1], cjson.encode({status = 'running', owner = ARGV[2],
            attempt = attempt, task = ARGV[7], started = t}))
-redis.call('HSET', KEYS[4], ARGV[6], ARGV[2] .. ' ' .. attempt)
+redis.call('HSET', KEYS[7], ARGV[6], ARGV[2] .. ' ' .. attempt)
 redis.call('HSET', KEYS[1], 'activity', t)
-redis.call('ZADD', KEYS[5], t, ARGV[2])
+redis.call('ZADD', KEYS[8], t, ARGV[2])
 return {'claimed', tostring(crashes), tostring(attempt)}

@@ -4,9 +4,12 @@
 -- submit writes them again. Transition: (none) -> running, or -> finalizing with no renders.
 -- The render index (by style, size and content, for paging a job's renders: state.py's
 -- renders_page) is staged the same way; a job made by a web team is also listed under it.
+-- The jobs indexes (every job's, the team's) are trimmed by time on the way: an id older than
+-- the horizon (past any job's retention) goes, so they never grow without bound.
 -- KEYS: job, staged specs, staged states, specs, states, jobs index, active,
 --       staged render index, render index, the team's jobs index
--- ARGV: job id, record (JSON object of fields), total, index entries, team ('' for none)
+-- ARGV: job id, record (JSON object of fields), total, index entries, team ('' for none),
+--       horizon (seconds)
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
 local total = tonumber(ARGV[3])
 if total > 0 then
@@ -33,7 +36,12 @@ if total > 0 then
 else
   redis.call('HSET', KEYS[1], 'status', 'finalizing', 'finalizing_since', t)
 end
+local oldest = '(' .. tostring(t - tonumber(ARGV[6]))
 redis.call('ZADD', KEYS[6], t, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', oldest)
 redis.call('SADD', KEYS[7], ARGV[1])
-if ARGV[5] and ARGV[5] ~= '' then redis.call('ZADD', KEYS[10], t, ARGV[1]) end
+if ARGV[5] and ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[10], t, ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', oldest)
+end
 return 'created'

@@ -1,8 +1,8 @@
 -- finalizing -> done (cancelled if a cancel was asked for) | failed, by the finalize that
 -- holds the lease (or any caller when the token is ''). Exactly one caller gets 'ok', with
 -- the end's time; a job with a webhook gets its one delivery id for this end, and is owed
--- its delivery (sb:webhooks) until delivered or given up: the watchdog resends a lost one.
--- KEYS: job, active, then the job's other keys
+-- its delivery (the owed webhooks) until delivered or given up: the watchdog resends a lost one.
+-- KEYS: job, active, owed webhooks, then the job's other keys
 -- ARGV: job id, terminal status, reason, seconds its state is kept, token
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'finalizing' then return {status or '', ''} end
@@ -18,10 +18,10 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
 if (redis.call('HGET', KEYS[1], 'webhook') or '') ~= '' then
   redis.call('HSET', KEYS[1], 'webhook_delivery', ARGV[1] .. ':' .. t, 'webhook_status', 'pending')
   redis.call('HDEL', KEYS[1], 'webhook_owner', 'webhook_until')
-  redis.call('SADD', 'sb:webhooks', ARGV[1])  -- owed: until delivered or given up
+  redis.call('SADD', KEYS[3], ARGV[1])  -- owed: until delivered or given up
 end
 redis.call('SREM', KEYS[2], ARGV[1])
 for i = 1, #KEYS do
-  if i ~= 2 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
+  if i ~= 2 and i ~= 3 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
 end
 return {'ok', t}

@@ -40,9 +40,10 @@ from common.errors import TransientError
 from common.settings import Settings
 from common.state import JobStore
 from common.teams import load_teams
-from scheduler.web import models, pages, sessions
-from scheduler.web.deps import Unavailable, Web, rate_headers
-from scheduler.web.problems import MEDIA_TYPE, ApiError, Problem, code_for, problem
+from scheduler.web import models, pages, sessions, templating
+from scheduler.web.context import Web
+from scheduler.web.deps import rate_headers
+from scheduler.web.problems import MEDIA_TYPE, ApiError, Problem, Unavailable, code_for, problem
 from scheduler.web.routes import health, jobs, renders, schedules
 from scheduler.web.webhooks import router as webhooks
 
@@ -195,7 +196,7 @@ def create_app(
         if wants_html(request):
             if exc.status == 401:
                 return sessions.login_page(request, 401, exc.detail)
-            return pages.page(
+            return templating.page(
                 request, "error.html", exc.status, title=exc.status, message=exc.detail,
                 problems=exc.extra.get("problems"),
             )  # fmt: skip

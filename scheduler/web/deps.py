@@ -7,63 +7,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import threading
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from common.access import under
 from common.manifest import _NAME
-from common.settings import Settings
-from common.state import JobInfo, JobStore
+from common.state import JobInfo
 from common.teams import Team, authenticate
+from scheduler.web.context import Web
 from scheduler.web.problems import ApiError
 
 SESSION_COOKIE = "sb_session"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-
-
-class Unavailable(Exception):
-    """A service the server needs is away: answered 503, naming it."""
-
-    def __init__(self, service: str, detail: str):
-        super().__init__(f"{service} is unavailable: {detail}")
-        self.service = service
-
-
-@dataclass
-class Web:
-    settings: Settings
-    teams: dict[str, Team]
-    store: JobStore
-    thumbnails: Path
-    secure_cookies: bool = False  # the session cookie's Secure flag (app.py)
-    # each team's turns to submit, in this process (scheduler/web/intake.py)
-    submitting: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @cached_property
-    def celery(self) -> Any:
-        from common.queue import make_app
-
-        return make_app(self.settings)
-
-    @cached_property
-    def planners(self) -> Any:
-        from scheduler.web.intake import Planners
-
-        return Planners(self.settings.web_planners)
-
-    @cached_property
-    def outputs(self) -> Any:
-        from scheduler.web.outputs import Outputs
-
-        return Outputs(self.settings, self.thumbnails)
 
 
 def web(request: Request) -> Web:
@@ -190,3 +149,16 @@ def render_of(request: Request, who: Team, job_id: str, render_id: str) -> tuple
     if found is None:
         raise ApiError("not-found", f"job {info.job_id} has no render {render_id[:100]}")
     return info, *found
+
+
+def base_of(request: Request) -> str:
+    """The API's prefix this request came by: /v1, or '' for the unversioned aliases."""
+    return "/v1" if request.url.path.startswith("/v1/") else ""
+
+
+def next_link(request: Request, cursor: str | None, **query: Any) -> dict[str, str]:
+    """The Link header of a page whose next page starts after ``cursor`` (none at the end)."""
+    if not cursor:
+        return {}
+    params = {k: v for k, v in query.items() if v not in (None, "")} | {"after": cursor}
+    return {"Link": f'<{request.url.path}?{urlencode(params)}>; rel="next"'}

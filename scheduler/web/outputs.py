@@ -18,8 +18,7 @@ from common.errors import StorageError, TransientError
 from common.settings import Settings
 from common.storage import s3_client, storage_error
 from common.uris import Location, join_key
-from scheduler.web.deps import Unavailable
-from scheduler.web.problems import ApiError
+from scheduler.web.problems import ApiError, Unavailable
 
 THUMB_SIDE = 240  # pixels, the long side of a gallery thumbnail
 THUMB_QUALITY = 80

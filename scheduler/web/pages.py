@@ -7,50 +7,25 @@ shows its result on the next page (``sessions.flash``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from scheduler import jobview
-from scheduler.web.deps import TeamDep, csrf_token, job_of, render_of, session_of, web
+from scheduler.web.deps import TeamDep, job_of, render_of, web
 from scheduler.web.intake import plan_document, plan_record, submit_document
 from scheduler.web.problems import ApiError
 from scheduler.web.routes import jobs as jobs_api
 from scheduler.web.routes import renders as renders_api
 from scheduler.web.routes.schedules import schedules_of
-from scheduler.web.sessions import flash
+from scheduler.web.templating import flash, page
 
-HERE = Path(__file__).parent
-env = Environment(
-    loader=FileSystemLoader(HERE / "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-)
-templates = Jinja2Templates(env=env)
 router = APIRouter(prefix="/ui", include_in_schema=False)
 GALLERY_PAGE = 48
 JOBS_PAGE = 20
-env.filters["duration"] = jobview.duration
-
-
-def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    session = session_of(request)
-    notice = unquote(request.cookies.get("sb_notice", ""))
-    context.setdefault("team", None)
-    context.setdefault("notice", notice)
-    csrf = csrf_token(session) if session else ""
-    response = templates.TemplateResponse(
-        request, name, {"csrf": csrf, **context}, status_code=status
-    )
-    response.headers["Cache-Control"] = "no-store"  # it holds the session's anti-forgery value
-    if notice:
-        response.delete_cookie("sb_notice", path="/ui")
-    return response
 
 
 def jobs_listed(request: Request, who: Any, after: str = "") -> tuple[list[dict], str | None]:
@@ -159,7 +134,7 @@ def gallery(
         team=who,
         job=jobview.job_record(info),
         renders=[renders_api.render_record(info, r, s) for r, s in found.renders],
-        facets=renders_api.facets(info),
+        facets=jobview.facets(info),
         states=renders_api.STATES,
         filters=filters,
         next=next_link,

@@ -55,6 +55,14 @@ class Problem(BaseModel):
     service: str | None = Field(None, description="For 503: which (Redis or S3)")
 
 
+class Unavailable(Exception):
+    """A service the server needs is away: answered 503, naming it."""
+
+    def __init__(self, service: str, detail: str):
+        super().__init__(f"{service} is unavailable: {detail}")
+        self.service = service
+
+
 class ApiError(Exception):
     """An error answered as a problem: ``code`` from CODES, ``detail`` for people."""
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 import hmac
 import secrets
 from typing import Annotated
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from scheduler.web.deps import SESSION_COOKIE, TeamDep, session_of, web
 from scheduler.web.problems import ApiError
+from scheduler.web.templating import page
 
 LOGIN_COOKIE = "sb_login"
 LOGIN_SECONDS = 3600  # a login form stays good this long
@@ -38,8 +39,6 @@ def safe_next(target: str | None) -> str:
 
 def login_page(request: Request, status: int = 200, error: str = "", next_: str = "") -> Response:
     """The login form, with a fresh pre-login anti-forgery value (its cookie and its field)."""
-    from scheduler.web.pages import page
-
     value = secrets.token_urlsafe(24)
     target = safe_next(next_ or (request.url.path if request.method == "GET" else ""))
     response = page(
@@ -112,14 +111,4 @@ def logout(request: Request, who: TeamDep) -> Response:
     web(request).store.end_session(session_of(request))
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
-    return response
-
-
-def flash(response: Response, message: str) -> Response:
-    """A message for the next page shown (an action's result): a short-lived cookie that the
-    page reads once (``pages.page``); never a query string another site could write."""
-    response.set_cookie(
-        "sb_notice", quote(message[:300]), max_age=60, httponly=True, samesite="strict",
-        path="/ui",
-    )  # fmt: skip
     return response

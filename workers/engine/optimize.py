@@ -9,7 +9,6 @@ per scale. Adam's moments and the iterate average are resized with the image bet
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -492,14 +491,3 @@ class StyleEngine:
             chol = torch.linalg.cholesky(cov.double()).float()
             out.append((mean.view(3, 1, 1) + torch.einsum("ij,jhw->ihw", chol, noise)).clamp(0, 1))
         return torch.stack(out).to(self.device)
-
-
-def describe(config: EngineConfig, long_side: int) -> str:
-    """A one-line plan, e.g. for logs: scales and iterations."""
-    plan = config.schedule(long_side)
-    total = sum(n for _, n in plan)
-    cost = sum(n * (s / long_side) ** 2 for s, n in plan)
-    return (
-        f"{len(plan)} scales {[s for s, _ in plan]}, {total} iterations "
-        f"(~{math.ceil(cost)} full-size equivalents)"
-    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -14,7 +13,9 @@ from fastapi.responses import JSONResponse
 from common.state import JobInfo
 from scheduler import jobview
 from scheduler.web import models
-from scheduler.web.deps import TeamDep, Web, job_of, owns, rate, web
+from scheduler.web.caching import versioned
+from scheduler.web.context import Web
+from scheduler.web.deps import TeamDep, base_of, job_of, next_link, owns, rate, web
 from scheduler.web.intake import plan_document, plan_record, submit_document
 from scheduler.web.problems import READ, WRITE, ApiError, declare
 
@@ -39,22 +40,8 @@ def job_record(store: Any, info: JobInfo, base: str = "/v1") -> dict[str, Any]:
 
 def detail(store: Any, info: JobInfo, base: str = "/v1") -> dict[str, Any]:
     """A job as `stylebatch status --json` states it (models.JobDetail)."""
-    from scheduler.web.routes.renders import facets
-
-    record = jobview.status_record(store, info) | {"facets": facets(info)}
+    record = jobview.status_record(store, info) | {"facets": jobview.facets(info)}
     return record | {"links": links(info, base)}
-
-
-def base_of(request: Request) -> str:
-    """The API's prefix this request came by: /v1, or '' for the unversioned aliases."""
-    return "/v1" if request.url.path.startswith("/v1/") else ""
-
-
-def next_link(request: Request, cursor: str | None, **query: Any) -> dict[str, str]:
-    if not cursor:
-        return {}
-    params = {k: v for k, v in query.items() if v not in (None, "")} | {"after": cursor}
-    return {"Link": f'<{request.url.path}?{urlencode(params)}>; rel="next"'}
 
 
 @router.post(
@@ -238,7 +225,6 @@ def retry_job(request: Request, who: TeamDep, job_id: str) -> dict[str, Any]:
 )
 def contact_sheet(request: Request, who: TeamDep, job_id: str) -> Response:
     from common.report import record_key
-    from scheduler.web.routes.renders import versioned
 
     info = job_of(request, who, job_id)
     data = web(request).outputs.read(info.location, record_key(info.job_id, "contact_sheet.png"))

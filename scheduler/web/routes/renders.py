@@ -4,8 +4,6 @@ renders, never the whole job."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from enum import Enum
 from typing import Annotated, Any
 
@@ -14,9 +12,9 @@ from fastapi.responses import FileResponse
 
 from common.state import TERMINAL, JobInfo
 from scheduler.web import models
-from scheduler.web.deps import TeamDep, job_of, render_of, web
+from scheduler.web.caching import PRIVATE, etag_of, unchanged, versioned
+from scheduler.web.deps import TeamDep, base_of, job_of, next_link, render_of, web
 from scheduler.web.problems import READ, ApiError, declare
-from scheduler.web.routes.jobs import base_of, next_link
 
 router = APIRouter(tags=["renders"])
 STATES = ("pending", "running", *TERMINAL)
@@ -24,14 +22,6 @@ Status = Enum("Status", {s: s for s in STATES}, type=str)
 IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 Text = Annotated[str | None, Query(max_length=300)]
-
-
-def facets(info: JobInfo) -> dict[str, Any]:
-    try:
-        found = json.loads(info.meta.get("facets") or "{}")
-    except ValueError:
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def render_record(info: JobInfo, render: Any, state: dict[str, Any], base: str = "/v1") -> dict:
@@ -122,31 +112,6 @@ def list_renders(
 )
 def get_render(request: Request, who: TeamDep, job_id: str, render_id: str) -> dict[str, Any]:
     return render_detail(*render_of(request, who, job_id, render_id), base_of(request))
-
-
-# A render's URLs are stable while its output may be rendered again (retry, --force): a
-# browser keeps what it fetched but asks again each time, and gets 304 while it is the same.
-PRIVATE = {"Cache-Control": "private, no-cache"}
-
-
-def etag_of(version: str) -> str:
-    return '"' + version.replace('"', "").replace("\\", "") + '"'
-
-
-def unchanged(request: Request, etag: str) -> bool:
-    """The browser's copy (If-None-Match) is this version."""
-    given = request.headers.get("if-none-match", "")
-    tags = {t.strip().removeprefix("W/") for t in given.split(",")}
-    return etag in tags or "*" in tags
-
-
-def versioned(request: Request, data: bytes, media_type: str, **headers: str) -> Response:
-    """Bytes read whole (an output, a contact sheet), their digest the ETag."""
-    etag = etag_of(hashlib.sha256(data).hexdigest()[:32])
-    headers = PRIVATE | {"ETag": etag} | headers
-    if unchanged(request, etag):
-        return Response(status_code=304, headers=headers)
-    return Response(data, media_type=media_type, headers=headers)
 
 
 def output_of(request: Request, who: Any, job_id: str, render_id: str, how: str) -> Any:

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request
 
 from common.teams import Team
 from scheduler.web import models
-from scheduler.web.deps import TeamDep, Unavailable, Web, web
-from scheduler.web.problems import READ, declare
+from scheduler.web.context import Web
+from scheduler.web.deps import TeamDep, web
+from scheduler.web.problems import READ, Unavailable, declare
 
 router = APIRouter(tags=["schedules"])
 

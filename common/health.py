@@ -1,7 +1,7 @@
 """Kubernetes probes for stylebatch pods (deploy/k8s/), run as exec probes:
 
-    python -m scheduler.health worker [--ready] [--node NAME ...]
-    python -m scheduler.health redis
+    python -m common.health worker [--ready] [--node NAME ...]
+    python -m common.health redis
 
 ``worker``: the worker processes of this pod are alive by the fleet's own test, their
 heartbeat (workers/liveness.py). A render process beats from its first render on; a node whose
@@ -29,7 +29,7 @@ from common.settings import Settings
 
 def render_nodes() -> list[str]:
     """The render workers `stylebatch worker` starts on this host (workers/launch.py)."""
-    from workers.launch import visible_gpus
+    from common.gpus import visible_gpus
 
     return [f"gpu{g}" for g in visible_gpus()] or ["cpu0"]
 
@@ -97,7 +97,7 @@ def check_redis(settings: Settings) -> tuple[bool, str]:
 
 def parser() -> argparse.ArgumentParser:
     out = argparse.ArgumentParser(
-        prog="python -m scheduler.health",
+        prog="python -m common.health",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

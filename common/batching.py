@@ -1,0 +1,45 @@
+"""The one batching rule: renders that can share one optimisation (one content at one size,
+one parameter set, one set of weights: so one output shape), up to MAX_BATCH_PIXELS of output
+at once. The submit side groups a job's renders into tasks by it (common/dispatch.py, sizes
+from the manifest), and the render worker groups a task's renders into engine batches by it
+again (workers/render.py, shapes from the decoded content): the same groups, so a task is one
+batch unless a render of it failed to load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+
+from common.expand import Render
+from common.queue import MAX_BATCH_PIXELS
+
+
+def batch_key(render: Render) -> str:
+    """Renders with the same key can be optimised together."""
+    return json.dumps(
+        [
+            render.content,
+            render.identities.get(render.content, ""),
+            render.size,
+            render.params,
+            render.weights,
+        ],
+        sort_keys=True,
+    )
+
+
+def batches(
+    renders: Iterable[Render],
+    pixels_of: Callable[[Render], int],
+    max_pixels: int = MAX_BATCH_PIXELS,
+) -> list[list[Render]]:
+    """The renders grouped by ``batch_key``, each group cut to at most ``max_pixels`` of
+    output (``pixels_of`` one render's; at least one render a batch), in first-seen order."""
+    groups: dict[str, list[Render]] = {}
+    for render in renders:
+        groups.setdefault(batch_key(render), []).append(render)
+    out = []
+    for group in groups.values():
+        per_batch = max(1, max_pixels // max(1, pixels_of(group[0])))
+        out += [group[i : i + per_batch] for i in range(0, len(group), per_batch)]
+    return out

@@ -1,0 +1,197 @@
+"""The bookkeeping worker's tasks: finalize, notify, the render task's errback, and the
+watchdog it starts. Torch is never imported here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+from celery.utils.log import get_task_logger
+
+from common.dispatch import notify as notify_job
+from common.dispatch import settle
+from common.errors import StylebatchError, TransientError
+from common.expand import ENGINE_VERSION
+from common.leases import renewing
+from common.queue import (
+    BOOKKEEPING_QUEUE,
+    FAILED_TASK,
+    FINALIZE_TASK,
+    NOTIFY_TASK,
+    TRANSIENT_RETRIES,
+    make_app,
+    retry_delay,
+)
+from common.report import publish, record_key
+from common.settings import Settings
+from common.state import JobStore
+from common.storage import open_storage
+
+settings = Settings.from_env()
+app = make_app(settings)
+log = get_task_logger(__name__)
+_store: JobStore | None = None
+
+
+def store() -> JobStore:
+    global _store
+    if _store is None:
+        _store = JobStore.from_settings(settings)
+    return _store
+
+
+@app.task(name=FAILED_TASK, shared=False)
+def render_failed(task_id: str, job_id: str, render_ids: list[str]) -> None:
+    """Errback of a render task that died without recording its renders (a hard time limit,
+    a killed process). Celery's render worker, which has no such task, sends it here with the
+    failed task's id: it fails only the renders that very task claimed and still holds, so a
+    duplicate of it that fails touches nothing a live worker is rendering. The reason is the
+    task's error as its result records it (its kind and message), where it is still there."""
+    if not task_id:
+        return
+    reason = "its task died without recording it (a hard time limit, or a lost worker)"
+    try:
+        result = app.AsyncResult(task_id)
+        if result.state == "FAILURE" and isinstance(result.result, BaseException):
+            reason = f"{type(result.result).__name__}: {result.result}"
+    except Exception as exc:  # the result expired or Redis away: the plain reason will do
+        log.warning("render task %s: its error not read (%s)", task_id, exc)
+    complete = store().fail_task(job_id, task_id, render_ids, reason)
+    settle(app, job_id, complete)
+
+
+@app.task(name=FINALIZE_TASK, bind=True, max_retries=TRANSIENT_RETRIES, shared=False)
+def finalize(self, job_id: str) -> dict[str, Any]:
+    """Write the job's summary.json and contact sheet once its last render has ended, then end
+    the job. One finalize holds the job's end at a time (a lease with this task's id), and
+    exactly one ends it and sends its webhook; a duplicate or a resend finds the lease. An
+    unreachable store is retried with backoff; after that, or on a permanent error (the
+    bucket gone, access denied), the job ends ``failed`` with the reason. Outputs are kept."""
+    jobs = store()
+    token = self.request.id or jobs.token()
+    lease = max(settings.stall_after, 10.0)
+    began = jobs.begin_finalize(job_id, token, lease)
+    if began != "ok":
+        return {"ignored": f"job is {began or 'gone'}"}
+    info = jobs.get(job_id)
+    if info is None:
+        return {"ignored": "job not found"}
+    try:
+        with renewing(lambda: jobs.begin_finalize(job_id, token, lease), lease / 3):
+            summary = jobs.summary(job_id)
+            summary.engine = ENGINE_VERSION
+            summary.finished = time.time()
+            publish(open_storage(info.location, settings), summary, settings)
+    except TransientError as exc:
+        if self.request.retries < self.max_retries:
+            delay = retry_delay(self.request.retries)
+            log.warning(
+                "finalize %s: retry %d in %.0f s: %s", job_id, self.request.retries + 1, delay, exc
+            )
+            raise self.retry(exc=exc, countdown=delay) from None
+        return _finalize_failed(
+            job_id, token, f"summary not written after {self.max_retries} retries: {exc}"
+        )
+    except StylebatchError as exc:
+        return _finalize_failed(job_id, token, f"summary not written: {exc}")
+    except Exception as exc:  # a bug must end the job with a reason, not retry it forever
+        log.exception("finalize %s failed", job_id)
+        return _finalize_failed(job_id, token, f"summary not written: {type(exc).__name__}: {exc}")
+    if not _end_job(job_id, token, "done"):
+        return {"ignored": "another finalize ended the job"}
+    return {
+        "job": job_id,
+        "counts": summary.counts(),
+        "summary": info.location.uri_of(record_key(job_id, "summary.json")),
+    }
+
+
+def _end_job(job_id: str, token: str, status: str, reason: str = "") -> bool:
+    """End the job (once: only the lease holder can) and send its webhook delivery."""
+    finished = store().end_job(job_id, status, reason, token)
+    if not finished:
+        return False
+    info = store().get(job_id)
+    if info is not None and info.meta.get("webhook"):
+        notify_job(app, job_id, info.meta.get("webhook_delivery", ""))
+    return True
+
+
+def _finalize_failed(job_id: str, token: str, reason: str) -> dict[str, Any]:
+    log.error("job %s failed: %s", job_id, reason)
+    if _end_job(job_id, token, "failed", reason):
+        store().count_failure("finalize")
+    return {"job": job_id, "failed": reason}
+
+
+@app.task(name=NOTIFY_TASK, bind=True, max_retries=None, shared=False)
+def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
+    """POST the ended job to its webhook, signed; retried with backoff (2, 4, 8 .. 300 s) up
+    to STYLEBATCH_WEBHOOK_RETRIES times. Delivery ``job:finished`` is claimed atomically by
+    one task (this one, across its retries); a delivery already made is not made again, so a
+    receiver sees one id per job end, as many times as it had to be retried. Each attempt and
+    the outcome are recorded in the job. The result names no URL (it may hold a secret)."""
+    from common.notify import check_webhook, payload, post, signing_secrets
+
+    jobs = store()
+    token = self.request.id or jobs.token()
+    hold = 30.0  # seconds this task holds the delivery while it POSTs (a 10 s timeout)
+    claimed, attempts = jobs.claim_delivery(job_id, delivery, token, hold)
+    if claimed != "claimed":
+        why = {
+            "delivered": "delivered already",
+            "busy": "another task has it",
+            "stale": "the job is gone or has ended again since",
+        }
+        return {"ignored": why[claimed]}
+    info = jobs.get(job_id)
+    if info is None:
+        return {"ignored": "the job is gone"}
+    url = info.meta.get("webhook", "")
+    team = info.meta.get("team", "")
+    refused = check_webhook(url, settings, team)  # checked at submit; checked again here
+    if refused:
+        status = f"refused: {refused[0].message}"
+        jobs.delivery_outcome(job_id, delivery, token, status, "refused")
+        return {"refused": status}
+    failed = [
+        {"render": r.id, "content": r.content_name, "style": r.style, "size": r.size,
+         "error": (jobs.state(job_id, r.id) or {}).get("error")}
+        for r in jobs.specs(job_id, jobs.failed(job_id, 20))
+    ]  # fmt: skip
+    summary = info.location.uri_of(record_key(job_id, "summary.json"))
+    delivery_id, body = payload(info, failed, summary)
+    error = post(url, body, delivery_id, signing_secrets(settings, team))
+    if error is None:
+        jobs.delivery_outcome(job_id, delivery, token, "delivered", "delivered")
+        return {"delivered": delivery, "attempts": attempts}
+    if self.request.retries < settings.webhook_retries:
+        delay = min(300.0, settings.webhook_backoff * 2**self.request.retries)
+        status = f"retrying in {delay:g} s: {error}"
+        jobs.delivery_outcome(job_id, delivery, token, status, "retrying", delay + 30)
+        raise self.retry(countdown=delay)
+    status = f"failed after {attempts} attempts: {error}"
+    jobs.delivery_outcome(job_id, delivery, token, status, "failed")
+    log.error("webhook for job %s %s", job_id, status)
+    return {"failed": status}
+
+
+_watchdog: Any = None
+
+
+@worker_ready.connect
+def _start_watchdog(sender: Any = None, **_: Any) -> None:
+    """The bookkeeping worker reaps dead workers' renders and reconciles stalled jobs."""
+    global _watchdog
+    queues = {q.name for q in sender.task_consumer.queues} if sender is not None else set()
+    if BOOKKEEPING_QUEUE in queues and _watchdog is None:
+        from scheduler.bookkeeping.watchdog import Watchdog
+
+        _watchdog = Watchdog(store(), app, settings).start()
+
+
+@worker_shutdown.connect
+def _stop_watchdog(**_: Any) -> None:
+    if _watchdog is not None:
+        _watchdog.stop()
