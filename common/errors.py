@@ -56,3 +56,24 @@ class ConfigError(StylebatchError):
     """This worker's own configuration is broken (weights it cannot load, a signing key it
     cannot read, credentials refused where it must write): no render's fault, and no render
     will succeed here, so the worker hands its renders back and steps aside."""
+
+
+def _time_limits() -> tuple[type[BaseException], ...]:
+    try:
+        from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+    except ImportError:  # pragma: no cover - celery brings billiard
+        return ()
+    return (SoftTimeLimitExceeded, TimeLimitExceeded)
+
+
+TIME_LIMITS = _time_limits()
+
+
+def never_swallowed(exc: BaseException) -> None:
+    """Re-raise a task's time limit. Celery raises its soft limit inside whatever call the
+    task was making (a boto3 request, say), as an ``Exception``: a handler that turns errors
+    of that call into its own must let it through, or the task's clean way out of its limit
+    never runs (and a render whose output was written is recorded failed). Every broad
+    handler around a storage call starts with this."""
+    if TIME_LIMITS and isinstance(exc, TIME_LIMITS):
+        raise exc

@@ -33,6 +33,21 @@ def retry_delay(retries: int) -> float:
     return min(30, 2**retries) + random.uniform(0, 1)
 
 
+def retry(task: Any, exc: BaseException | None, countdown: float) -> BaseException:
+    """``task.retry``, whose message is never dropped: Celery rejects a task's message
+    without requeueing it when it cannot publish the retry (Redis out of memory, or away).
+    Requeued instead (or, if even that cannot be written, restored from the unacked set after
+    the visibility timeout), the task comes back; its renders were handed back first."""
+    from celery.exceptions import Reject
+
+    try:
+        return task.retry(exc=exc, countdown=countdown)
+    except Reject as rejected:
+        if rejected.requeue:
+            raise
+        raise Reject(rejected.reason, requeue=True) from None
+
+
 def celery_priority(priority: int) -> int:
     """Manifest priority 9 is most urgent; Celery's Redis transport serves 0 first."""
     return 9 - priority

@@ -4,6 +4,8 @@ writes; ``summary.json`` and ``contact_sheet.png`` at the top are copies of the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from common.contact_sheet import sheet_for
 from common.expand import RECORDS, RESERVED_KEYS
 from common.settings import Settings
@@ -25,11 +27,30 @@ def write_summary(storage: Storage, summary: Summary) -> None:
     storage.put(SUMMARY_KEY, data, "application/json", meta)
 
 
-def publish(storage: Storage, summary: Summary, settings: Settings) -> None:
-    """The final summary and the contact sheet (whole objects, so re-publishing is safe)."""
-    write_summary(storage, summary)
-    sheet = sheet_for(summary, storage, settings)
-    storage.put(record_key(summary.job_id, SHEET_KEY), sheet, "image/png", {"job": summary.job_id})
-    costs = summary.cost_csv()
-    storage.put(record_key(summary.job_id, COST_KEY), costs, "text/csv", {"job": summary.job_id})
-    storage.put(SHEET_KEY, sheet, "image/png", {"job": summary.job_id})
+STEPS = ("summary", "sheet", "cost")
+
+
+def publish(
+    storage: Storage,
+    summary: Summary,
+    settings: Settings,
+    done: frozenset[str] = frozenset(),
+    mark: Callable[[str], object] = lambda step: None,
+) -> None:
+    """The final summary, contact sheet and cost table (whole objects, so re-publishing is
+    safe), step by step: a step in ``done`` is skipped, and ``mark`` is told each step as it
+    completes, so a finalize cut short (a slow store, its time limit) resumes where it
+    stopped instead of starting over."""
+    meta = {"job": summary.job_id}
+    if "summary" not in done:
+        write_summary(storage, summary)
+        mark("summary")
+    if "sheet" not in done:
+        sheet = sheet_for(summary, storage, settings)
+        storage.put(record_key(summary.job_id, SHEET_KEY), sheet, "image/png", meta)
+        storage.put(SHEET_KEY, sheet, "image/png", meta)
+        mark("sheet")
+    if "cost" not in done:
+        costs = summary.cost_csv()
+        storage.put(record_key(summary.job_id, COST_KEY), costs, "text/csv", meta)
+        mark("cost")

@@ -57,7 +57,9 @@ class Settings:
     max_time_limit: int = 3 * 3600  # hard limit on any task, seconds
     # For time limits: 0 takes the device's figure from common.queue.SECONDS_PER_MPIX_ITERATION
     seconds_per_mpix_iteration: float = 0.0
-    result_expires: int = 7 * 24 * 3600
+    # Celery's task results (read by the render task's errback for the failure's reason,
+    # and by nothing after): kept this long
+    result_expires: int = 3600
     job_ttl: int = 30 * 24 * 3600  # an ended job's state is kept this long in Redis
     # Recovery (docs/reliability.md): a worker process silent this long is dead and its
     # renders are re-driven; it beats every heartbeat_interval, also mid-render.

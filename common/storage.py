@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common.access import check_allowed, check_output
-from common.errors import ConfigError, InputError, StorageError, TransientStorageError
+from common.errors import (
+    ConfigError,
+    InputError,
+    StorageError,
+    TransientStorageError,
+    never_swallowed,
+)
 from common.imageio import IMAGE_SUFFIXES, embedded_metadata
 from common.settings import Settings
 from common.uris import Location, is_s3, join_key, parse_s3
@@ -171,6 +177,7 @@ class S3Storage:
                 self._put(key, data, content_type, metadata, **condition)
                 return None
             except Exception as exc:
+                never_swallowed(exc)
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
                 if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                     continue  # another attempt wrote meanwhile: look again
@@ -238,6 +245,10 @@ def s3_client(settings: Settings, attempts: int = 5, timeout: float = 60) -> Any
 
 
 def storage_error(exc: Exception, bucket: str, key: str) -> StorageError:
+    """The error of a failed storage call, by whether trying again can help: S3 away, timing
+    out, answering 5xx or a connection-level OSError is transient; anything else permanent.
+    A task's time limit is never an error of the call: it is raised again (never_swallowed)."""
+    never_swallowed(exc)
     from botocore.exceptions import (
         ClientError,
         ConnectionClosedError,
@@ -255,6 +266,8 @@ def storage_error(exc: Exception, bucket: str, key: str) -> StorageError:
     )
     if isinstance(exc, transient):
         return TransientStorageError(f"s3://{bucket}/{key}: S3 unreachable ({exc})")
+    if isinstance(exc, OSError):  # a connection reset, refused or timed out under botocore
+        return TransientStorageError(f"s3://{bucket}/{key}: S3 connection failed ({exc})")
     if isinstance(exc, ClientError):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         code = exc.response.get("Error", {}).get("Code", "")
@@ -286,6 +299,7 @@ def write_error(exc: Exception, bucket: str, key: str) -> StorageError | ConfigE
     is a ConfigError: no render can be written here until the deployment is fixed."""
     from botocore.exceptions import NoCredentialsError
 
+    never_swallowed(exc)
     code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
     if isinstance(exc, NoCredentialsError) or code in _CREDENTIALS_REFUSED:
         return ConfigError(f"{storage_error(exc, bucket, key)}: this worker cannot write outputs")
@@ -326,6 +340,7 @@ def read_input(uri: str, settings: Settings, etag: str = "") -> bytes:
         except InputError:
             raise
         except Exception as exc:
+            never_swallowed(exc)
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "412"):
                 raise InputError(changed(uri, etag, "another")) from None

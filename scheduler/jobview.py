@@ -100,4 +100,5 @@ def status_record(store: JobStore, info: JobInfo) -> dict[str, Any]:
     record["eta_seconds"] = eta(info, store.now())
     record["webhook_status"] = info.meta.get("webhook_status")
     record["failures"] = failures(store, info)
+    record["blocked"] = None if info.terminal else store.out_of_memory()
     return record

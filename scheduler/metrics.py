@@ -47,6 +47,8 @@ NAMES = (  # every metric exported, as Prometheus sees it (what the alert rules 
     "stylebatch_superseded_total",
     "stylebatch_redis_used_memory_bytes",
     "stylebatch_redis_maxmemory_bytes",
+    "stylebatch_redis_evicted_keys_total",
+    "stylebatch_redis_evicting",
 )
 
 
@@ -65,7 +67,19 @@ class FleetCollector(Collector):
         used.add_metric([], float(info.get("used_memory", 0)))
         cap = GaugeMetricFamily("stylebatch_redis_maxmemory_bytes", "Redis maxmemory (0: no limit)")
         cap.add_metric([], float(info.get("maxmemory", 0)))
-        yield from (used, cap)
+        evicted = CounterMetricFamily(
+            "stylebatch_redis_evicted_keys",
+            "Keys Redis evicted (any is the fleet's state lost: it must run noeviction)",
+        )
+        evicted.add_metric([], float(r.info("stats").get("evicted_keys", 0)))
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        evicting = GaugeMetricFamily(
+            "stylebatch_redis_evicting",
+            "1 when Redis's maxmemory-policy may evict keys (anything but noeviction)",
+            labels=["policy"],
+        )
+        evicting.add_metric([policy], 0.0 if policy == "noeviction" else 1.0)
+        yield from (used, cap, evicted, evicting)
 
     def _queues(self, r: Any, now: float) -> Iterable[Any]:
         depth = GaugeMetricFamily(

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from common.errors import InputError
+from common.errors import InputError, never_swallowed
 from common.settings import Settings
 from common.storage import atomic_write, changed, read_input, s3_client
 from common.uris import is_s3, parse_s3
@@ -38,7 +38,8 @@ class InputCache:
             bucket, key = parse_s3(uri)
             try:
                 head = s3_client(self.settings).head_object(Bucket=bucket, Key=key)
-            except Exception:
+            except Exception as exc:
+                never_swallowed(exc)
                 return read_input(uri, self.settings)  # names the problem (missing, denied...)
             etag = head.get("ETag", "").strip('"')
         path = self.root / hashlib.sha256(f"{uri}\0{etag}".encode()).hexdigest()

@@ -37,6 +37,7 @@ from common.imageio import (
     fit_long_side,
     fitted_size,
 )
+from common.outputs import earlier, measured  # noqa: F401 (workers.render's callers)
 from common.queue import MAX_BATCH_PIXELS
 from common.settings import Settings
 from common.sizes import cover_box, parse_size
@@ -133,30 +134,6 @@ def metadata_for(
         "seconds": seconds,
         "losses": losses,
     }
-
-
-def earlier(storage: Storage, render: Render) -> dict[str, Any] | None:
-    """The record of this very render's existing output (same id), or None: the job that
-    made it, its seconds, losses and weights id."""
-    return measured(storage.metadata(render.key), render.id)
-
-
-def measured(meta: dict[str, Any] | None, render_id: str) -> dict[str, Any] | None:
-    """What an output of ``render_id`` says its making measured, or None if it is not one.
-    Local files embed the whole record; S3 objects carry it as flat metadata."""
-    if not meta or meta.get("render_id", meta.get("render-id")) != render_id:
-        return None
-    if "render-id" in meta:
-        try:
-            losses = json.loads(meta.get("losses") or "null")
-            seconds = float(meta["seconds"]) if meta.get("seconds") else None
-        except ValueError:
-            losses = seconds = None
-        meta = {"job": meta.get("job"), "weights_id": meta.get("weights-id")} | {
-            "seconds": seconds,
-            "losses": losses,
-        }
-    return {k: meta.get(k) for k in ("job", "seconds", "losses", "weights_id")}
 
 
 def batches(

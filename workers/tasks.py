@@ -36,6 +36,7 @@ from common.queue import (
     RENDER_TASK,
     TRANSIENT_RETRIES,
     make_app,
+    retry,
     retry_delay,
     seconds_per_unit,
     time_limits,
@@ -184,7 +185,7 @@ def render(
         jobs = store()
         info = jobs.get(job_id)
     except RedisError as exc:  # nothing claimed yet
-        raise self.retry(exc=exc, countdown=retry_delay(self.request.retries)) from None
+        raise retry(self, exc, retry_delay(self.request.retries)) from None
     if info is None:
         return {"ignored": "job not found"}
     beat = heartbeat(self.request.hostname or "worker")
@@ -231,10 +232,15 @@ def render(
                     _end(held, "failed", error=f"copies not written: {exc}")
                     continue
                 made_by = prior.pop("job")
-                # an earlier attempt of this very job wrote it (and was cut off before it
-                # could say so): done; else a job before this one made it: skipped
-                status = "done" if made_by == job_id and claim.attempt > 1 else "skipped"
-                _end(held, status, error=None, rendered_by=made_by, **prior)
+                # Decided from facts, the output's own record of who wrote it: this very job
+                # (an earlier attempt cut off before it could say so, or one whose end a
+                # failover lost) made it: done, its cost counted now; a job before this one
+                # made it: skipped, at no cost here.
+                if made_by == job_id:
+                    _end(held, "done", error=None, rendered_by=made_by, outputs=len(spec.keys),
+                         **prior)  # fmt: skip
+                else:
+                    _end(held, "skipped", error=None, rendered_by=made_by, **prior)
                 continue
             ready.append((spec, held))
         if not ready:
@@ -248,7 +254,7 @@ def render(
         log.warning(
             "transient failure, retry %d in %.0f s: %s", self.request.retries + 1, delay, exc
         )
-        raise self.retry(exc=exc, countdown=delay) from None
+        raise retry(self, exc, delay) from None
     except Superseded:
         log.warning("job %s: every render of this task was taken over; stopped", job_id)
         return {"rendered": [], "superseded": [h.render_id for h in claimed]}
@@ -373,16 +379,32 @@ def _render(task, info, ready, storage, size, beat: Heartbeat) -> dict[str, Any]
         recorded = {o.render.id for o in written}
         missing = [s for s in specs if s.id not in recorded]
         names = ", ".join(o.render.key for o in written if o.status == "done") or "none"
-        for spec in missing:
+        for spec in missing:  # written all the same? then done: an output is a fact
+            found, why = _written(storage, spec)
+            if found is not None:
+                found.pop("job", None)
+                _end(held_of[spec.id], "done", error=None, rendered_by=job_id,
+                     outputs=len(spec.keys), **found)  # fmt: skip
+                result["rendered"].append(info.location.uri_of(spec.key))
+                continue
             _end(
                 held_of[spec.id],
                 "failed",
                 error=f"soft time limit ({limit} s) exceeded; no output written for this "
-                f"render (outputs written by its task: {names})",
+                f"render{why} (outputs written by its task: {names})",
             )
-        result["failed"] += [{"render": s.id, "error": "soft time limit"} for s in missing]
+            result["failed"].append({"render": spec.id, "error": "soft time limit"})
         return result
     return _record(task, info, r, outcomes, held_of)
+
+
+def _written(storage: Any, spec: Any) -> tuple[dict[str, Any] | None, str]:
+    """Whether a render's output is there with its id (what its making measured), looked at
+    in the time left before the hard limit; ('', why not) where it cannot be told."""
+    try:
+        return earlier(storage, spec), ""
+    except Exception as exc:  # S3 slow or away even now: the errback looks again
+        return None, f" (its output could not be checked: {type(exc).__name__})"
 
 
 def _record(task, info, r, outcomes, held_of) -> dict[str, Any]:

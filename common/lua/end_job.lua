@@ -13,7 +13,7 @@ local final = ARGV[2]
 if final == 'done' and redis.call('HGET', KEYS[1], 'cancelled') == '1' then final = 'cancelled' end
 local t = tostring(now())
 redis.call('HSET', KEYS[1], 'status', final, 'finished', t)
-redis.call('HDEL', KEYS[1], 'finalize_owner', 'finalize_until')
+redis.call('HDEL', KEYS[1], 'finalize_owner', 'finalize_until', 'finalize_status')
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
 if (redis.call('HGET', KEYS[1], 'webhook') or '') ~= '' then
   redis.call('HSET', KEYS[1], 'webhook_delivery', ARGV[1] .. ':' .. t, 'webhook_status', 'pending')

@@ -149,13 +149,19 @@ class JobWrites:
     def touch(self, job_id: str) -> None:
         self.scripts.run("touch", [JobKeys(job_id).record], [])
 
+    def touch_fields(self, job_id: str, **fields: str) -> None:
+        """Facts about a job that are no transition (what its finalize has done, and is
+        doing): set on its record, with its activity, if it still exists (touch.lua)."""
+        args = [x for name, value in fields.items() for x in (name, value)]
+        self.scripts.run("touch", [JobKeys(job_id).record], args)
+
     def touch_finalizing(self, job_id: str) -> None:
         self.scripts.run("touch", [JobKeys(job_id).record], ["finalizing_since", "@now"])
 
     def delete(self, job_id: str) -> None:
         team = self.r.hget(JobKeys(job_id).record, "team")
         pipe = self.r.pipeline(transaction=True)
-        pipe.delete(*JobKeys(job_id).all())
+        pipe.unlink(*JobKeys(job_id).all())  # freed in the background: never a slow command
         pipe.zrem(keys.JOBS, job_id)
         if team:
             pipe.zrem(keys.team_jobs(team), job_id)

@@ -108,7 +108,8 @@ class JobInfo:
         if self.status == "failed":
             return f"failed: {self.meta.get('reason') or 'no reason recorded'}{also}"
         if self.status == "finalizing":
-            return f"finalizing: all {total} renders ended{also}; writing the summary"
+            doing = self.meta.get("finalize_status") or "writing the summary"
+            return f"finalizing: all {total} renders ended{also}; {doing}"
         return f"{self.status}: {ended} of {total} renders ended{also}"
 
     @property

@@ -290,6 +290,19 @@ class Reads:
         value = self.q.get(keys.beat_marker(name))
         return float(value) if value is not None else None
 
+    def out_of_memory(self) -> str | None:
+        """Why Redis refuses writes now, if it does: at its maxmemory under noeviction, every
+        transition (a render's end, a heartbeat) fails until memory is freed. None else."""
+        info = self.q.info("memory")
+        used, cap = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+        if cap and used >= cap:
+            return (
+                f"Redis is out of memory ({used / 2**20:.0f} of {cap / 2**20:.0f} MiB): it "
+                "refuses writes, so renders cannot record their ends; free memory or raise "
+                "maxmemory (docs/operations.md, Redis out of memory)"
+            )
+        return None
+
     def lease_left(self, name: str) -> float:
         """Seconds until the lease ``name`` lapses unless renewed (0 when none is held)."""
         return max(0.0, int(self.q.pttl(keys.lock(name))) / 1000)

@@ -3,17 +3,20 @@ watchdog it starts. Torch is never imported here."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from celery.utils.log import get_task_logger
 
 from common.dispatch import notify as notify_job
 from common.dispatch import settle
-from common.errors import StylebatchError, TransientError
+from common.errors import StylebatchError, TransientError, never_swallowed
 from common.expand import ENGINE_VERSION
 from common.leases import renewing
+from common.outputs import earlier
 from common.queue import (
     BOOKKEEPING_QUEUE,
     FAILED_TASK,
@@ -21,11 +24,12 @@ from common.queue import (
     NOTIFY_TASK,
     TRANSIENT_RETRIES,
     make_app,
+    retry,
     retry_delay,
 )
 from common.report import publish, record_key
 from common.settings import Settings
-from common.state import JobStore
+from common.state import Held, JobStore, NotDurable
 from common.storage import open_storage
 
 settings = Settings.from_env()
@@ -45,10 +49,22 @@ def store() -> JobStore:
 def render_failed(task_id: str, job_id: str, render_ids: list[str]) -> None:
     """Errback of a render task that died without recording its renders (a hard time limit,
     a killed process). Celery's render worker, which has no such task, sends it here with the
-    failed task's id: it fails only the renders that very task claimed and still holds, so a
-    duplicate of it that fails touches nothing a live worker is rendering. The reason is the
-    task's error as its result records it (its kind and message), where it is still there."""
+    failed task's id. Only the renders that very task claimed and still holds are touched, so
+    a duplicate of it that fails touches nothing a live worker is rendering. A render whose
+    output is there with its id (the task died after writing it: a slow S3 answered the PUT
+    late) is done, from that fact; the rest fail, with the reason the task's result records
+    (its kind and message) where it is still there."""
     if not task_id:
+        return
+    jobs = store()
+    written = _written_by(jobs, task_id, job_id, render_ids)
+    for held, spec, prior in written:
+        prior.pop("job", None)
+        outcome = jobs.finish(held, "done", error=None, rendered_by=job_id,
+                              outputs=len(spec.keys), **prior)  # fmt: skip
+        settle(app, job_id, outcome)
+    rest = [rid for rid in render_ids if rid not in {h.render_id for h, _, _ in written}]
+    if not rest:
         return
     reason = "its task died without recording it (a hard time limit, or a lost worker)"
     try:
@@ -57,41 +73,94 @@ def render_failed(task_id: str, job_id: str, render_ids: list[str]) -> None:
             reason = f"{type(result.result).__name__}: {result.result}"
     except Exception as exc:  # the result expired or Redis away: the plain reason will do
         log.warning("render task %s: its error not read (%s)", task_id, exc)
-    complete = store().fail_task(job_id, task_id, render_ids, reason)
+    complete = jobs.fail_task(job_id, task_id, rest, reason)
     settle(app, job_id, complete)
 
 
-@app.task(name=FINALIZE_TASK, bind=True, max_retries=TRANSIENT_RETRIES, shared=False)
+def _written_by(jobs: JobStore, task_id: str, job_id: str, render_ids: list[str]) -> list:
+    """(held, spec, what its output says) for each render the task still holds whose output
+    is there with its id. S3 unreachable: none (they fail as the task did; a retry renders
+    them again, and finds the output there)."""
+    info = jobs.get(job_id)
+    if info is None:
+        return []
+    held = []
+    for spec in jobs.specs(job_id, render_ids):
+        state = jobs.state(job_id, spec.id) or {}
+        if state.get("status") == "running" and state.get("task") == task_id:
+            held.append((Held(job_id, spec.id, int(state["attempt"]), state["owner"]), spec))
+    if not held:
+        return []
+    try:
+        storage = open_storage(info.location, settings)
+        found = [(h, spec, earlier(storage, spec)) for h, spec in held]
+    except Exception as exc:
+        never_swallowed(exc)
+        log.warning("job %s: outputs not checked (%s); failing as the task did", job_id, exc)
+        return []
+    return [(h, spec, prior) for h, spec, prior in found if prior is not None]
+
+
+FINALIZE_SOFT_LIMIT = 600  # seconds one finalize may take before it stops and resumes later
+
+
+@app.task(
+    name=FINALIZE_TASK,
+    bind=True,
+    max_retries=None,  # slow or not yet replicated: as long as it takes; S3 away: below
+    shared=False,
+    soft_time_limit=FINALIZE_SOFT_LIMIT,
+    time_limit=FINALIZE_SOFT_LIMIT + 60,
+)
 def finalize(self, job_id: str) -> dict[str, Any]:
-    """Write the job's summary.json and contact sheet once its last render has ended, then end
-    the job. One finalize holds the job's end at a time (a lease with this task's id), and
-    exactly one ends it and sends its webhook; a duplicate or a resend finds the lease. An
+    """Write the job's summary.json, contact sheet and cost table once its last render has
+    ended, then end the job. One finalize holds the job's end at a time (a lease with this
+    task's id, durable: the renders' ends are on a replica before anything is written), and
+    exactly one ends it and sends its webhook; a duplicate or a resend finds the lease.
+
+    Bounded and resumable: each step is recorded in the job as it completes, so a finalize
+    stopped by its time limit (a slow store) or retried after S3 went away resumes where it
+    stopped; meanwhile the job says so (``finalize_status``: slow, not failed). An
     unreachable store is retried with backoff; after that, or on a permanent error (the
     bucket gone, access denied), the job ends ``failed`` with the reason. Outputs are kept."""
     jobs = store()
     token = self.request.id or jobs.token()
     lease = max(settings.stall_after, 10.0)
-    began = jobs.begin_finalize(job_id, token, lease)
+    try:
+        began = jobs.begin_finalize(job_id, token, lease)
+    except NotDurable as exc:  # no replica holds the renders' ends yet: write nothing yet
+        _say(job_id, f"waiting for a replica to hold the renders' ends ({exc})")
+        raise retry(self, exc, 10) from None
     if began != "ok":
         return {"ignored": f"job is {began or 'gone'}"}
     info = jobs.get(job_id)
     if info is None:
         return {"ignored": "job not found"}
+    done = frozenset(s for s in info.meta.get("finalized", "").split(",") if s)
+
+    def mark(step: str) -> None:
+        nonlocal done
+        done = done | {step}
+        jobs.touch_fields(job_id, finalized=",".join(sorted(done)))
+
     try:
         with renewing(lambda: jobs.begin_finalize(job_id, token, lease), lease / 3):
             summary = jobs.summary(job_id)
             summary.engine = ENGINE_VERSION
             summary.finished = time.time()
-            publish(open_storage(info.location, settings), summary, settings)
+            publish(open_storage(info.location, settings), summary, settings, done, mark)
+    except SoftTimeLimitExceeded:  # slow, not failed: resume where it stopped
+        _say(job_id, f"slow: stopped after {FINALIZE_SOFT_LIMIT} s with {sorted(done)} done; "
+                     "resuming")  # fmt: skip
+        raise retry(self, None, 5) from None
     except TransientError as exc:
-        if self.request.retries < self.max_retries:
+        if self.request.retries < TRANSIENT_RETRIES:
             delay = retry_delay(self.request.retries)
-            log.warning(
-                "finalize %s: retry %d in %.0f s: %s", job_id, self.request.retries + 1, delay, exc
-            )
-            raise self.retry(exc=exc, countdown=delay) from None
+            _say(job_id, f"S3 slow or away: retry {self.request.retries + 1} in {delay:.0f} s "
+                         f"({exc})")  # fmt: skip
+            raise retry(self, exc, delay) from None
         return _finalize_failed(
-            job_id, token, f"summary not written after {self.max_retries} retries: {exc}"
+            job_id, token, f"summary not written after {TRANSIENT_RETRIES} retries: {exc}"
         )
     except StylebatchError as exc:
         return _finalize_failed(job_id, token, f"summary not written: {exc}")
@@ -105,6 +174,13 @@ def finalize(self, job_id: str) -> dict[str, Any]:
         "counts": summary.counts(),
         "summary": info.location.uri_of(record_key(job_id, "summary.json")),
     }
+
+
+def _say(job_id: str, status: str) -> None:
+    """What the job's finalize is doing, for `status` and the pages (best effort)."""
+    log.warning("finalize %s: %s", job_id, status)
+    with contextlib.suppress(Exception):
+        store().touch_fields(job_id, finalize_status=status[:300])
 
 
 def _end_job(job_id: str, token: str, status: str, reason: str = "") -> bool:
@@ -138,6 +214,9 @@ def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
     token = self.request.id or jobs.token()
     hold = 30.0  # seconds this task holds the delivery while it POSTs (a 10 s timeout)
     claimed, attempts = jobs.claim_delivery(job_id, delivery, token, hold)
+    if claimed == "unreplicated":  # no replica holds the claim (and the end) yet: POST nothing
+        log.warning("webhook for job %s: waiting for a replica to hold its claim", job_id)
+        raise retry(self, None, 5) from None
     if claimed != "claimed":
         why = {
             "delivered": "delivered already",
@@ -170,7 +249,7 @@ def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
         delay = min(300.0, settings.webhook_backoff * 2**self.request.retries)
         status = f"retrying in {delay:g} s: {error}"
         jobs.delivery_outcome(job_id, delivery, token, status, "retrying", delay + 30)
-        raise self.retry(countdown=delay)
+        raise retry(self, None, delay)
     status = f"failed after {attempts} attempts: {error}"
     jobs.delivery_outcome(job_id, delivery, token, status, "failed")
     log.error("webhook for job %s %s", job_id, status)

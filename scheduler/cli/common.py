@@ -43,6 +43,7 @@ EXIT_UNCHECKED = 3  # the manifest could not be checked here (no S3 credentials,
 EXIT_INTERRUPTED = 130
 EXIT_MISCONFIGURED = 4  # Redis would lose the job (it evicts keys): nothing was done
 EXIT_BUSY = 75  # another submit of the same job holds it now; run again (sysexits' TEMPFAIL)
+EXIT_BLOCKED = 5  # the job cannot move now: Redis is out of memory (status says why)
 
 ManifestArg = Annotated[Path, typer.Argument(help="Job manifest (YAML or JSON).")]
 JobArg = Annotated[str, typer.Argument(help="Job id (from submit or `stylebatch jobs`).")]

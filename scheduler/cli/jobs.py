@@ -10,6 +10,7 @@ from rich.table import Table
 
 from scheduler import jobview
 from scheduler.cli.common import (
+    EXIT_BLOCKED,
     EXIT_BUSY,
     EXIT_FAILED,
     EXIT_INVALID,
@@ -162,7 +163,7 @@ def status(
         record = status_record(store, info)
         record["timed_out"] = timed_out
         print(json.dumps(record, indent=1))
-        _status_exit(info, counts, timed_out)
+        _status_exit(info, counts, timed_out, record["blocked"])
         return
     from scheduler.jobview import failures as failures_of
 
@@ -203,12 +204,17 @@ def status(
         out.print(f"  failed {what}: {failure['error']}", highlight=False, markup=False)
     if timed_out:
         err.print(f"timed out after {timeout:g} s; job {job} is {info.status}", highlight=False)
-    _status_exit(info, counts, timed_out)
+    blocked = None if info.terminal else store.out_of_memory()
+    if blocked:
+        err.print(f"blocked: {blocked}", highlight=False, markup=False)
+    _status_exit(info, counts, timed_out, blocked)
 
 
-def _status_exit(info, counts: dict[str, int], timed_out: bool) -> None:
+def _status_exit(info, counts: dict[str, int], timed_out: bool, blocked=None) -> None:
     if timed_out:
         raise typer.Exit(EXIT_TIMEOUT)
+    if blocked:  # it cannot move: a script must not read this as running fine
+        raise typer.Exit(EXIT_BLOCKED)
     if info.status == "failed" or counts["failed"]:
         raise typer.Exit(EXIT_FAILED)
 

@@ -82,6 +82,9 @@ class JobDetail(Job):
     webhook_status: str | None
     failures: list[Failure]
     facets: Facets
+    blocked: str | None = Field(
+        None, description="Why the job cannot move now (Redis out of memory), if it cannot"
+    )
     plan: Plan | None = Field(None, description="On submit: what the manifest came to")
 
 
