@@ -72,7 +72,8 @@ from common.state.store import JobStore
 PLAIN_WRITES = {
     "create": "staging in chunks (HSET, ZADD, EXPIRE under an attempt's own keys, invisible "
     "until create.lua renames them) and deleting a create's own staging",
-    "delete": "deleting a job whole (`--force` of an ended job, gc): one MULTI over its keys",
+    "delete": "deleting a job whole (`--force` of an ended job, gc): off the indexes, then "
+    "UNLINK of its keys; no MULTI, which Redis out of memory refuses (gc is the way out)",
     "gc": "deleting ended jobs and expired ids from the jobs indexes",
     "owed_webhooks": "dropping from the owed set a job that is gone",
     "index_recorded": "building an old job's index under keys of its own, then one script",

@@ -16,7 +16,6 @@ from common.state import keys
 from common.state.keys import JobKeys
 from common.state.model import (
     FINISH,
-    JOBS_HORIZON_EXTRA,
     STAGING_TTL,
     SUBMIT_LEASE,
     TERMINAL,
@@ -29,7 +28,7 @@ from common.state.model import (
 )
 from common.state.scripts import NotDurable, Scripts
 
-STAGING_CHUNK = 250  # renders staged per round trip: each command stays well under 10 ms
+STAGING_CHUNK = 100  # renders staged per round trip: each command stays well under 10 ms
 
 
 class Running(redis.RedisError):
@@ -42,6 +41,7 @@ class JobWrites:
     r: Any
     scripts: Scripts
     job_ttl: int
+    jobs_horizon: float
 
     # creation
     def create(self, plan: JobPlan, force: bool = False, team: str = "") -> bool:
@@ -112,8 +112,7 @@ class JobWrites:
             keys.team_jobs(team or "-"),
         ]
         entries = sum(len(index_entries(r)) for r in plan.renders)
-        horizon = self.job_ttl + JOBS_HORIZON_EXTRA
-        args = [job_id, json.dumps(record), len(plan.renders), entries, team, horizon]
+        args = [job_id, json.dumps(record), len(plan.renders), entries, team, self.jobs_horizon]
         try:
             outcome, held = self.scripts.run_durably("create", ks, args)
         except redis.RedisError:
@@ -159,13 +158,18 @@ class JobWrites:
         self.scripts.run("touch", [JobKeys(job_id).record], ["finalizing_since", "@now"])
 
     def delete(self, job_id: str) -> None:
+        """A job gone, whole: off the indexes first, then its keys (freed in the background,
+        never a slow command). No transaction: Redis out of memory refuses every command
+        queued in one, and this is the operator's way out of that (`stylebatch gc`); cut
+        short between the two, what is left is keys that expire with the job, or an id the
+        listings pass over."""
         team = self.r.hget(JobKeys(job_id).record, "team")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.unlink(*JobKeys(job_id).all())  # freed in the background: never a slow command
+        pipe = self.r.pipeline(transaction=False)
         pipe.zrem(keys.JOBS, job_id)
         if team:
             pipe.zrem(keys.team_jobs(team), job_id)
         pipe.srem(keys.ACTIVE, job_id)
+        pipe.unlink(*JobKeys(job_id).all())
         pipe.execute()
 
     def cancel(self, job_id: str) -> str:

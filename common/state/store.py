@@ -12,6 +12,7 @@ from common.state import keys
 from common.state.fleet import FleetWrites
 from common.state.jobs import JobWrites
 from common.state.keys import JobKeys
+from common.state.model import JOBS_HORIZON_EXTRA
 from common.state.reads import ReadOnly, Reads
 from common.state.scripts import Scripts
 
@@ -31,6 +32,8 @@ class JobStore(JobWrites, FleetWrites, Reads):
         self.q = ReadOnly(client)
         self.job_ttl = job_ttl  # seconds an ended job's state is kept (STYLEBATCH_JOB_TTL)
         self.replicas = replicas  # that must hold an effect's transition first (WAIT)
+        # the jobs indexes forget an id this long after its job was made (create.lua)
+        self.jobs_horizon = job_ttl + JOBS_HORIZON_EXTRA
         self.scripts = Scripts(client, replicas)
 
     @property
