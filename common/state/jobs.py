@@ -28,7 +28,8 @@ from common.state.model import (
 )
 from common.state.scripts import NotDurable, Scripts
 
-STAGING_CHUNK = 100  # renders staged per round trip: each command stays well under 10 ms
+STAGING_CHUNK = 100  # renders per staging command: each command stays well under 10 ms
+CHUNKS_PER_TRIP = 10  # staging commands sent per round trip
 
 
 class Running(redis.RedisError):
@@ -66,9 +67,9 @@ class JobWrites:
             return False
         staged = job.staging(secrets.token_hex(6))  # a racing submit's staging is apart
         try:
+            pipe = self.r.pipeline(transaction=False)
             for i in range(0, len(plan.renders), STAGING_CHUNK):
                 chunk = plan.renders[i : i + STAGING_CHUNK]
-                pipe = self.r.pipeline(transaction=False)
                 pipe.hset(
                     staged[0],
                     mapping={r.id: json.dumps(r.to_dict(), separators=(",", ":")) for r in chunk},
@@ -78,9 +79,13 @@ class JobWrites:
                     mapping=dict.fromkeys((r.id for r in chunk), '{"status":"pending"}'),
                 )
                 pipe.zadd(staged[2], dict.fromkeys((m for r in chunk for m in index_entries(r)), 0))
-                for key in staged:
-                    pipe.expire(key, STAGING_TTL)
-                pipe.execute()
+                if i == 0 or len(pipe) >= 3 * CHUNKS_PER_TRIP:  # expiring from the first write
+                    for key in staged:
+                        pipe.expire(key, STAGING_TTL)
+                    pipe.execute()
+            for key in staged:
+                pipe.expire(key, STAGING_TTL)
+            pipe.execute()
         except redis.RedisError:
             self._drop_staging(staged)  # out of memory, say: what was staged goes at once
             raise
