@@ -20,6 +20,7 @@ from common.queue import (
     NOTIFY_TASK,
     RENDER_QUEUE,
     RENDER_TASK,
+    REVIEW_TASK,
     celery_priority,
     task_work,
 )
@@ -37,10 +38,17 @@ def finalize(app: Celery, job_id: str) -> None:
     app.send_task(FINALIZE_TASK, args=[job_id])
 
 
-def notify(app: Celery, job_id: str, delivery: str) -> None:
-    """Send a job end's webhook delivery: once by the finalize that ended the job, again by
-    the watchdog while it is owed and no notify task holds it."""
-    app.send_task(NOTIFY_TASK, args=[job_id, delivery])
+def notify(app: Celery, job_id: str, delivery: str, event: str = "ended") -> None:
+    """Send a webhook delivery (``event``: the job ``ended``, or its review is complete,
+    ``reviewed``): once by what caused it, again by the watchdog while it is owed and no
+    notify task holds it."""
+    app.send_task(NOTIFY_TASK, args=[job_id, delivery, event])
+
+
+def review_published(app: Celery, job_id: str, countdown: float = 3) -> None:
+    """Write the job's summary and cost table again with its review decisions, a few seconds
+    after a decision (decisions in the meantime are written by the same task)."""
+    app.send_task(REVIEW_TASK, args=[job_id], countdown=countdown)
 
 
 def settle(app: Celery, job_id: str, outcome: str | bool) -> None:

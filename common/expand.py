@@ -3,6 +3,7 @@ its canonical inputs and parameters, so the same render is recognised within and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -313,6 +314,9 @@ def expand(
         styles.append((style, tuple(images), manifest.params.merged(style.params)))
 
     total = len(contents) * sum(len(params.sizes) for _, _, params in styles)
+    picks = _picks(manifest, contents, base_dir)
+    if picks is not None:
+        total = min(total, len(manifest.only or ()))
     if total > settings.max_renders:
         limit = settings.max_renders
         problems.append(
@@ -342,6 +346,8 @@ def expand(
             resolved = params.resolved()
             frames = [(size, parse_size(size)) for size in params.sizes]
             for size, frame in frames:
+                if picks is not None and not _picked(picks, content, cname, style.name, size):
+                    continue
                 mask = masks.get(content)
                 ids = {
                     u: identities[u]
@@ -401,6 +407,10 @@ def expand(
                         *(mask or ("", 1.0)),
                     )
                 )
+    if picks is not None:
+        _unpicked(picks, problems)
+        if problems:
+            raise ManifestError(source, problems)
     renders = [
         dataclasses.replace(r, copies=tuple(copies[r.id])) if copies[r.id] else r for r in renders
     ]
@@ -417,6 +427,38 @@ def expand(
         slot=slot,
         problems=found,
     )
+
+
+def _picks(manifest: Manifest, contents: dict[str, str], base_dir: Path) -> dict | None:
+    """``only`` as (content, style, size) -> [its place, whether a render matched], the
+    content as the canonical URI where the pick names one of the manifest's (else as given:
+    a content name); None without ``only``."""
+    if manifest.only is None:
+        return None
+    found: dict[tuple[str, str, str], list[Any]] = {}
+    for i, pick in enumerate(manifest.only):
+        content = pick.content
+        if content not in contents:
+            with contextlib.suppress(Exception):  # compared, never looked at
+                uri = canonical_uri(content, base_dir)
+                content = uri if uri in contents else content
+        found.setdefault((content, pick.style, str(pick.size)), [i, False])
+    return found
+
+
+def _picked(picks: dict, content: str, cname: str, style: str, size: Any) -> bool:
+    hit = False
+    for key in ((content, style, str(size)), (cname, style, str(size))):
+        if key in picks:
+            picks[key][1] = hit = True
+    return hit
+
+
+def _unpicked(picks: dict, problems: list[Problem]) -> None:
+    for i, matched in sorted(picks.values()):
+        if not matched:
+            message = "matches no render of this manifest (its content, style and size)"
+            problems.append(Problem(f"only[{i}]", message))
 
 
 def _check_key(key: str, source: str, problems: list[Problem]) -> None:

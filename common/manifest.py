@@ -143,6 +143,15 @@ class Notify(Strict):
     webhook: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
 
 
+class Pick(Strict):
+    """One render of the manifest's cross product to keep (``only``): its content (a URI as
+    the content list gives it, or the content's name), style name and size."""
+
+    content: Uri
+    style: Name
+    size: int | Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class Manifest(Strict):
     name: Name
     priority: int = Field(5, ge=0, le=9)
@@ -153,6 +162,8 @@ class Manifest(Strict):
     weights: str | None = Field(None, min_length=1, max_length=2048)
     schedule: Schedule | None = None
     notify: Notify | None = None
+    # only these (content, style, size) of the cross product (a re-render of a selection)
+    only: list[Pick] | None = Field(None, min_length=1, max_length=100_000)
 
     @field_validator("styles")
     @classmethod

@@ -145,6 +145,25 @@ def payload(info: Any, failures: list[dict[str, Any]], summary_uri: str) -> tupl
     return delivery, json.dumps(body, sort_keys=True).encode()
 
 
+def review_payload(info: Any, delivery: str, summary_uri: str) -> tuple[str, bytes]:
+    """(delivery id, body) for a job whose every output has a review decision: the counts,
+    and where the summary (with its review section) is."""
+    review = {
+        d: int(info.meta.get(f"review:{d}", 0)) for d in ("approved", "rejected", "superseded")
+    }
+    body = {
+        "event": "job.reviewed",
+        "delivery": delivery,
+        "job": info.job_id,
+        "name": info.meta.get("name"),
+        "review": review,
+        "outputs": info.count("done") + info.count("skipped"),
+        "summary": summary_uri,
+        "reviewed": float(info.meta.get("reviewed") or 0),
+    }
+    return delivery, json.dumps(body, sort_keys=True).encode()
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A 3xx answer is the receiver's answer: the allow-list vetted this URL, not another."""
 

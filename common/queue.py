@@ -21,6 +21,7 @@ RENDER_TASK = "stylebatch.render"
 FINALIZE_TASK = "stylebatch.finalize"
 FAILED_TASK = "stylebatch.render_failed"
 NOTIFY_TASK = "stylebatch.notify"
+REVIEW_TASK = "stylebatch.review_published"
 MAX_CRASHES = 3  # a render during which its worker died this often is marked failed
 TRANSIENT_RETRIES = 10  # S3 or Redis unreachable: retries with backoff (about 4 minutes)
 EXIT_SICK = 3  # exit status of a render worker that stepped aside after device errors
@@ -33,15 +34,16 @@ def retry_delay(retries: int) -> float:
     return min(30, 2**retries) + random.uniform(0, 1)
 
 
-def retry(task: Any, exc: BaseException | None, countdown: float) -> BaseException:
+def retry(task: Any, exc: BaseException | None, countdown: float, **options: Any) -> BaseException:
     """``task.retry``, whose message is never dropped: Celery rejects a task's message
     without requeueing it when it cannot publish the retry (Redis out of memory, or away).
     Requeued instead (or, if even that cannot be written, restored from the unacked set after
-    the visibility timeout), the task comes back; its renders were handed back first."""
+    the visibility timeout), the task comes back; its renders were handed back first.
+    ``options``: the retry's own (``kwargs``, say)."""
     from celery.exceptions import Reject
 
     try:
-        return task.retry(exc=exc, countdown=countdown)
+        return task.retry(exc=exc, countdown=countdown, **options)
     except Reject as rejected:
         if rejected.requeue:
             raise
@@ -156,6 +158,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             FINALIZE_TASK: {"queue": BOOKKEEPING_QUEUE},
             FAILED_TASK: {"queue": BOOKKEEPING_QUEUE},
             NOTIFY_TASK: {"queue": BOOKKEEPING_QUEUE},
+            REVIEW_TASK: {"queue": BOOKKEEPING_QUEUE},
         },
         task_default_priority=celery_priority(5),
         broker_connection_retry_on_startup=True,

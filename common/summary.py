@@ -14,8 +14,9 @@ from common.expand import JobPlan, Render
 STATUSES = ("pending", "done", "skipped", "failed", "cancelled")
 CSV_COLUMNS = (
     "job", "render", "content", "style", "size", "status", "device", "device_seconds",
-    "pixel_iterations", "outputs",
+    "pixel_iterations", "outputs", "decision", "reviewer",
 )  # fmt: skip
+DECISIONS = ("approved", "rejected", "superseded")
 
 
 @dataclass
@@ -40,6 +41,8 @@ class RenderRecord:
     pixel_iterations: float | None = None  # output pixels x iterations, summed over scales
     # the same render under other style names: [{"style", "key", "uri"}], written with it
     copies: list[dict[str, str]] = field(default_factory=list)
+    # its review: {"decision", "note", "by", "at", "version"[, "superseded_by"]}, or None
+    review: dict[str, Any] | None = None
 
     @property
     def outputs(self) -> int:
@@ -105,6 +108,18 @@ class Summary:
             return None
         return "partial" if self.counts()["failed"] else "succeeded"
 
+    def review(self) -> dict[str, Any]:
+        """Review progress: decisions by kind, and outputs (done or skipped) undecided."""
+        counts = dict.fromkeys(DECISIONS, 0)
+        undecided = 0
+        for r in self.renders:
+            decision = (r.review or {}).get("decision")
+            if decision in counts:
+                counts[decision] += 1
+            elif r.status in ("done", "skipped"):
+                undecided += 1
+        return counts | {"undecided": undecided}
+
     def cost(self) -> dict[str, Any]:
         """What this job spent: device-seconds by device type, pixel-iterations, outputs."""
         seconds: dict[str, float] = {}
@@ -129,7 +144,9 @@ class Summary:
             seconds = f"{r.seconds or 0:.3f}" if ran else "0"
             work = f"{r.pixel_iterations or 0:.0f}" if ran else "0"
             row = [self.job_id, r.id, r.content, r.style, r.size, r.status, r.device or ""]
-            writer.writerow([*row, seconds, work, r.outputs if r.status == "done" else 0])
+            review = r.review or {}
+            row += [seconds, work, r.outputs if r.status == "done" else 0]
+            writer.writerow([*row, review.get("decision", ""), review.get("by", "")])
         return out.getvalue().encode()
 
     def to_json(self) -> bytes:
@@ -138,4 +155,5 @@ class Summary:
         data["outcome"] = self.outcome()
         data["outputs_planned"] = sum(r.outputs for r in self.renders)
         data["cost"] = self.cost()
+        data["review"] = self.review()
         return json.dumps(data, indent=2, sort_keys=False).encode()

@@ -367,7 +367,7 @@ def test_an_owed_webhook_is_found_again_until_delivered(store, plan):
     store.end_job(job_id, "done", token="f")  # ... and the finalize dies before sending notify
     delivery = store.get(job_id).meta["webhook_delivery"]
     assert store.owed_webhooks(older_than=3600) == []  # just ended: its notify may be queued
-    assert store.owed_webhooks(older_than=0) == [(job_id, delivery)]
+    assert store.owed_webhooks(older_than=0) == [(job_id, delivery, "ended")]
     store.claim_delivery(job_id, delivery, "n1", 60)
     assert store.owed_webhooks(older_than=0) == []  # a notify task holds it
     store.delivery_outcome(job_id, delivery, "n1", "delivered", "delivered")

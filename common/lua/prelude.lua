@@ -46,3 +46,29 @@ end
 local function superseded()
   redis.call('HINCRBY', J.metrics, 'superseded', 1)
 end
+-- A job's review is complete when it has ended and every render with an output (done or
+-- skipped) has a decision; the first time it is, the job is marked 'reviewed' and, with a
+-- webhook, owes its job.reviewed delivery (the owed set's member "<job id> reviewed").
+-- Returns 1 that first time, else 0.
+local function review_complete(job, owed, job_id, t)
+  local status = redis.call('HGET', job, 'status')
+  if status ~= 'done' and status ~= 'failed' and status ~= 'cancelled' then return 0 end
+  if redis.call('HEXISTS', job, 'reviewed') == 1 then return 0 end
+  local f = redis.call('HMGET', job, 'n_done', 'n_skipped', 'review:approved',
+                       'review:rejected', 'review:superseded')
+  local outputs = tonumber(f[1] or 0) + tonumber(f[2] or 0)
+  local decided = tonumber(f[3] or 0) + tonumber(f[4] or 0) + tonumber(f[5] or 0)
+  if outputs == 0 or decided < outputs then return 0 end
+  redis.call('HSET', job, 'reviewed', tostring(t))
+  if (redis.call('HGET', job, 'webhook') or '') ~= '' then
+    redis.call('HSET', job, 'review_webhook_delivery', job_id .. ':reviewed:' .. tostring(t),
+               'review_webhook_status', 'pending')
+    redis.call('SADD', owed, job_id .. ' reviewed')
+  end
+  return 1
+end
+-- A key made after its job (its reviews, its lineage) lives as long as the job's record.
+local function live_as_job(job, key)
+  local ttl = redis.call('PTTL', job)
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+end

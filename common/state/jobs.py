@@ -30,6 +30,8 @@ from common.state.scripts import NotDurable, Scripts
 
 STAGING_CHUNK = 100  # renders per staging command: each command stays well under 10 ms
 CHUNKS_PER_TRIP = 10  # staging commands sent per round trip
+# a webhook event -> where its delivery's fields live on the job record (claim_delivery.lua)
+FIELDS = {"ended": "webhook", "reviewed": "review_webhook"}
 
 
 class Running(redis.RedisError):
@@ -287,42 +289,55 @@ class JobWrites:
         )
         return finished if outcome == "ok" else ""
 
-    # webhook deliveries
+    # webhook deliveries: a job's end (job.ended) and its review complete (job.reviewed)
     def claim_delivery(
-        self, job_id: str, delivery: str, token: str, lease: float
+        self, job_id: str, delivery: str, token: str, lease: float, event: str = "ended"
     ) -> tuple[str, int]:
         """(``claimed`` | ``delivered`` | ``busy`` | ``stale`` | ``unreplicated``, attempts
         so far). Durable: a delivery is POSTed only once a replica holds its claim, and so the
         job's end before it; ``unreplicated`` means not yet: try again shortly."""
         (outcome, attempts), held = self.scripts.run_durably(
-            "claim_delivery", [JobKeys(job_id).record], [delivery, token, lease]
+            "claim_delivery", [JobKeys(job_id).record], [delivery, token, lease, FIELDS[event]]
         )
         if outcome == "claimed" and not held:
             return "unreplicated", int(attempts)
         return outcome, int(attempts)
 
     def delivery_outcome(
-        self, job_id: str, delivery: str, token: str, status: str, outcome: str, hold: float = 0
+        self,
+        job_id: str,
+        delivery: str,
+        token: str,
+        status: str,
+        outcome: str,
+        hold: float = 0,
+        event: str = "ended",
     ) -> bool:
         ks = [JobKeys(job_id).record, keys.METRICS, keys.WEBHOOKS]
-        args = [delivery, token, status, outcome, hold, job_id]
+        member = job_id if event == "ended" else f"{job_id} {event}"
+        args = [delivery, token, status, outcome, hold, member, FIELDS[event]]
         return bool(self.scripts.run("delivery_outcome", ks, args))
 
-    def owed_webhooks(self, older_than: float) -> list[tuple[str, str]]:
-        """(job, delivery id) for each job end, ``older_than`` seconds ago or more, whose
-        webhook is neither delivered nor given up and that no notify task holds now (its
-        message was lost, or its claim ran out)."""
+    def owed_webhooks(self, older_than: float) -> list[tuple[str, str, str]]:
+        """(job, delivery id, event) for each delivery owed ``older_than`` seconds or more,
+        neither delivered nor given up, that no notify task holds now (its message was lost,
+        or its claim ran out)."""
         now = self.now()
         out = []
-        for job_id in sorted(self.r.smembers(keys.WEBHOOKS)):
-            job = JobKeys(job_id).record
-            delivery, until, finished = self.r.hmget(
-                job, "webhook_delivery", "webhook_until", "finished"
+        for member in sorted(self.r.smembers(keys.WEBHOOKS)):
+            job_id, _, event = member.partition(" ")
+            event = event or "ended"
+            prefix = FIELDS.get(event, "webhook")
+            delivery, until, since = self.r.hmget(
+                JobKeys(job_id).record,
+                f"{prefix}_delivery",
+                f"{prefix}_until",
+                "finished" if event == "ended" else "reviewed",
             )
             if delivery is None:  # the job is gone
-                self.r.srem(keys.WEBHOOKS, job_id)
-            elif float(until or 0) < now and float(finished or now) <= now - older_than:
-                out.append((job_id, delivery))
+                self.r.srem(keys.WEBHOOKS, member)
+            elif float(until or 0) < now and float(since or now) <= now - older_than:
+                out.append((job_id, delivery, event))
         return out
 
     def index_recorded(self, job_id: str) -> bool:

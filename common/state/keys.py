@@ -78,6 +78,21 @@ class JobKeys:
         """``render attempt`` -> the owner it was reaped from (beat.lua takes a pause back)."""
         return self._key(":reaped")
 
+    @property
+    def reviews(self) -> str:
+        """render -> its review decision (JSON with its version; review.lua)."""
+        return self._key(":reviews")
+
+    @property
+    def versions(self) -> str:
+        """render -> its re-renders ("job render" each, JSON list; add_versions.lua)."""
+        return self._key(":versions")
+
+    @property
+    def lineage(self) -> str:
+        """A re-render job's render -> the "job render" it re-renders."""
+        return self._key(":lineage")
+
     def staging(self, attempt: str) -> tuple[str, str, str]:
         """A create attempt's own staged specs, states and index (expire if it dies)."""
         return (
@@ -103,6 +118,9 @@ class JobKeys:
             self.index,
             self.ended,
             self.reaped,
+            self.reviews,
+            self.versions,
+            self.lineage,
         ]
 
     def ending(self) -> list[str]:

@@ -18,6 +18,7 @@ TERMINAL = ("done", "skipped", "failed", "cancelled")
 # upper bounds (seconds) of the render-time histogram: a 0.1 s GPU draft to a 3 h CPU render
 RENDER_SECONDS_BUCKETS = (0.1, 0.3, 1, 3, 10, 30, 60, 180, 600, 1800, 3600, 10800)
 JOB_TERMINAL = ("done", "cancelled", "failed")
+REVIEW_DECISIONS = ("approved", "rejected", "superseded")
 RENDER_TRANSITIONS = {
     "pending": ("running", *TERMINAL),  # terminal from pending: only the crash cap's give-up
     "running": ("pending", *TERMINAL),
@@ -75,6 +76,13 @@ class JobInfo:
             "pixel_iterations": float(self.meta.get("cost:pixel_iterations", 0)),
             "outputs": int(self.meta.get("cost:outputs", 0)),
         }
+
+    def review(self) -> dict[str, int]:
+        """Review progress: decisions by kind, and the outputs (done or skipped renders) still
+        undecided."""
+        counts = {d: max(0, int(self.meta.get(f"review:{d}", 0))) for d in REVIEW_DECISIONS}
+        outputs = self.count("done") + self.count("skipped")
+        return counts | {"undecided": max(0, outputs - sum(counts.values()))}
 
     @property
     def running(self) -> int:
@@ -222,13 +230,34 @@ class Facets:
         }
 
 
-def _matches(render: Render, state: dict[str, Any], wanted: dict[str, str | None]) -> bool:
+def _matches(
+    render: Render,
+    state: dict[str, Any],
+    wanted: dict[str, str | None],
+    decision: str | None = None,
+    contains: bool = False,
+) -> bool:
     status = state.get("status", "pending")
     have = {"status": status, "size": str(render.size), "content": render.content_name}
     styles = {render.style, *(s for s, _ in render.copies)}
-    return all(
-        v is None or (v in styles if k == "style" else have[k] == v) for k, v in wanted.items()
-    )
+    if decision is not None:
+        review = state.get("review") or {}
+        if review.get("decision", "undecided") != decision:
+            return False
+        if decision == "undecided" and status not in ("done", "skipped"):
+            return False  # nothing to decide on yet
+    for k, v in wanted.items():
+        if v is None:
+            continue
+        if k == "style":
+            if v not in styles:
+                return False
+        elif k == "content" and contains:
+            if v.lower() not in render.content_name.lower():
+                return False
+        elif have[k] != v:
+            return False
+    return True
 
 
 @dataclass

@@ -30,7 +30,15 @@ READ_COMMANDS = frozenset(
     {
         *("get", "mget", "hget", "hgetall", "hmget", "hlen", "hexists", "hscan_iter"),
         *("sscan_iter", "smembers", "scard", "sismember", "zrange", "zrevrange"),
-        *("zrangebyscore", "zrevrangebyscore", "zrangebylex", "zscore", "zcard", "zcount"),
+        *(
+            "zrangebyscore",
+            "zrevrangebyscore",
+            "zrangebylex",
+            "zrevrangebylex",
+            "zscore",
+            "zcard",
+            "zcount",
+        ),
         *("llen", "lrange", "lindex", "exists", "ttl", "pttl", "time", "info", "memory_usage"),
         *("ping", "type", "config_get"),
     }
@@ -159,6 +167,9 @@ class Reads:
         limit: int = 50,
         after: str = "",
         budget: int = 2000,
+        decision: str | None = None,
+        backwards: bool = False,
+        contains: bool = False,
     ) -> RenderPage:
         """One page of a job's renders, in render-id order, after the cursor ``after`` (a
         render id), matching every filter given. What it reads is bounded by ``limit`` and
@@ -167,19 +178,31 @@ class Reads:
         per worker; else the renders of one style, size or content), a few hundred at a time,
         and checks the other filters on those. ``next`` is the cursor for the page after this
         one (None at the end); a page may hold fewer than ``limit`` when the budget ran out
-        first: follow ``next``."""
+        first: follow ``next``.
+
+        ``decision``: a review decision, or ``undecided`` (each render's decision is under
+        ``review`` in its state); ``contains``: the content filter matches part of the name
+        (case-insensitive; then it walks every render, checking names); ``backwards``: the
+        renders before ``after``, nearest first (a page's previous render)."""
         wanted = {"status": status, "style": style, "size": size, "content": content}
+        lex = self._lex_back if backwards else self._lex
+        exact_content = None if contains else content
         if status in TERMINAL:
-            source = self._lex(JobKeys(job_id).ended, f"{status}\0", after)
+            source = lex(JobKeys(job_id).ended, f"{status}\0", after)
         elif status == "running":
-            source = iter(sorted(self._running_of(job_id, after)))
+            mine = self._running_of(job_id, after, backwards)
+            source = iter(sorted(mine, reverse=backwards))
         else:
             facet, value = next(
-                ((f, v) for f, v in (("s", style), ("z", size), ("c", content)) if v is not None),
+                (
+                    (f, v)
+                    for f, v in (("s", style), ("z", size), ("c", exact_content))
+                    if v is not None
+                ),
                 ("a", None),
             )
             prefix = f"{facet}\0" if value is None else f"{facet}\0{value}\0"
-            source = self._lex(JobKeys(job_id).index, prefix, after)
+            source = lex(JobKeys(job_id).index, prefix, after)
         found: list[tuple[Render, dict[str, Any]]] = []
         scanned, last, more = 0, after, True
         while more and len(found) < limit and scanned < budget:
@@ -190,14 +213,17 @@ class Reads:
             pipe = self.q.pipeline()
             pipe.hmget(JobKeys(job_id).specs, batch or ["-"])
             pipe.hmget(JobKeys(job_id).states, batch or ["-"])
-            specs, states = pipe.execute()
-            for i, (rid, spec, state) in enumerate(zip(batch, specs, states, strict=False)):
+            pipe.hmget(JobKeys(job_id).reviews, batch or ["-"])
+            specs, states, reviews = pipe.execute()
+            rows = zip(batch, specs, states, reviews, strict=False)
+            for i, (rid, spec, state, review) in enumerate(rows):
                 last = rid
                 if not spec:
                     continue
                 render = Render.from_dict(json.loads(spec))
                 record = json.loads(state) if state else {"status": "pending"}
-                if _matches(render, record, wanted):
+                record["review"] = json.loads(review) if review else None
+                if _matches(render, record, wanted, decision, contains):
                     found.append((render, record))
                     if len(found) >= limit:
                         more = more or i < len(batch) - 1
@@ -216,13 +242,27 @@ class Reads:
                 return
             low = f"({page[-1]}"
 
-    def _running_of(self, job_id: str, after: str) -> list[str]:
+    def _lex_back(self, key: str, prefix: str, before: str) -> Iterator[str]:
+        """As ``_lex``, backwards: the entries before ``before`` (all where it is ''),
+        nearest first (ZREVRANGEBYLEX)."""
+        high = f"({prefix}{before}" if before else f"[{prefix}\x7f"
+        while True:
+            page = self.q.zrevrangebylex(key, high, f"[{prefix}", start=0, num=200)
+            for member in page:
+                yield member[len(prefix) :]
+            if len(page) < 200:
+                return
+            high = f"({page[-1]}"
+
+    def _running_of(self, job_id: str, after: str, backwards: bool = False) -> list[str]:
         """This job's running renders, from the fleet's running hash (a few per worker)."""
-        return [
+        found = [
             fld.split(" ", 1)[1]
             for fld, _ in self.q.hscan_iter(keys.RUNNING, match=f"{job_id} *", count=1000)
-            if fld.split(" ", 1)[1] > after
         ]
+        if not after:
+            return found
+        return [r for r in found if (r < after if backwards else r > after)]
 
     def active(self) -> list[str]:
         return sorted(self.q.smembers(keys.ACTIVE))
@@ -351,6 +391,9 @@ class Reads:
         if info is None:
             raise KeyError(job_id)
         states = self.states(job_id)
+        reviews = {
+            k: json.loads(v) for k, v in self.q.hscan_iter(JobKeys(job_id).reviews, count=1000)
+        }
         records = []
         order = lambda r: (r.content, r.style, parse_size(r.size).pixels, str(r.size))  # noqa: E731
         for render in sorted(self.specs(job_id), key=order):
@@ -366,6 +409,7 @@ class Reads:
             record.rendered_by = state.get("rendered_by")
             record.device = state.get("device")
             record.pixel_iterations = state.get("pixel_iterations")
+            record.review = reviews.get(render.id)
             records.append(record)
         return Summary(
             job_id=job_id,

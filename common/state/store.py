@@ -14,10 +14,11 @@ from common.state.jobs import JobWrites
 from common.state.keys import JobKeys
 from common.state.model import JOBS_HORIZON_EXTRA
 from common.state.reads import ReadOnly, Reads
+from common.state.reviews import ReviewWrites
 from common.state.scripts import Scripts
 
 
-class JobStore(JobWrites, FleetWrites, Reads):
+class JobStore(JobWrites, ReviewWrites, FleetWrites, Reads):
     # the fleet-wide keys (common/state/keys.py), as attributes for callers that name them
     ACTIVE, JOBS, RUNNING = keys.ACTIVE, keys.JOBS, keys.RUNNING
     HEARTBEATS, WORKERS, METRICS, WEBHOOKS = (

@@ -22,12 +22,13 @@ from common.queue import (
     FAILED_TASK,
     FINALIZE_TASK,
     NOTIFY_TASK,
+    REVIEW_TASK,
     TRANSIENT_RETRIES,
     make_app,
     retry,
     retry_delay,
 )
-from common.report import publish, record_key
+from common.report import COST_KEY, SUMMARY_KEY, publish, record_key
 from common.settings import Settings
 from common.state import Held, JobStore, NotDurable
 from common.storage import open_storage
@@ -191,6 +192,8 @@ def _end_job(job_id: str, token: str, status: str, reason: str = "") -> bool:
     info = store().get(job_id)
     if info is not None and info.meta.get("webhook"):
         notify_job(app, job_id, info.meta.get("webhook_delivery", ""))
+        if info.meta.get("review_webhook_delivery"):  # every output decided while it ran
+            notify_job(app, job_id, info.meta["review_webhook_delivery"], "reviewed")
     return True
 
 
@@ -202,18 +205,19 @@ def _finalize_failed(job_id: str, token: str, reason: str) -> dict[str, Any]:
 
 
 @app.task(name=NOTIFY_TASK, bind=True, max_retries=None, shared=False)
-def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
-    """POST the ended job to its webhook, signed; retried with backoff (2, 4, 8 .. 300 s) up
-    to STYLEBATCH_WEBHOOK_RETRIES times. Delivery ``job:finished`` is claimed atomically by
-    one task (this one, across its retries); a delivery already made is not made again, so a
-    receiver sees one id per job end, as many times as it had to be retried. Each attempt and
+def notify(self, job_id: str, delivery: str, event: str = "ended") -> dict[str, Any]:
+    """POST a job's event to its webhook, signed: ``ended`` (job.ended) or ``reviewed``
+    (job.reviewed: every output has a review decision); retried with backoff (2, 4, 8 ..
+    300 s) up to STYLEBATCH_WEBHOOK_RETRIES times. A delivery is claimed atomically by one
+    task (this one, across its retries); a delivery already made is not made again, so a
+    receiver sees one id per event, as many times as it had to be retried. Each attempt and
     the outcome are recorded in the job. The result names no URL (it may hold a secret)."""
-    from common.notify import check_webhook, payload, post, signing_secrets
+    from common.notify import check_webhook, payload, post, review_payload, signing_secrets
 
     jobs = store()
     token = self.request.id or jobs.token()
     hold = 30.0  # seconds this task holds the delivery while it POSTs (a 10 s timeout)
-    claimed, attempts = jobs.claim_delivery(job_id, delivery, token, hold)
+    claimed, attempts = jobs.claim_delivery(job_id, delivery, token, hold, event)
     if claimed == "unreplicated":  # no replica holds the claim (and the end) yet: POST nothing
         log.warning("webhook for job %s: waiting for a replica to hold its claim", job_id)
         raise retry(self, None, 5) from None
@@ -229,31 +233,84 @@ def notify(self, job_id: str, delivery: str) -> dict[str, Any]:
         return {"ignored": "the job is gone"}
     url = info.meta.get("webhook", "")
     team = info.meta.get("team", "")
+
+    def outcome(status: str, how: str, hold: float = 0) -> None:
+        jobs.delivery_outcome(job_id, delivery, token, status, how, hold, event)
+
     refused = check_webhook(url, settings, team)  # checked at submit; checked again here
     if refused:
         status = f"refused: {refused[0].message}"
-        jobs.delivery_outcome(job_id, delivery, token, status, "refused")
+        outcome(status, "refused")
         return {"refused": status}
-    failed = [
-        {"render": r.id, "content": r.content_name, "style": r.style, "size": r.size,
-         "error": (jobs.state(job_id, r.id) or {}).get("error")}
-        for r in jobs.specs(job_id, jobs.failed(job_id, 20))
-    ]  # fmt: skip
     summary = info.location.uri_of(record_key(job_id, "summary.json"))
-    delivery_id, body = payload(info, failed, summary)
+    if event == "reviewed":
+        delivery_id, body = review_payload(info, delivery, summary)
+    else:
+        failed = [
+            {"render": r.id, "content": r.content_name, "style": r.style, "size": r.size,
+             "error": (jobs.state(job_id, r.id) or {}).get("error")}
+            for r in jobs.specs(job_id, jobs.failed(job_id, 20))
+        ]  # fmt: skip
+        delivery_id, body = payload(info, failed, summary)
     error = post(url, body, delivery_id, signing_secrets(settings, team))
     if error is None:
-        jobs.delivery_outcome(job_id, delivery, token, "delivered", "delivered")
+        outcome("delivered", "delivered")
         return {"delivered": delivery, "attempts": attempts}
     if self.request.retries < settings.webhook_retries:
         delay = min(300.0, settings.webhook_backoff * 2**self.request.retries)
-        status = f"retrying in {delay:g} s: {error}"
-        jobs.delivery_outcome(job_id, delivery, token, status, "retrying", delay + 30)
+        outcome(f"retrying in {delay:g} s: {error}", "retrying", delay + 30)
         raise retry(self, None, delay)
     status = f"failed after {attempts} attempts: {error}"
-    jobs.delivery_outcome(job_id, delivery, token, status, "failed")
-    log.error("webhook for job %s %s", job_id, status)
+    outcome(status, "failed")
+    log.error("webhook %s for job %s %s", event, job_id, status)
     return {"failed": status}
+
+
+@app.task(name=REVIEW_TASK, bind=True, max_retries=None, shared=False)
+def review_published(self, job_id: str, taken: bool = False) -> dict[str, Any]:
+    """An ended job's summary.json and cost.csv written again with its review decisions
+    (whole objects: writing them again is safe). Taken by one task at a time (review.lua asks
+    for it after a decision; review_publish.lua hands it over); a finalizing job's is asked
+    for again shortly, a running job's finalize writes the decisions itself. The top-level
+    summary.json is written only while it is this job's (a later job's stays). S3 away: the
+    task is retried, still holding it (``taken``)."""
+    jobs = store()
+    outcome = "publish" if taken else jobs.take_review_publish(job_id)
+    if outcome == "wait":
+        raise retry(self, None, 10) from None
+    info = jobs.get(job_id) if outcome == "publish" else None
+    if info is None:
+        return {"ignored": "nothing to publish"}
+    summary = jobs.summary(job_id)
+    summary.engine = ENGINE_VERSION
+    storage = open_storage(info.location, settings)
+    try:
+        data, meta = summary.to_json(), {"job": job_id}
+        storage.put(record_key(job_id, SUMMARY_KEY), data, "application/json", meta)
+        if _latest_summary_is(storage, job_id):
+            storage.put(SUMMARY_KEY, data, "application/json", meta)
+        storage.put(record_key(job_id, COST_KEY), summary.cost_csv(), "text/csv", meta)
+    except TransientError as exc:
+        if self.request.retries >= TRANSIENT_RETRIES:
+            raise
+        delay = retry_delay(self.request.retries)
+        raise retry(self, exc, delay, kwargs={"taken": True}) from None
+    return {"job": job_id, "review": summary.review()}
+
+
+def _latest_summary_is(storage: Any, job_id: str) -> bool:
+    """Whether the top-level summary.json is this job's (its object metadata on S3; its
+    ``job_id`` on a local folder)."""
+    import json
+
+    meta = storage.metadata(SUMMARY_KEY)
+    if meta and "job" in meta:
+        return meta["job"] == job_id
+    raw = storage.get(SUMMARY_KEY)
+    try:
+        return raw is not None and json.loads(raw).get("job_id") == job_id
+    except ValueError:
+        return False
 
 
 _watchdog: Any = None

@@ -121,8 +121,8 @@ def reconcile(
             elif not info.running and info.seconds_since("activity", now) > settings.stall_after:
                 suspects.append(job_id)
     webhooks = 0
-    for job_id, delivery in store.owed_webhooks(settings.stall_after):
-        notify(app, job_id, delivery)  # its notify was lost, or died holding the claim
+    for job_id, delivery, event in store.owed_webhooks(settings.stall_after):
+        notify(app, job_id, delivery, event)  # its notify was lost, or died holding the claim
         webhooks += 1
         log.warning("job %s: webhook delivery %s owed; sent again", job_id, delivery)
     if suspects:
