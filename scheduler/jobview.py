@@ -6,6 +6,9 @@ the job's record and at most ``FAILURES`` of its renders: the cost does not grow
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from common.state import JobInfo, JobStore
@@ -63,6 +66,8 @@ def job_record(info: JobInfo) -> dict[str, Any]:
         "created": float(info.meta["created"]) if "created" in info.meta else None,
         "finished": float(info.meta["finished"]) if "finished" in info.meta else None,
         "cost": info.cost(),
+        "review": info.review(),
+        "parent": info.meta.get("parent") or None,
     }
 
 
@@ -102,3 +107,47 @@ def status_record(store: JobStore, info: JobInfo) -> dict[str, Any]:
     record["failures"] = failures(store, info)
     record["blocked"] = None if info.terminal else store.out_of_memory()
     return record
+
+
+SLOT_IN_ID = re.compile(r"-(\d{8}T\d{6}Z)-[0-9a-f]{12}$")
+STATUS_FILTERS = ("running", "finalizing", "done", "failed", "cancelled", "succeeded", "partial")
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """What the jobs list is filtered by: part of the name or id (``q``), a status (or an
+    outcome: succeeded, partial), a schedule's name (its slots' jobs), and when it was made
+    (``since`` and ``until``: UTC dates, inclusive)."""
+
+    q: str = ""
+    status: str = ""
+    schedule: str = ""
+    since: str = ""
+    until: str = ""
+
+    def bounds(self) -> tuple[float, float]:
+        """(first, last) creation time, Unix seconds; ValueError for a date not YYYY-MM-DD."""
+        first = _day(self.since) if self.since else float("-inf")
+        last = _day(self.until) + 86400 if self.until else float("inf")
+        return first, last
+
+    def matches(self, info: JobInfo) -> bool:
+        meta = info.meta
+        if self.q and self.q.lower() not in f"{meta.get('name', '')} {info.job_id}".lower():
+            return False
+        if self.status and self.status not in (info.status, info.outcome):
+            return False
+        if self.schedule:
+            slot = meta.get("slot") or (m.group(1) if (m := SLOT_IN_ID.search(info.job_id)) else "")
+            if not slot or meta.get("name") != self.schedule:
+                return False
+        first, last = self.bounds()
+        created = float(meta.get("created") or 0)
+        return first <= created < last
+
+    def given(self) -> dict[str, str]:
+        return {k: v for k, v in vars(self).items() if v}
+
+
+def _day(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from common.expand import JobPlan, Render
+from common.schedule import slot_label
 from common.state import keys
 from common.state.keys import JobKeys
 from common.state.model import (
@@ -104,6 +105,7 @@ class JobWrites:
             # signing as planned (and in the render ids), not as each worker's setting says
             "credentials": "1" if plan.signed else "0",
             "team": team,
+            "slot": slot_label(plan.slot) if plan.slot else "",
             "facets": json.dumps(Facets(plan.renders).record()),
             "outputs": sum(len(r.keys) for r in plan.renders),
         }

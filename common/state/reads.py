@@ -94,13 +94,19 @@ class Reads:
         return [info for job_id in ids if (info := self.get(job_id))]
 
     def jobs_after(
-        self, limit: int, after: str = "", team: str | None = None, budget: int = 2000
+        self,
+        limit: int,
+        after: str = "",
+        team: str | None = None,
+        budget: int = 2000,
+        keep: Any = None,
     ) -> tuple[list[JobInfo], str | None]:
         """Newest first, one page after the cursor ``after`` (``<created>:<job id>`` of the
         last job looked at before; '' for the first page): the page, and the cursor of the
         next one (None at the end). A cursor stays good while jobs are added or expire: it
-        names a place in time, not an offset. Ids whose job expired are passed over, at most
-        ``budget`` of them per page (the page is then short: follow the cursor)."""
+        names a place in time, not an offset. Ids whose job expired, and jobs ``keep`` (a
+        test of a JobInfo) says no to, are passed over, at most ``budget`` of them per page
+        (the page is then short: follow the cursor)."""
         index = keys.JOBS if team is None else keys.team_jobs(team)
         top, last = "+inf", ""
         if after:
@@ -122,7 +128,7 @@ class Reads:
                 looked += 1
                 cursor = f"{score!r}:{job_id}"
                 info = self.get(job_id)
-                if info is not None:
+                if info is not None and (keep is None or keep(info)):
                     found.append(info)
                 if len(found) == limit or looked >= budget:
                     break

@@ -40,16 +40,16 @@ from common.errors import TransientError
 from common.settings import Settings
 from common.state import JobStore
 from common.teams import load_teams
-from scheduler.web import models, pages, sessions, templating
+from scheduler.web import models, pages, review_pages, sessions, templating
 from scheduler.web.context import Web
 from scheduler.web.deps import rate_headers
 from scheduler.web.problems import MEDIA_TYPE, ApiError, Problem, Unavailable, code_for, problem
-from scheduler.web.routes import health, jobs, renders, schedules
+from scheduler.web.routes import health, jobs, renders, reviews, schedules
 from scheduler.web.webhooks import router as webhooks
 
 log = logging.getLogger("stylebatch.web")
 HERE = Path(__file__).parent
-API = (jobs.router, renders.router, schedules.router)
+API = (jobs.router, renders.router, reviews.router, schedules.router)
 
 
 class BodyLimit:
@@ -263,6 +263,7 @@ def create_app(
         app.include_router(router, include_in_schema=False)  # the unversioned aliases
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(review_pages.router)  # before pages' /jobs/{job}/{action}
     app.include_router(pages.router)
     app.webhooks.include_router(webhooks)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

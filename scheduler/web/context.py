@@ -26,6 +26,7 @@ class Web:
     # each team's turns to submit, in this process (scheduler/web/intake.py)
     submitting: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    exports: int = 0  # zips being streamed now (scheduler/web/export.py)
 
     @cached_property
     def celery(self) -> Any:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -18,6 +20,13 @@ class Failure(BaseModel):
     style: str | None = None
     size: str | int | None = None
     error: str | None = None
+
+
+class ReviewCounts(BaseModel):
+    approved: int
+    rejected: int
+    superseded: int = Field(description="Replaced by an approved newer version (a re-render)")
+    undecided: int = Field(description="Outputs (done or skipped renders) with no decision")
 
 
 class JobLinks(BaseModel):
@@ -50,6 +59,8 @@ class Job(BaseModel):
     finished: float | None
     eta_seconds: float | None
     cost: Cost
+    review: ReviewCounts
+    parent: str | None = Field(None, description="The job this one re-renders, if it does")
     links: JobLinks
 
 
@@ -110,6 +121,21 @@ class RenderLinks(BaseModel):
     image: str | None = None
 
 
+class Review(BaseModel):
+    decision: str = Field(description="approved, rejected or superseded")
+    note: str = ""
+    by: str = Field("", description="The reviewer's team")
+    at: float = Field(0, description="When (Unix time, the Redis server's clock)")
+    version: int = Field(description="The render's review version: send it with a change")
+    superseded_by: str | None = Field(None, description="'<job> <render>' of the newer version")
+
+
+class Version(BaseModel):
+    job: str
+    render: str
+    page: str
+
+
 class Render(BaseModel):
     render: str
     content: str
@@ -125,6 +151,8 @@ class Render(BaseModel):
     pixel_iterations: float | None
     output: str
     copies: list[Copy] = Field(description="The same render under other style names' keys")
+    review: Review | None = Field(description="Its decision; none while undecided")
+    review_version: int = Field(description="Send it with a decision (0 while undecided)")
     links: RenderLinks
 
 
@@ -132,6 +160,83 @@ class RenderDetail(Render):
     params: dict
     weights: str
     credentials_planned: bool
+    versions: list[Version] = Field(description="Its re-renders, oldest first")
+    parent: Version | None = Field(description="The render this one re-renders")
+
+
+class Decision(BaseModel):
+    """One render's decision: send the review version you saw (0 while undecided); a
+    decision made meanwhile by someone else is not overwritten (409 ``stale``)."""
+
+    decision: Literal["approved", "rejected"]
+    note: str = Field("", max_length=2000)
+    version: int = Field(ge=0, description="The render's review_version as you saw it")
+    supersede: bool = Field(
+        True, description="Approving a re-render marks the render it re-renders superseded"
+    )
+
+
+class Decided(BaseModel):
+    job: str
+    render: str
+    review: Review
+
+
+class Filter(BaseModel):
+    status: Literal["pending", "running", "done", "skipped", "failed", "cancelled"] | None = None
+    style: str | None = Field(None, max_length=300)
+    size: str | None = Field(None, max_length=300)
+    content: str | None = Field(None, max_length=300, description="Part of the content's name")
+    decision: Literal["approved", "rejected", "superseded", "undecided"] | None = None
+
+
+class Picked(BaseModel):
+    render: str = Field(max_length=100)
+    version: int = Field(ge=0)
+
+
+class Decisions(BaseModel):
+    """Many renders at once: a selection (each with the version seen), or every render a
+    filter matches (each as it stands when read, up to 10,000)."""
+
+    decision: Literal["approved", "rejected"]
+    note: str = Field("", max_length=2000)
+    renders: list[Picked] | None = Field(None, max_length=1000)
+    filter: Filter | None = None
+    supersede: bool = True
+
+
+class Stale(BaseModel):
+    render: str
+    version: int
+    current: Review | None
+
+
+class Refusal(BaseModel):
+    render: str
+    why: str
+
+
+class DecisionsMade(BaseModel):
+    job: str
+    recorded: int
+    unchanged: int
+    stale: list[Stale] = Field(description="Decided meanwhile by someone else: not changed")
+    refused: list[Refusal] = Field(description="No such render, or no output yet")
+    superseded: int
+    reviewed: bool = Field(description="Every output of the job now has a decision")
+    detail: str
+
+
+class Rerender(BaseModel):
+    """A new job from renders of this one, changed by ``overrides`` (style_weight, preset,
+    seed, palette, focus, color): a selection of render ids, or a filter."""
+
+    renders: list[str] | None = Field(None, max_length=10_000)
+    filter: Filter | None = None
+    overrides: dict | None = Field(
+        None, description="What changes (at least one); each checked, every problem named"
+    )
 
 
 class RenderPage(BaseModel):

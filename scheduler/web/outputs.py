@@ -11,6 +11,8 @@ import json
 import os
 import secrets
 import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,31 @@ class Outputs:
             except OSError:
                 return None
         return self._ask(location, key, self.client.get_object, lambda r: r["Body"].read())
+
+    def stream(self, location: Location, key: str, chunk: int = 1 << 20) -> Streamed | None:
+        """The output's bytes a chunk at a time (its size known first), never whole in
+        memory; None where it is not there. The caller closes it."""
+        if location.scheme != "s3":
+            try:
+                handle = (Path(location.root) / key).open("rb")
+            except OSError:
+                return None
+            size = os.fstat(handle.fileno()).st_size
+            return Streamed(size, iter(lambda: handle.read(chunk), b""), handle.close)
+        answer = self._ask(location, key, self.client.get_object, lambda r: r)
+        if answer is None:
+            return None
+        body = answer["Body"]
+        return Streamed(int(answer["ContentLength"]), body.iter_chunks(chunk), body.close)
+
+    def read_uri(self, uri: str) -> bytes | None:
+        """An input (a render's content or mask) by its URI, as the job recorded it."""
+        location, key = _split(uri)
+        return self.read(location, key)
+
+    def thumbnail_uri(self, uri: str) -> tuple[Path, dict[str, Any]] | None:
+        location, key = _split(uri)
+        return self.thumbnail(location, key)
 
     def _ask(self, location: Location, key: str, call: Any, then: Any) -> Any:
         """``then`` of S3's answer to ``call`` on the object; None where it is not there; S3
@@ -150,6 +177,22 @@ class Outputs:
                 continue
             found.append((jpeg, size, stat.st_mtime_ns))
         return found
+
+
+@dataclass
+class Streamed:
+    size: int
+    chunks: Iterator[bytes]
+    close: Callable[[], None]
+
+
+def _split(uri: str) -> tuple[Location, str]:
+    """A recorded input URI as (location, key): s3://bucket/key, or a local file."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        return Location("s3", bucket, ""), key
+    path = Path(uri)
+    return Location("file", str(path.parent), ""), path.name
 
 
 def _unavailable(error: StorageError) -> Exception:

@@ -15,11 +15,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from scheduler import jobview
-from scheduler.web.deps import TeamDep, job_of, render_of, web
+from scheduler.web.deps import TeamDep, job_of, web
 from scheduler.web.intake import plan_document, plan_record, submit_document
 from scheduler.web.problems import ApiError
 from scheduler.web.routes import jobs as jobs_api
-from scheduler.web.routes import renders as renders_api
 from scheduler.web.routes.schedules import schedules_of
 from scheduler.web.templating import flash, page
 
@@ -28,18 +27,61 @@ GALLERY_PAGE = 48
 JOBS_PAGE = 20
 
 
-def jobs_listed(request: Request, who: Any, after: str = "") -> tuple[list[dict], str | None]:
+def jobs_listed(
+    request: Request,
+    who: Any,
+    after: str = "",
+    query: jobview.JobQuery | None = None,
+    submitter: str = "team",
+) -> tuple[list[dict], str | None]:
     store = web(request).store
-    found, cursor = store.jobs_after(JOBS_PAGE, after, team=who.name)
+    query = query or jobview.JobQuery()
+    found, cursor = jobs_api.find_jobs(request, who, JOBS_PAGE, after, query, submitter)
     return [jobs_api.job_record(store, i) for i in found], cursor
+
+
+Short = Annotated[str, Query(max_length=200)]
 
 
 @router.get("")
 def jobs_page(
-    request: Request, who: TeamDep, after: Annotated[str, Query(max_length=200)] = ""
+    request: Request,
+    who: TeamDep,
+    after: Short = "",
+    q: Short = "",
+    status: Short = "",
+    submitter: Short = "team",
+    schedule: Short = "",
+    since: Short = "",
+    until: Short = "",
 ) -> HTMLResponse:
-    jobs, cursor = jobs_listed(request, who, after)
-    return page(request, "jobs.html", team=who, jobs=jobs, next=cursor, first=bool(after))
+    """The jobs list, searched (name or id) and filtered (status or outcome, submitter,
+    schedule, dates), newest first, with created and ended times."""
+    if status and status not in jobview.STATUS_FILTERS:
+        raise ApiError("invalid-request", f"no such status: {status[:40]}")
+    if submitter not in jobs_api.SUBMITTERS:
+        raise ApiError("invalid-request", "submitter is team, fleet or all")
+    query = jobview.JobQuery(q, status, schedule, since, until)
+    jobs, cursor = jobs_listed(request, who, after, query, submitter)
+    search = query.given() | ({"submitter": submitter} if submitter != "team" else {})
+    next_link = f"?{urlencode({**search, 'after': cursor})}" if cursor else None
+    return page(
+        request, "jobs.html", team=who, jobs=jobs, next=next_link, first=bool(after),
+        search=search, statuses=jobview.STATUS_FILTERS,
+        schedules=[s["name"] for s in _schedules(request, who)],
+    )  # fmt: skip
+
+
+def _older(cursor: str | None) -> str | None:
+    return f"?{urlencode({'after': cursor})}" if cursor else None
+
+
+def _schedules(request: Request, who: Any) -> list[dict]:
+    """The team's scheduled manifests for the filter (none where they cannot be read now)."""
+    try:
+        return schedules_of(web(request), who, slots=0)
+    except Exception:
+        return []
 
 
 @router.post("/jobs")
@@ -57,7 +99,7 @@ async def submit_page(request: Request, who: TeamDep) -> Response:
             job = await run_in_threadpool(plan_document, ctx, who, body)
             jobs, cursor = jobs_listed(request, who)
             return page(
-                request, "jobs.html", team=who, jobs=jobs, next=cursor, manifest=text,
+                request, "jobs.html", team=who, jobs=jobs, next=_older(cursor), manifest=text,
                 plan=plan_record(job),
             )  # fmt: skip
         created, info, job = await run_in_threadpool(submit_document, ctx, who, body)
@@ -67,7 +109,7 @@ async def submit_page(request: Request, who: TeamDep) -> Response:
         jobs, cursor = jobs_listed(request, who)
         refused = {"detail": exc.detail, "problems": exc.extra.get("problems") or []}
         return page(
-            request, "jobs.html", status=exc.status, team=who, jobs=jobs, next=cursor,
+            request, "jobs.html", status=exc.status, team=who, jobs=jobs, next=_older(cursor),
             problems=refused, manifest=text,
         )  # fmt: skip
     said = plan_record(job)
@@ -101,58 +143,6 @@ def action_page(
     result = ACTIONS[action](request, who, job_id)
     response = RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
     return flash(response, result["detail"])
-
-
-Text = Annotated[str | None, Query(max_length=300)]
-
-
-@router.get("/jobs/{job_id}/gallery")
-def gallery(
-    request: Request,
-    who: TeamDep,
-    job_id: str,
-    status: Text = None,
-    style: Text = None,
-    size: Text = None,
-    content: Text = None,
-    after: Annotated[str, Query(max_length=100)] = "",
-) -> HTMLResponse:
-    # the filter form sends every field, "" for "any"
-    status, style, size, content = status or None, style or None, size or None, content or None
-    if status is not None and status not in renders_api.STATES:
-        choices = ", ".join(renders_api.STATES)
-        raise ApiError("invalid-request", f"no such state: {status} (one of {choices})")
-    info, found = renders_api.renders_page(
-        request, who, job_id, status, style, size, content, GALLERY_PAGE, after
-    )
-    given = {"status": status, "style": style, "size": size, "content": content}
-    filters = {k: v for k, v in given.items() if v}
-    next_link = f"?{urlencode({**filters, 'after': found.next})}" if found.next else None
-    return page(
-        request,
-        "gallery.html",
-        team=who,
-        job=jobview.job_record(info),
-        renders=[renders_api.render_record(info, r, s) for r, s in found.renders],
-        facets=jobview.facets(info),
-        states=renders_api.STATES,
-        filters=filters,
-        next=next_link,
-        first=f"?{urlencode(filters)}" if after else None,
-    )
-
-
-@router.get("/jobs/{job_id}/renders/{render_id}")
-def render_page(request: Request, who: TeamDep, job_id: str, render_id: str) -> HTMLResponse:
-    info, render, state = render_of(request, who, job_id, render_id)
-    record = renders_api.render_detail(info, render, state)
-    facts = None
-    if record["status"] in ("done", "skipped"):  # the output's size and credentials
-        made = web(request).outputs.thumbnail(info.location, render.key)
-        facts = made[1] if made else None
-    return page(
-        request, "render.html", team=who, job=jobview.job_record(info), r=record, facts=facts
-    )
 
 
 @router.get("/jobs/{job_id}/contact-sheet")

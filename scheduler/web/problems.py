@@ -24,6 +24,8 @@ CODES: dict[str, tuple[int, str]] = {
     "not-acceptable": (406, "No representation in that format"),
     "conflict": (409, "Conflicts with the current state"),
     "in-progress": (409, "Another request is doing this now"),
+    "stale": (409, "Decided meanwhile by another reviewer"),
+    "no-output": (409, "The render has no output to review yet"),
     "too-large": (413, "Body too large"),
     "invalid-request": (422, "Invalid request"),
     "invalid-manifest": (422, "Invalid manifest"),

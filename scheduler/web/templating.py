@@ -25,11 +25,24 @@ templates = Jinja2Templates(env=env)
 env.filters["duration"] = jobview.duration
 
 
+def when(stamp: float | None) -> str:
+    """A time as the pages show it: UTC, to the minute ("-" for none)."""
+    from datetime import UTC, datetime
+
+    if stamp is None:
+        return "-"
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+env.filters["when"] = when
+
+
 def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     session = session_of(request)
     notice = unquote(request.cookies.get("sb_notice", ""))
     context.setdefault("team", None)
-    context.setdefault("notice", notice)
+    context.setdefault("notice_refused", notice.startswith("!"))
+    context.setdefault("notice", notice.removeprefix("!"))
     csrf = csrf_token(session) if session else ""
     response = templates.TemplateResponse(
         request, name, {"csrf": csrf, **context}, status_code=status
@@ -40,11 +53,12 @@ def page(request: Request, name: str, status: int = 200, **context: Any) -> HTML
     return response
 
 
-def flash(response: Response, message: str) -> Response:
-    """A message for the next page shown (an action's result): a short-lived cookie that the
-    page reads once (``pages.page``); never a query string another site could write."""
+def flash(response: Response, message: str, refused: bool = False) -> Response:
+    """A message for the next page shown (an action's result; ``refused``: shown as one
+    that did not go through): a short-lived cookie that the page reads once
+    (``pages.page``); never a query string another site could write."""
+    text = ("!" if refused else "") + message[:400]
     response.set_cookie(
-        "sb_notice", quote(message[:300]), max_age=60, httponly=True, samesite="strict",
-        path="/ui",
+        "sb_notice", quote(text), max_age=60, httponly=True, samesite="strict", path="/ui",
     )  # fmt: skip
     return response

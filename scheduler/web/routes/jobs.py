@@ -141,9 +141,39 @@ def _begin(ctx: Web, request: Request, who: Any, key: str, digest: str) -> Respo
     )
 
 
+SUBMITTERS = ("team", "fleet", "all")
+
+
+def find_jobs(
+    request: Request, who: Any, limit: int, after: str, query: jobview.JobQuery, submitter: str
+) -> tuple[list[JobInfo], str | None]:
+    """A page of the jobs the team sees, newest first, matching ``query``. ``submitter``:
+    ``team`` (its own submissions, the default), ``fleet`` (the command line's and beat's
+    jobs that write under its outputs) or ``all``. Bounded per page (jobs_after)."""
+    store = web(request).store
+    try:
+        query.bounds()
+    except ValueError:
+        raise ApiError("invalid-request", "since and until are dates: YYYY-MM-DD") from None
+    if submitter == "team":
+        keep = query.matches if query.given() else None
+        return store.jobs_after(limit, after, team=who.name, keep=keep)
+
+    def keep(info: JobInfo) -> bool:
+        mine = info.meta.get("team") == who.name
+        fleet = not info.meta.get("team") and owns(who, info)
+        wanted = fleet if submitter == "fleet" else mine or fleet
+        return wanted and query.matches(info)
+
+    return store.jobs_after(limit, after, keep=keep)
+
+
+Search = Annotated[str, Query(max_length=200)]
+
+
 @router.get(
     "/jobs",
-    summary="The team's jobs, newest first",
+    summary="The team's jobs, newest first: searched and filtered",
     response_model=models.JobPage,
     responses=declare(*READ, 422),
 )
@@ -153,11 +183,29 @@ def list_jobs(
     who: TeamDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     after: Annotated[str, Query(max_length=200, description="`next` of the last page")] = "",
-) -> dict[str, Any]:
+    q: Annotated[str, Query(max_length=200, description="Part of the name or id")] = "",
+    status: Annotated[
+        str,
+        Query(pattern=f"^({'|'.join(jobview.STATUS_FILTERS)})?$",
+              description="A status, or an outcome (succeeded, partial)"),
+    ] = "",
+    submitter: Annotated[
+        str,
+        Query(pattern="^(team|fleet|all)$",
+              description="team (its own submissions), fleet (the command line's and beat's "
+              "under its outputs) or all"),
+    ] = "team",
+    schedule: Annotated[str, Query(max_length=100, description="A schedule's name")] = "",
+    since: Annotated[str, Query(max_length=10, description="Made on or after (YYYY-MM-DD)")] = "",
+    until: Annotated[str, Query(max_length=10, description="Made on or before (YYYY-MM-DD)")] = "",
+) -> dict[str, Any]:  # fmt: skip
+    """A page may hold fewer than ``limit`` where few jobs match: follow ``next``."""
+    query = jobview.JobQuery(q, status, schedule, since, until)
+    found, cursor = find_jobs(request, who, limit, after, query, submitter)
     store = web(request).store
-    found, cursor = store.jobs_after(limit, after, team=who.name)
     base = base_of(request)
-    response.headers.update(next_link(request, cursor, limit=limit))
+    extra = query.given() | ({"submitter": submitter} if submitter != "team" else {})
+    response.headers.update(next_link(request, cursor, limit=limit, **extra))
     return {"jobs": [job_record(store, i, base) for i in found], "next": cursor}
 
 

@@ -44,6 +44,8 @@ def render_record(info: JobInfo, render: Any, state: dict[str, Any], base: str =
         "pixel_iterations": state.get("pixel_iterations"),
         "output": info.location.uri_of(render.key),
         "copies": [{"style": s, "output": info.location.uri_of(k)} for s, k in render.copies],
+        "review": state.get("review"),
+        "review_version": (state.get("review") or {}).get("version", 0),
         "links": {
             "self": f"{base}{path}",
             "page": f"/ui{path}",
@@ -53,12 +55,23 @@ def render_record(info: JobInfo, render: Any, state: dict[str, Any], base: str =
     }
 
 
-def render_detail(info: JobInfo, render: Any, state: dict[str, Any], base: str = "/v1") -> dict:
-    """One render as its page and GET .../renders/{render} show it (models.RenderDetail)."""
+def render_detail(
+    store: Any, info: JobInfo, render: Any, state: dict[str, Any], base: str = "/v1"
+) -> dict:
+    """One render as its page and GET .../renders/{render} show it (models.RenderDetail):
+    with its decision, its versions (re-renders of it) and the render it re-renders."""
+    state = state | {"review": store.reviews(info.job_id, [render.id]).get(render.id)}
     record = render_record(info, render, state, base) | {"params": render.params}
     record["weights"] = render.weights
     record["credentials_planned"] = info.meta.get("credentials") == "1"
+    record["versions"] = [_version(j, r) for j, r in store.versions(info.job_id, render.id)]
+    parent = store.lineage(info.job_id, [render.id]).get(render.id)
+    record["parent"] = _version(*parent) if parent else None
     return record
+
+
+def _version(job: str, render: str) -> dict[str, str]:
+    return {"job": job, "render": render, "page": f"/ui/jobs/{job}/renders/{render}"}
 
 
 def renders_page(request, who, job_id, status, style, size, content, limit, after):
@@ -111,7 +124,8 @@ def list_renders(
     responses=declare(*READ),
 )
 def get_render(request: Request, who: TeamDep, job_id: str, render_id: str) -> dict[str, Any]:
-    return render_detail(*render_of(request, who, job_id, render_id), base_of(request))
+    found = render_of(request, who, job_id, render_id)
+    return render_detail(web(request).store, *found, base_of(request))
 
 
 def output_of(request: Request, who: Any, job_id: str, render_id: str, how: str) -> Any:

@@ -1,6 +1,8 @@
-// Live progress for the jobs list and a job's page: every element with data-job is refreshed
-// from the JSON API every 2 s while its job runs: counts, the bar's segments, the ETA, the
-// cost and the headline. Values are set as text or SVG attributes, never as HTML.
+// Live progress for the jobs list, a job's page and its gallery: every element with data-job
+// is refreshed from the JSON API, every 2 s while its job runs (counts, the bar's segments, the
+// ETA, the cost and the headline) and every 5 s after, while it shows review progress (other
+// reviewers' decisions). Values are set as text or SVG attributes, never as HTML.
+// On a render's page, keys drive the review: a approve, r reject, n note, j next, k previous.
 (function () {
   var ENDED = ["done", "failed", "cancelled"];
   function duration(s) {  // as the pages' `duration` filter (scheduler/web/pages.py)
@@ -40,25 +42,54 @@
         if (!j) return;
         el.querySelectorAll("[data-field]").forEach(function (f) {
           var k = f.dataset.field;
-          if (k === "bar") bar(f, j);
+          if (k.indexOf("review.") === 0) {
+            var part = k.slice(7);
+            if (j.review && part in j.review) f.textContent = String(j.review[part]);
+          } else if (k === "bar") bar(f, j);
           else if (k === "eta") f.textContent = duration(j.eta_seconds);
           else if (k === "cost") f.textContent = cost(j.cost);
           else if (k in j && j[k] !== null && typeof j[k] !== "object") f.textContent = String(j[k]);
         });
         if (ENDED.indexOf(j.status) < 0) {
           setTimeout(function () { refresh(el); }, 2000);
-        } else if (el.id === "job" && el.dataset.reloaded !== "1") {
+        } else if (el.id === "job" && el.dataset.reloaded !== "1" && el.dataset.ended !== "1") {
           el.dataset.reloaded = "1";
           window.location.reload();  // the ended job's failures, buttons and sheet
+        } else if (reviewing(el)) {
+          setTimeout(function () { refresh(el); }, 5000);
         }
       });
+  }
+  function reviewing(el) {
+    return el.querySelector("[data-field^='review.']") !== null && !document.hidden;
+  }
+  function typing(e) {
+    var t = e.target;
+    return t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" ||
+                 t.isContentEditable);
+  }
+  function keys(e) {
+    if (e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
+    var act = {a: "#approve", r: "#reject", j: "#next", k: "#prev", ArrowRight: "#next",
+               ArrowLeft: "#prev"}[e.key];
+    if (e.key === "n") {
+      var note = document.getElementById("note");
+      if (note) { e.preventDefault(); note.focus(); }
+      return;
+    }
+    var target = act && document.querySelector(act);
+    if (target) { e.preventDefault(); target.click(); }
   }
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-job]").forEach(function (el) {
       var status = el.querySelector("[data-field=status]");
       if (status && ENDED.indexOf(status.textContent) < 0) {
         setTimeout(function () { refresh(el); }, 2000);
+      } else if (status) {
+        el.dataset.ended = "1";  // ended when shown: no reload, review progress only
+        if (reviewing(el)) setTimeout(function () { refresh(el); }, 5000);
       }
     });
+    if (document.getElementById("review")) document.addEventListener("keydown", keys);
   });
 })();
