@@ -193,7 +193,7 @@ def test_an_output_gone_from_storage_is_listed_apart_not_a_broken_zip(job):
 
 
 def test_a_re_render_is_a_new_job_with_its_parent_and_the_same_ask_is_the_same_job(job):
-    web, app, job_id, _ = job
+    web, _app, job_id, _ = job
     target = renders_of(web, job_id)[0]
     bad = web.post(
         f"/v1/jobs/{job_id}/rerender",
@@ -279,7 +279,7 @@ def test_export_and_re_render_take_the_teams_submit_rate(local):  # noqa: F811
 def test_an_export_cut_off_mid_stream_leaves_nothing_behind(local, tmp_path):  # noqa: F811
     """A client that reads the first megabyte and goes away: the server closes what it was
     reading, its export count goes back to 0, and it wrote nothing to disk."""
-    settings, web, app, inputs = local
+    _settings, web, app, inputs = local
     job_id = local_post(web, local_doc(inputs, "big-export", sizes=(40, 48, 56, 64))).json()["job"]
     store = app.state.web.store
     info = store.get(job_id)
@@ -293,12 +293,14 @@ def test_an_export_cut_off_mid_stream_leaves_nothing_behind(local, tmp_path):  #
     before = {p for p in tmp_path.rglob("*")}
     server = Served(app)
     try:
-        with httpx.Client(base_url=server.url, timeout=30) as client:
-            with client.stream("GET", f"/v1/jobs/{job_id}/export", headers=ALPHA) as answer:
-                assert answer.status_code == 200
-                got = next(answer.iter_raw(1 << 20))
-                assert got[:2] == b"PK"
-                assert app.state.web.exports == 1
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as client,
+            client.stream("GET", f"/v1/jobs/{job_id}/export", headers=ALPHA) as answer,
+        ):
+            assert answer.status_code == 200
+            got = next(answer.iter_raw(1 << 20))
+            assert got[:2] == b"PK"
+            assert app.state.web.exports == 1
         wait_for(lambda: app.state.web.exports == 0, 15, "the export to be let go")
     finally:
         server.stop()

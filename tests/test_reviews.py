@@ -171,7 +171,7 @@ def test_a_summary_and_cost_table_carry_the_decisions(store, plan):
     assert rows[ids[0]]["decision"] == "approved" and rows[ids[0]]["reviewer"] == "alpha"
     assert rows[ids[1]]["decision"] == "rejected"
     assert rows[ids[2]]["decision"] == ""
-    noted = [r for r in data["renders"] if r["id"] == ids[1]][0]
+    noted = next(r for r in data["renders"] if r["id"] == ids[1])
     assert noted["review"]["note"] == "too busy"
 
 
@@ -189,9 +189,7 @@ def test_only_keeps_the_picked_renders_and_names_a_pick_that_matches_none(tmp_pa
     assert [p.where for p in refused.value.problems] == ["only[2]"]
 
 
-def test_a_re_render_records_its_lineage_and_its_approval_supersedes_the_old(
-    store, plan, tmp_path
-):
+def test_a_re_render_records_its_lineage_and_its_approval_supersedes_the_old(store, plan, tmp_path):
     job = made(store, plan)
     parent = store.get(job)
     picked = [r for r in plan.renders if r.style == "wave" and r.size == 48]
