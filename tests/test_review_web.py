@@ -312,9 +312,10 @@ def test_jobs_are_searched_by_name_status_submitter_and_date(local):  # noqa: F8
     a = local_post(web, local_doc(inputs, "autumn-sale")).json()["job"]
     b = local_post(web, local_doc(inputs, "winter-sale")).json()["job"]
     rendered(app, a)
-    found = lambda **q: [
-        j["job"] for j in web.get("/v1/jobs", params=q, headers=ALPHA).json()["jobs"]
-    ]
+
+    def found(**q) -> list[str]:
+        return [j["job"] for j in web.get("/v1/jobs", params=q, headers=ALPHA).json()["jobs"]]
+
     assert found(q="AUTUMN") == [a]
     assert found(q="sale") == [b, a]
     assert found(status="succeeded") == [a] and found(status="running") == [b]

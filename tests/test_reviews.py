@@ -223,7 +223,7 @@ def test_a_re_render_records_its_lineage_and_its_approval_supersedes_the_old(sto
     store.decide(job, "approved", [(plan.renders[0].id, None)])
     entries = list(review.export_entries(store, store.get(job), {}))
     assert {e.row["render"] for e in entries} == {plan.renders[0].id, child_plan.renders[0].id}
-    newer = [e for e in entries if e.row["job"] == child][0]
+    newer = next(e for e in entries if e.row["job"] == child)
     assert newer.name.startswith("rerenders/") and newer.name.endswith(child_plan.renders[0].key)
 
 
