@@ -290,6 +290,8 @@ def test_an_export_cut_off_mid_stream_leaves_nothing_behind(local, tmp_path):  #
         path.write_bytes(b"\x89PNG" + bytes(3 << 20))  # 3 MiB each: many chunks
         store.finish(Held(job_id, render.id, claim.attempt), "done")
     store.decide(job_id, "approved", [(r.id, None) for r in store.specs(job_id)])
+    whole = zipfile.ZipFile(io.BytesIO(web.get(f"/v1/jobs/{job_id}/export", headers=ALPHA).content))
+    assert [i.file_size for i in whole.infolist()][:-1] == [4 + (3 << 20)] * 8  # streamed whole
     before = {p for p in tmp_path.rglob("*")}
     server = Served(app)
     try:

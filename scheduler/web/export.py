@@ -1,7 +1,9 @@
 """A job's approved renders (or any filter of them) as one zip, streamed from storage through
-the server in bounded memory: each output is read a chunk at a time and written on as it
-comes (stored, not compressed: the images are compressed already), so what the server holds
-is one chunk, the zip's directory and the CSV's rows, never the outputs. The zip ends with
+the server in bounded memory: each output is written on as it comes (stored, not
+compressed: the images are compressed already), so what the server holds
+is a few small outputs fetched ahead (READ_AHEAD of at most WHOLE bytes: an export of many
+small files waits on each request's latency, not on bytes) or one chunk of a large one, the
+zip's directory and the CSV's rows; never the whole set. The zip ends with
 ``renders.csv`` (key, render, job, content, style, size, decision, reviewer, note, device,
 cost), one row per file in it, and, where some output could not be read, ``not-exported.csv``.
 
@@ -15,7 +17,10 @@ import io
 import logging
 import time
 import zipfile
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 import anyio
@@ -59,6 +64,45 @@ class _Sink(io.RawIOBase):
         return out
 
 
+READ_AHEAD = 16  # outputs fetched ahead of the one being written
+WHOLE = 2 << 20  # an output up to this size is fetched ahead whole; a larger one streamed
+
+
+def _fetched(ctx: Web, entries: Iterator[Any]) -> Iterator[tuple[Any, bytes | None, Any]]:
+    """(entry, its bytes, or a stream to read), in order, with up to READ_AHEAD small outputs
+    fetched at once (a request's latency, not the bytes, is what an export of many small files
+    waits on): at most READ_AHEAD x WHOLE bytes held ahead. A larger output is opened only when
+    its turn comes, and read a chunk at a time."""
+    with ThreadPoolExecutor(8, thread_name_prefix="export") as pool:
+
+        def fetch(entry: Any) -> tuple[Any, bytes | None, Any]:
+            reading = ctx.outputs.stream(entry.job.location, entry.key)
+            if reading is None:
+                return entry, None, None
+            if reading.size > WHOLE:
+                reading.close()  # its turn will open it again
+                return entry, None, "later"
+            try:
+                return entry, b"".join(reading.chunks), None
+            finally:
+                reading.close()
+
+        ahead: deque = deque(pool.submit(fetch, e) for e in islice(entries, READ_AHEAD))
+        try:
+            while ahead:
+                entry, data, later = ahead.popleft().result()
+                following = next(entries, None)
+                if following is not None:
+                    ahead.append(pool.submit(fetch, following))
+                if later == "later":
+                    yield entry, None, ctx.outputs.stream(entry.job.location, entry.key)
+                else:
+                    yield entry, data, None
+        finally:
+            for future in ahead:
+                future.cancel()
+
+
 def zip_chunks(ctx: Web, info: JobInfo, filters: dict[str, Any]) -> Iterator[bytes]:
     """The zip, a piece at a time (see the module's docstring)."""
     sink = _Sink()
@@ -71,21 +115,24 @@ def zip_chunks(ctx: Web, info: JobInfo, filters: dict[str, Any]) -> Iterator[byt
     lost = csv.writer(missing, lineterminator="\n")
     reading = None
     try:
-        for entry in export_entries(ctx.store, info, filters):
-            reading = ctx.outputs.stream(entry.job.location, entry.key)
-            if reading is None:
+        for entry, data, reading in _fetched(ctx, export_entries(ctx.store, info, filters)):
+            if data is None and reading is None:
                 lost.writerow([entry.name, entry.row["render"], "the output is not there"])
                 continue
             item = zipfile.ZipInfo(entry.name, stamp)
             item.compress_type = zipfile.ZIP_STORED
-            item.file_size = reading.size
-            with archive.open(item, "w", force_zip64=reading.size > 2**31) as out:
-                for chunk in reading.chunks:
-                    out.write(chunk)
-                    if sink.held >= FLUSH:
-                        yield sink.take()
-            reading.close()
-            reading = None
+            item.file_size = len(data) if data is not None else reading.size
+            with archive.open(item, "w", force_zip64=item.file_size > 2**31) as out:
+                if data is not None:
+                    out.write(data)
+                else:
+                    for chunk in reading.chunks:
+                        out.write(chunk)
+                        if sink.held >= FLUSH:
+                            yield sink.take()
+            if reading is not None:
+                reading.close()
+                reading = None
             rows.writerow(entry.row)
             if sink.held >= FLUSH:
                 yield sink.take()
