@@ -136,6 +136,7 @@ def test_no_bookkeeping_task_in_the_workers():
         queue.FINALIZE_TASK: "scheduler.bookkeeping.tasks",
         queue.NOTIFY_TASK: "scheduler.bookkeeping.tasks",
         queue.FAILED_TASK: "scheduler.bookkeeping.tasks",
+        queue.REVIEW_TASK: "scheduler.bookkeeping.tasks",
     }
 
 

@@ -402,8 +402,29 @@ def test_a_webhook_is_signed_retried_and_delivered_once(fleet, tmp_path):
             lambda: fleet.store.get(job_id).meta.get("webhook_status") == "delivered", 60, "hook"
         )
         time.sleep(1)  # nothing more arrives
+        ended = len(received)
+        # every output decided: job.reviewed, once, signed as job.ended
+        from common.queue import make_app
+        from scheduler.review import decide
+
+        done = fleet.store.with_status(job_id, "done")
+        app = make_app(fleet.settings())
+        assert decide(fleet.store, app, job_id, "approved", [(done[0], 0)], "ok", "ops").reviewed
+        wait_for(
+            lambda: fleet.store.get(job_id).meta.get("review_webhook_status") == "delivered",
+            60,
+            "job.reviewed",
+        )
+        time.sleep(1)
     finally:
         server.shutdown()
+    assert len(received) == ended + 1
+    reviewed = json.loads(received[-1][1])
+    assert (reviewed["event"], reviewed["job"], reviewed["review"]["approved"]) == (
+        "job.reviewed", job_id, 1,
+    )  # fmt: skip
+    assert verify(received[-1][1], received[-1][2], WEBHOOK_SECRET)
+    received = received[:ended]
     assert [code for code, _, _ in received] == [500, 500, 200]
     assert all(verify(body, signature, WEBHOOK_SECRET) for _, body, signature in received)
     assert not verify(received[-1][1], received[-1][2], "another secret")

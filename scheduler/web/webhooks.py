@@ -1,4 +1,4 @@
-"""The job-end webhook, declared in the OpenAPI document's ``webhooks`` section: what the
+"""The webhooks (job.ended, job.reviewed), declared in the OpenAPI document's ``webhooks`` section: what the
 bookkeeping worker POSTs to a manifest's ``notify.webhook`` (common/notify.py), and how a
 receiver checks it (docs/campaigns.md has the snippet)."""
 
@@ -48,6 +48,37 @@ class JobEnded(BaseModel):
 )
 def job_ended(
     body: JobEnded,
+    x_stylebatch_signature: Annotated[str, Header(description="t=...,v1=...")],
+    x_stylebatch_delivery: Annotated[str, Header(description="The delivery id again")],
+) -> None:
+    """Declared, never served."""
+
+
+class ReviewCounts(BaseModel):
+    approved: int
+    rejected: int
+    superseded: int
+
+
+class JobReviewed(BaseModel):
+    event: str = Field(description="job.reviewed")
+    delivery: str = Field(description="One id per job: drop a repeat of one already seen")
+    job: str
+    name: str | None
+    review: ReviewCounts
+    outputs: int = Field(description="Outputs (done or skipped renders), each now decided")
+    summary: str = Field(description="The URI of the job's summary.json (review section)")
+    reviewed: float = Field(description="When the last decision was made (Unix time)")
+
+
+@router.post(
+    "job.reviewed",
+    summary="Every output of an ended job has a review decision",
+    description="POSTed once per job, the first time every output (a done or skipped render) "
+    "of the ended job has a decision; signed, retried and verified as job.ended.",
+)
+def job_reviewed(
+    body: JobReviewed,
     x_stylebatch_signature: Annotated[str, Header(description="t=...,v1=...")],
     x_stylebatch_delivery: Annotated[str, Header(description="The delivery id again")],
 ) -> None:
