@@ -88,11 +88,18 @@ def main() -> None:
 
         def one(render) -> None:
             key = f"alpha/bulk/{render.key}"
-            client.put_object(Bucket="outs", Key=key, Body=body + render.id.encode())
+            for attempt in range(8):  # SeaweedFS under load answers InternalError at times
+                try:
+                    client.put_object(Bucket="outs", Key=key, Body=body + render.id.encode())
+                    break
+                except Exception:
+                    if attempt == 7:
+                        raise
+                    time.sleep(0.5 * 2**attempt)
             claim = store.claim(job, render.id, "W", 600, 3)
             store.finish(Held(job, render.id, claim.attempt), "done", seconds=0.5, device="cpu")
 
-        with ThreadPoolExecutor(16) as pool:
+        with ThreadPoolExecutor(8) as pool:
             list(pool.map(one, plan.renders))
         assert store.begin_finalize(job, "t", 60) == "ok" and store.end_job(job, "done", token="t")
         store.decide(job, "approved", [(r.id, None) for r in plan.renders], "", "alpha")

@@ -109,6 +109,9 @@ class Settings:
     web_planners: int = 2
     # "user:password" of /metrics (the fleet's exporter and the web front's): basic auth
     metrics_auth: str = field(default="", repr=False)
+    # Flower's basic auth (required by `stylebatch flower`: Flower shows every job)
+    flower_user: str = ""
+    flower_password: str = field(default="", repr=False)
 
     def signs(self, requested: bool | str | None) -> bool:
         """Whether outputs get content credentials: a manifest's ``output.credentials`` (as
@@ -214,6 +217,8 @@ class Settings:
                 _env("STYLEBATCH_WEB_SUBMIT_BURST", str(default.web_submit_burst))
             ),
             metrics_auth=_env("STYLEBATCH_METRICS_AUTH"),
+            flower_user=_env("STYLEBATCH_FLOWER_USER"),
+            flower_password=_env("STYLEBATCH_FLOWER_PASSWORD"),
             web_planners=int(_env("STYLEBATCH_WEB_PLANNERS", str(default.web_planners))),
             web_session_seconds=int(
                 _env("STYLEBATCH_WEB_SESSION_SECONDS", str(default.web_session_seconds))

@@ -23,7 +23,6 @@ the first time starts with its next slot (no backfill).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +32,7 @@ import redis
 from celery import beat
 from kombu.exceptions import OperationalError
 
-from common.errors import ManifestError, TransientError
+from common.errors import ConfigError, ManifestError, TransientError
 from common.inputs import CannotCheck
 from common.manifest import parse_manifest, read_document
 from common.schedule import latest_slot, next_slot, slot_label
@@ -115,7 +114,10 @@ class ManifestScheduler(beat.Scheduler):
 
     def __init__(self, *args: Any, source: str | None = None, clock: Any = None, **kwargs: Any):
         self.settings = Settings.from_env()
-        self.source = ManifestSource(source or os.environ["STYLEBATCH_SCHEDULES"], self.settings)
+        where = source or self.settings.schedules
+        if not where:
+            raise ConfigError("STYLEBATCH_SCHEDULES: not set, so beat has no manifests to fire")
+        self.source = ManifestSource(where, self.settings)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.store = JobStore.from_settings(self.settings)
         self.manifests: dict[str, Scheduled] = {}

@@ -48,11 +48,9 @@ def metrics(
 ) -> None:
     """Serve the fleet's Prometheus metrics: queues, renders, render times, device-seconds,
     live workers, stuck jobs, failures. Basic auth when STYLEBATCH_METRICS_AUTH=user:password."""
-    import os
-
     from scheduler.metrics import serve
 
-    auth = os.environ.get("STYLEBATCH_METRICS_AUTH", "")
+    auth = Settings.from_env().metrics_auth
     user, _, password = auth.partition(":")
     if auth and not (user and password):
         err.print("[red]STYLEBATCH_METRICS_AUTH: set it to user:password, both non-empty[/]")
@@ -153,8 +151,8 @@ def flower(
     has buckets from 0.1 s to 3 h, as renders take."""
     import os
 
-    user = os.environ.get("STYLEBATCH_FLOWER_USER", "")
-    password = os.environ.get("STYLEBATCH_FLOWER_PASSWORD", "")
+    settings = Settings.from_env()
+    user, password = settings.flower_user, settings.flower_password
     if not user or not password:
         err.print("[red]set STYLEBATCH_FLOWER_USER and STYLEBATCH_FLOWER_PASSWORD[/]")
         raise typer.Exit(EXIT_INVALID)

@@ -1,6 +1,6 @@
-"""The webhooks (job.ended, job.reviewed), declared in the OpenAPI document's ``webhooks`` section: what the
-bookkeeping worker POSTs to a manifest's ``notify.webhook`` (common/notify.py), and how a
-receiver checks it (docs/campaigns.md has the snippet)."""
+"""The webhooks (job.ended, job.reviewed), declared in the OpenAPI document's ``webhooks``
+section: what the bookkeeping worker POSTs to a manifest's ``notify.webhook``
+(common/notify.py), and how a receiver checks it (docs/campaigns.md has the snippet)."""
 
 from __future__ import annotations
 
