@@ -259,8 +259,12 @@ class S3Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+        # only this server's sockets (named by its ports' gRPC ports, port + 10000): another
+        # SeaweedFS started meanwhile on this machine keeps its own
+        mine = {str(self.port + i + offset) for i in range(5) for offset in (0, 10000)}
         for sock in set(glob.glob("/tmp/seaweedfs-*.sock")) - self.before:
-            Path(sock).unlink(missing_ok=True)
+            if sock.removesuffix(".sock").rsplit("-", 1)[-1] in mine:
+                Path(sock).unlink(missing_ok=True)
 
 
 class Worker:
