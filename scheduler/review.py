@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
-from common.dispatch import notify, review_published
+from common.dispatch import review_published
 from common.manifest import _where
 from common.params import PRESETS, Palette, Strict
 from common.state import JobInfo, JobStore
@@ -32,16 +32,35 @@ class Overrides(Strict):
     focus: tuple[float, float] | None = None
     color: Literal["none", "luminance", "histogram"] | None = None
 
+    @field_validator("focus")
+    @classmethod
+    def _in_unit_square(cls, focus: tuple[float, float] | None) -> tuple[float, float] | None:
+        if focus is not None and not all(0 <= v <= 1 for v in focus):
+            raise ValueError("x and y within 0..1 (0, 0 is the top left)")
+        return focus
+
     def given(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+
+    def changes(self, render: Any) -> bool:
+        """Whether these overrides change ``render`` at all (else it would be made again)."""
+        for name, value in self.given().items():
+            if name == "focus":
+                now: Any = list(render.focus) if render.focus else None
+            else:
+                now = render.params.get(name)
+            if value != now:
+                return True
+        return False
 
 
 Problems = list[dict[str, str]]
 
 
 def read_overrides(data: Any) -> tuple[Overrides | None, Problems]:
-    """The overrides, or every problem with its path (``overrides.<field>``): one that
-    changes nothing is refused too (it would make the same render again)."""
+    """The overrides, or every problem with its path (``overrides.<field>``); none at all is
+    refused too. (Overrides that change none of the selected renders are refused where the
+    selection is known: ``Overrides.changes``.)"""
     if not isinstance(data, dict):
         return None, [{"where": "overrides", "message": "an object of changes is needed"}]
     try:
@@ -52,8 +71,6 @@ def read_overrides(data: Any) -> tuple[Overrides | None, Problems]:
              "message": e["msg"]}
             for e in exc.errors()
         ]  # fmt: skip
-    if found.focus and not all(0 <= v <= 1 for v in found.focus):
-        return None, [{"where": "overrides.focus", "message": "x and y within 0..1"}]
     if not found.given():
         return None, [{"where": "overrides", "message": "give at least one change"}]
     return found, []
@@ -74,7 +91,9 @@ def _style_params(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return {k: v for k, v in kept.items() if v is not None}
 
 
-def rerender_document(info: JobInfo, renders: list[Any], overrides: Overrides) -> dict[str, Any]:
+def rerender_document(
+    info: JobInfo, renders: list[Any], overrides: Overrides, team: str = ""
+) -> dict[str, Any]:
     """The manifest of a re-render: the selected renders' contents, styles and sizes, only
     those combinations (``only``), each as it was made but for the overrides, written under
     ``rerenders/<digest>/`` beside the job's outputs. The same selection and overrides make
@@ -124,8 +143,8 @@ def rerender_document(info: JobInfo, renders: list[Any], overrides: Overrides) -
     }
     if info.meta.get("weights"):
         document["weights"] = info.meta["weights"]
-    if info.meta.get("webhook"):
-        document["notify"] = {"webhook": info.meta["webhook"]}
+    if info.meta.get("webhook") and info.meta.get("team", "") == team:
+        document["notify"] = {"webhook": info.meta["webhook"]}  # the team's own receiver
     return document
 
 
@@ -185,27 +204,29 @@ def decide(
     supersede: bool = True,
 ) -> Outcome | None:
     """Decide, then act on what it came to: the job's summary and cost table written again
-    (a bookkeeping task), its job.reviewed webhook when every output has a decision, and an
-    approved re-render superseding the render it re-renders (``supersede``). None where
-    the job is gone."""
+    (a bookkeeping task, which then sends job.reviewed where every output now has a
+    decision, so the summary it points to has them); an approved re-render superseding the
+    render it re-renders (``supersede``), and a re-render whose approval is withdrawn giving
+    that render its earlier decision back. None where the job is gone."""
     done = store.decide(job_id, decision, renders, note, reviewer)
     if done.gone:
         return None
-    _follow_up(store, app, job_id, done)
+    _follow_up(app, job_id, done)
     recorded = [r.render for r in done.results if r.outcome == "recorded"]
     superseded = 0
-    if decision == "approved" and supersede and recorded:
-        by_parent: dict[str, list[tuple[str, str]]] = {}
-        for rid, (pjob, prid) in store.lineage(job_id, recorded).items():
-            by_parent.setdefault(pjob, []).append((prid, rid))
-        for pjob, pairs in by_parent.items():
-            for prid, rid in pairs:
-                older = store.decide(
-                    pjob, "superseded", [(prid, None)], "", reviewer, f"{job_id} {rid}"
-                )
-                if not older.gone:
-                    superseded += older.count("recorded")
-                    _follow_up(store, app, pjob, older)
+    parents = store.lineage(job_id, recorded) if recorded else {}
+    for rid, (pjob, prid) in parents.items():
+        if decision == "approved" and supersede:
+            older = store.decide(
+                pjob, "superseded", [(prid, None)], "", reviewer, f"{job_id} {rid}"
+            )
+            superseded += older.count("recorded")
+        elif decision != "approved":
+            older = _restore(store, pjob, prid, f"{job_id} {rid}")
+        else:
+            continue
+        if older is not None and not older.gone:
+            _follow_up(app, pjob, older)
     return Outcome(
         recorded=len(recorded),
         unchanged=done.count("unchanged"),
@@ -222,24 +243,39 @@ def decide(
     )
 
 
-def _follow_up(store: JobStore, app: Any, job_id: str, done: Any) -> None:
-    if done.publish:
+def _restore(store: JobStore, job_id: str, render_id: str, newer: str) -> Any:
+    """A render superseded by ``newer`` gets back the decision it had (undecided if none),
+    now that ``newer`` is no longer approved; unless it was decided since (its version)."""
+    review = store.reviews(job_id, [render_id]).get(render_id) or {}
+    if review.get("decision") != "superseded" or review.get("superseded_by") != newer:
+        return None
+    was = review.get("was") or {}
+    return store.decide(
+        job_id, was.get("decision", ""), [(render_id, review.get("version", 0))],
+        was.get("note", ""), was.get("by", ""),
+    )  # fmt: skip
+
+
+def _follow_up(app: Any, job_id: str, done: Any) -> None:
+    """The publication (and with it job.reviewed, where due) of a job whose decisions
+    changed."""
+    if done.publish or done.reviewed:
         review_published(app, job_id)
-    if done.reviewed:
-        info = store.get(job_id)
-        delivery = info.meta.get("review_webhook_delivery") if info else None
-        if delivery:
-            notify(app, job_id, delivery, "reviewed")
 
 
 Filters = dict[str, Any]
 
 
 def selected(
-    store: JobStore, job_id: str, filters: Filters, limit: int = SELECTION_LIMIT
+    store: JobStore,
+    job_id: str,
+    filters: Filters,
+    limit: int = SELECTION_LIMIT,
+    with_output: bool = False,
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
     """Every (render, state) of the job matching ``filters`` (status, style, size, content
-    (partial), decision), page by page; at most ``limit``."""
+    (partial), decision), page by page, at most ``limit`` (the caller learns it was cut by
+    getting ``limit`` of them); ``with_output``: only done or skipped renders, counted."""
     after, taken = "", 0
     while True:
         page = store.renders_page(
@@ -253,8 +289,10 @@ def selected(
             limit=200,
             after=after,
         )
-        for pair in page.renders:
-            yield pair
+        for render, state in page.renders:
+            if with_output and state.get("status") not in ("done", "skipped"):
+                continue
+            yield render, state
             taken += 1
             if taken >= limit:
                 return

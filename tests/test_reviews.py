@@ -237,6 +237,94 @@ def test_overrides_are_checked_each_problem_named():
     assert review.read_overrides({})[1][0]["message"] == "give at least one change"
 
 
+@pytest.fixture
+def hooked(tmp_path, images):
+    data = tiny_manifest(images, tmp_path / "out", sizes=[40, 48])
+    data["notify"] = {"webhook": "https://hooks.example.com/x"}
+    return plan_job(write_manifest(tmp_path, data), local_settings(), "random")
+
+
+def test_a_retried_job_keeps_its_decisions_while_it_runs_again(store, plan):
+    """Its reviews (and lineage) live as long as the job again: no count of decisions gone."""
+    ids = sorted(r.id for r in plan.renders)
+    job = made(store, plan, ended={ids[0]: "failed"})
+    store.decide(job, "approved", [(ids[1], None)], "", "alpha")
+    keys = store.keys(job)
+    assert store.r.ttl(keys.reviews) > 0
+    assert store.reset_failed(job) == [ids[0]]
+    assert store.r.ttl(keys.record) == -1  # the job runs again, kept
+    assert store.r.ttl(keys.reviews) == -1, "decisions still expire with the old end"
+    assert store.get(job).review()["approved"] == 1
+
+
+def test_a_retried_jobs_new_outputs_make_its_review_incomplete_again(store, hooked):
+    """A complete review, then a retry: the new output is undecided, the job no longer
+    reviewed, and deciding it completes the review again (a new job.reviewed delivery)."""
+    plan = hooked
+    ids = sorted(r.id for r in plan.renders)
+    job = made(store, plan, ended={ids[0]: "failed"})
+    done = store.decide(job, "approved", [(i, None) for i in ids[1:]], "", "alpha")
+    assert done.reviewed
+    first = store.get(job).meta.get("review_webhook_delivery")
+    store.reset_failed(job)
+    claim = store.claim(job, ids[0], "W", LIVE, CAP)
+    store.finish(Held(job, ids[0], claim.attempt), "done", seconds=1, device="cpu")
+    assert store.begin_finalize(job, "t2", 60) == "ok" and store.end_job(job, "done", token="t2")
+    info = store.get(job)
+    assert info.review()["undecided"] == 1
+    assert "reviewed" not in info.meta, "still marked reviewed with an undecided output"
+    last = store.decide(job, "approved", [(ids[0], None)], "", "alpha")
+    assert last.reviewed, "the review completing again is never said"
+    again = store.get(job).meta.get("review_webhook_delivery")
+    assert again and again != first  # a new delivery for the new complete review
+
+
+def test_withdrawing_a_newer_versions_approval_gives_the_old_its_decision_back(
+    store, plan, tmp_path
+):
+    """r approved; its re-render approved (r superseded, its decision kept); the re-render
+    then rejected: r is approved again, and the job's approved export has it."""
+    job = made(store, plan)
+    parent = store.get(job)
+    r = sorted(plan.renders, key=lambda x: x.id)[0]
+    store.decide(job, "approved", [(r.id, None)], "", "alpha")
+    overrides, _ = review.read_overrides({"style_weight": 4.0})
+    document = review.rerender_document(parent, [r], overrides)
+    child_plan = plan_job(write_manifest(tmp_path, document), local_settings(), "random")
+    child = made(store, child_plan)
+    pairs = review.lineage_pairs([r], child_plan.renders)
+    store.set_lineage(child, [(c, f"{job} {p}") for p, c in pairs])
+    c = child_plan.renders[0].id
+
+    class App:
+        def send_task(self, *a, **k):
+            pass
+
+    review.decide(store, App(), child, "approved", [(c, 0)], reviewer="alpha")
+    assert store.reviews(job, [r.id])[r.id]["decision"] == "superseded"
+    review.decide(store, App(), child, "rejected", [(c, 1)], "worse", "alpha")
+    back = store.reviews(job, [r.id])[r.id]
+    assert (back["decision"], back["version"]) == ("approved", 3) and "superseded_by" not in back
+    entries = list(review.export_entries(store, store.get(job), {}))
+    assert [e.row["render"] for e in entries] == [r.id]
+    assert store.get(job).review()["approved"] == 1
+
+
+def test_every_overrides_problem_is_named_at_once():
+    """A focus out of range beside another problem: both named."""
+    _, problems = review.read_overrides({"seed": -1, "focus": [2, 2]})
+    assert {p["where"] for p in problems} == {"overrides.seed", "overrides.focus"}
+
+
+def test_overrides_that_change_nothing_are_known(plan):
+    """The very values a render was made with are no change (the re-render refuses them)."""
+    r = plan.renders[0]
+    same, _ = review.read_overrides({"style_weight": r.params["style_weight"], "seed": 0})
+    assert not same.changes(r)
+    more, _ = review.read_overrides({"style_weight": r.params["style_weight"] * 2})
+    assert more.changes(r)
+
+
 class Reviewers(RuleBasedStateMachine):
     """Several reviewers, each deciding on renders as of the version they last looked at.
     The invariant: a write is recorded exactly when its version is the current one, and is

@@ -3,8 +3,11 @@
 -- resumed: its cancelled renders are pending again too, and its cancel is lifted (a retry
 -- asks for the renders to be made; a cancel still in force would end them at once). Reads
 -- only the job's failed set and the cancelled part of its ended index.
+-- The renders made again will be new outputs, undecided: the job's review is no longer
+-- complete (a later complete review sends job.reviewed again, with a new delivery id), and
+-- its reviews and lineage live as long as the job again.
 -- KEYS: job, states, failed, ended, fleet metrics (the prelude's J), crashes, active, specs,
---       device errors, render index
+--       device errors, render index, reviews, versions, lineage
 -- ARGV: job id
 local reset = redis.call('SMEMBERS', J.failed)
 local failed = #reset
@@ -32,8 +35,11 @@ if #reset > 0 then
   redis.call('HSET', KEYS[1], 'status', 'running', 'activity', now())
   redis.call('HDEL', KEYS[1], 'finished', 'reason', 'finalizing_since', 'finalize_owner',
              'finalize_until', 'finalize_status', 'finalized', 'cancelled')
+  redis.call('HDEL', KEYS[1], 'reviewed', 'review_webhook_delivery', 'review_webhook_status',
+             'review_webhook_owner', 'review_webhook_until', 'review_webhook_delivered')
   redis.call('SADD', KEYS[7], ARGV[1])
-  for _, key in ipairs({J.job, J.states, J.ended, KEYS[6], KEYS[8], KEYS[9], KEYS[10]}) do
+  for _, key in ipairs({J.job, J.states, J.ended, KEYS[6], KEYS[8], KEYS[9], KEYS[10],
+                        KEYS[11], KEYS[12], KEYS[13]}) do
     redis.call('PERSIST', key)
   end
 end

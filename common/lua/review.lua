@@ -1,13 +1,16 @@
 -- Review decisions. A render with an output (done or skipped) goes
 --   undecided -> approved | rejected
 --   approved | rejected | superseded -> approved | rejected     a reviewer changes it
---   approved | rejected -> superseded     a newer version of it (a re-render) was approved
+--   approved | rejected -> superseded     a newer version of it (a re-render) was approved;
+--                                         the decision it replaced is kept (``was``)
+--   superseded -> its ``was`` (or undecided: decision '')   that newer version's approval
+--                                         was withdrawn
 -- Each change bumps the render's review version. A write that names a version (the one its
 -- reviewer saw) other than the current one is refused 'stale', with the current decision:
 -- two reviewers never overwrite each other silently. The same decision and note again is
 -- 'unchanged' (a repeated request changes nothing, counts nothing).
 -- KEYS: job, states, reviews, owed webhooks
--- ARGV: decision, note, reviewer, job id, then per render: render id, expected version
+-- ARGV: decision ('' for undecided), note, reviewer, job id, then per render: render id, expected version
 --       ('' for any), superseded by ('' unless the decision is superseded)
 -- Returns {'gone'} or {'ok', reviewed now (0|1), publication due (0|1), then per render: id,
 --   outcome ('recorded' | 'unchanged' | 'stale' | 'missing' | 'no-output'), version, the
@@ -31,17 +34,25 @@ for i = 5, #ARGV, 3 do
       outcome = 'no-output'
     elseif expected ~= '' and tonumber(expected) ~= version then
       outcome = 'stale'
-    elseif review['decision'] == ARGV[1] and (review['note'] or '') == ARGV[2]
+    elseif (review['decision'] or '') == ARGV[1] and (review['note'] or '') == ARGV[2]
         and (review['superseded_by'] or '') == by then
       outcome = 'unchanged'
     else
       if review['decision'] then
         redis.call('HINCRBY', KEYS[1], 'review:' .. review['decision'], -1)
       end
-      redis.call('HINCRBY', KEYS[1], 'review:' .. ARGV[1], 1)
       version = version + 1
-      review = {decision = ARGV[1], note = ARGV[2], by = ARGV[3], at = t, version = version}
-      if by ~= '' then review['superseded_by'] = by end
+      local made = {version = version, by = ARGV[3], at = t}
+      if ARGV[1] ~= '' then
+        redis.call('HINCRBY', KEYS[1], 'review:' .. ARGV[1], 1)
+        made['decision'], made['note'] = ARGV[1], ARGV[2]
+      end
+      if by ~= '' then made['superseded_by'] = by end
+      if ARGV[1] == 'superseded' and review['decision'] and review['decision'] ~= 'superseded' then
+        made['was'] = {decision = review['decision'], note = review['note'] or '',
+                       by = review['by'] or ''}
+      end
+      review = made
       current = cjson.encode(review)
       redis.call('HSET', KEYS[3], render, current)
       outcome = 'recorded'

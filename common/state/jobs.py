@@ -263,6 +263,7 @@ class JobWrites:
         """`stylebatch retry`: every failed render pending again, the job running again."""
         job = JobKeys(job_id)
         ks = [*job.ending(), job.crashes, keys.ACTIVE, job.specs, job.devices, job.index]
+        ks += [job.reviews, job.versions, job.lineage]
         return list(self.scripts.run("reset_failed", ks, [job_id]))
 
     # job transitions

@@ -61,8 +61,9 @@ class ReviewWrites:
         superseded_by: str = "",
     ) -> Decided:
         """Decide on ``renders`` ((render id, the review version its reviewer saw, or None for
-        any)), in scripts of REVIEW_CHUNK renders each (review.lua)."""
-        assert decision in DECISIONS, decision
+        any)), in scripts of REVIEW_CHUNK renders each (review.lua). ``decision`` '' makes
+        them undecided again (a superseded render whose newer version lost its approval)."""
+        assert decision in (*DECISIONS, ""), decision
         job = JobKeys(job_id)
         ks = [job.record, job.states, job.reviews, keys.WEBHOOKS]
         out = Decided()

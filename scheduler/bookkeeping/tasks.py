@@ -273,13 +273,18 @@ def review_published(self, job_id: str, taken: bool = False) -> dict[str, Any]:
     for it after a decision; review_publish.lua hands it over); a finalizing job's is asked
     for again shortly, a running job's finalize writes the decisions itself. The top-level
     summary.json is written only while it is this job's (a later job's stays). S3 away: the
-    task is retried, still holding it (``taken``)."""
+    task is retried, still holding it (``taken``).
+
+    Then, where every output of the job has a decision and its job.reviewed is owed, that
+    delivery is sent: after the summary it points to has the decisions. (The watchdog sends
+    this task again for a job.reviewed owed too long: its first was lost.)"""
     jobs = store()
     outcome = "publish" if taken else jobs.take_review_publish(job_id)
     if outcome == "wait":
         raise retry(self, None, 10) from None
     info = jobs.get(job_id) if outcome == "publish" else None
     if info is None:
+        _reviewed_owed(jobs, job_id)
         return {"ignored": "nothing to publish"}
     summary = jobs.summary(job_id)
     summary.engine = ENGINE_VERSION
@@ -295,7 +300,17 @@ def review_published(self, job_id: str, taken: bool = False) -> dict[str, Any]:
             raise
         delay = retry_delay(self.request.retries)
         raise retry(self, exc, delay, kwargs={"taken": True}) from None
+    _reviewed_owed(jobs, job_id)
     return {"job": job_id, "review": summary.review()}
+
+
+def _reviewed_owed(jobs: JobStore, job_id: str) -> None:
+    """Send the job's job.reviewed delivery if it is owed and not yet made."""
+    info = jobs.get(job_id)
+    meta = info.meta if info else {}
+    delivery = meta.get("review_webhook_delivery")
+    if delivery and meta.get("review_webhook_delivered") != delivery:
+        notify_job(app, job_id, delivery, "reviewed")
 
 
 def _latest_summary_is(storage: Any, job_id: str) -> bool:

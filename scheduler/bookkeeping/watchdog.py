@@ -28,7 +28,15 @@ from typing import Any
 
 from celery import Celery
 
-from common.dispatch import finalize, notify, queued_jobs, recover_job, redrive, settle
+from common.dispatch import (
+    finalize,
+    notify,
+    queued_jobs,
+    recover_job,
+    redrive,
+    review_published,
+    settle,
+)
 from common.queue import MAX_CRASHES
 from common.settings import Settings
 from common.state import JobStore, running_field
@@ -122,7 +130,10 @@ def reconcile(
                 suspects.append(job_id)
     webhooks = 0
     for job_id, delivery, event in store.owed_webhooks(settings.stall_after):
-        notify(app, job_id, delivery, event)  # its notify was lost, or died holding the claim
+        if event == "reviewed":  # its summary first, then the delivery (review_published)
+            review_published(app, job_id)
+        else:
+            notify(app, job_id, delivery, event)  # its notify was lost, or died holding it
         webhooks += 1
         log.warning("job %s: webhook delivery %s owed; sent again", job_id, delivery)
     if suspects:

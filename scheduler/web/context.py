@@ -27,6 +27,21 @@ class Web:
     submitting: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     exports: int = 0  # zips being streamed now (scheduler/web/export.py)
+    exporting: dict[str, int] = field(default_factory=dict)  # by team
+
+    def begin_export(self, team: str, at_once: int) -> bool:
+        """Take a turn to stream an export: one per team, ``at_once`` per server."""
+        with self.lock:
+            if self.exports >= at_once or self.exporting.get(team, 0) >= 1:
+                return False
+            self.exports += 1
+            self.exporting[team] = self.exporting.get(team, 0) + 1
+            return True
+
+    def end_export(self, team: str) -> None:
+        with self.lock:
+            self.exports -= 1
+            self.exporting[team] -= 1
 
     @cached_property
     def celery(self) -> Any:

@@ -20,6 +20,7 @@ import zipfile
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -64,6 +65,7 @@ class _Sink(io.RawIOBase):
         return out
 
 
+TABLES = ("renders.csv", "not-exported.csv")
 READ_AHEAD = 16  # outputs fetched ahead of the one being written
 WHOLE = 2 << 20  # an output up to this size is fetched ahead whole; a larger one streamed
 
@@ -76,9 +78,12 @@ def _fetched(ctx: Web, entries: Iterator[Any]) -> Iterator[tuple[Any, bytes | No
     with ThreadPoolExecutor(8, thread_name_prefix="export") as pool:
 
         def fetch(entry: Any) -> tuple[Any, bytes | None, Any]:
-            reading = ctx.outputs.stream(entry.job.location, entry.key)
+            try:
+                reading = ctx.outputs.stream(entry.job.location, entry.key)
+            except Exception as exc:  # S3 away or refusing this one: listed, not fatal
+                return entry, None, Unreadable(_why(exc))
             if reading is None:
-                return entry, None, None
+                return entry, None, Unreadable("the output is not there")
             if reading.size > WHOLE:
                 reading.close()  # its turn will open it again
                 return entry, None, "later"
@@ -95,9 +100,13 @@ def _fetched(ctx: Web, entries: Iterator[Any]) -> Iterator[tuple[Any, bytes | No
                 if following is not None:
                     ahead.append(pool.submit(fetch, following))
                 if later == "later":
-                    yield entry, None, ctx.outputs.stream(entry.job.location, entry.key)
+                    try:
+                        later = ctx.outputs.stream(entry.job.location, entry.key)
+                    except Exception as exc:
+                        later = Unreadable(_why(exc))
+                    yield entry, None, later or Unreadable("the output is not there")
                 else:
-                    yield entry, data, None
+                    yield entry, data, later
         finally:
             for future in ahead:
                 future.cancel()
@@ -114,12 +123,20 @@ def zip_chunks(ctx: Web, info: JobInfo, filters: dict[str, Any]) -> Iterator[byt
     missing = io.StringIO()
     lost = csv.writer(missing, lineterminator="\n")
     reading = None
+    names: set[str] = set(TABLES)  # a name is used once: an output never shadows a table
     try:
         for entry, data, reading in _fetched(ctx, export_entries(ctx.store, info, filters)):
-            if data is None and reading is None:
-                lost.writerow([entry.name, entry.row["render"], "the output is not there"])
+            if isinstance(reading, Unreadable):
+                lost.writerow([entry.name, entry.row["render"], reading.why])
+                reading = None
                 continue
-            item = zipfile.ZipInfo(entry.name, stamp)
+            name = entry.name if entry.name not in names else f"{entry.job.job_id}/{entry.key}"
+            if name in names:
+                lost.writerow([entry.name, entry.row["render"], "a second file of that name"])
+                continue
+            names.add(name)
+            entry.row["key"] = name
+            item = zipfile.ZipInfo(name, stamp)
             item.compress_type = zipfile.ZIP_STORED
             item.file_size = len(data) if data is not None else reading.size
             with archive.open(item, "w", force_zip64=item.file_size > 2**31) as out:
@@ -136,15 +153,29 @@ def zip_chunks(ctx: Web, info: JobInfo, filters: dict[str, Any]) -> Iterator[byt
             rows.writerow(entry.row)
             if sink.held >= FLUSH:
                 yield sink.take()
-        archive.writestr(_item("renders.csv", stamp), table.getvalue().encode())
+        archive.writestr(_item(TABLES[0], stamp), table.getvalue().encode())
         if missing.tell():
             head = "key,render,why\n"
-            archive.writestr(_item("not-exported.csv", stamp), (head + missing.getvalue()).encode())
+            archive.writestr(_item(TABLES[1], stamp), (head + missing.getvalue()).encode())
         archive.close()
         yield sink.take()
     finally:
         if reading is not None:
             reading.close()
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An output that could not be read before its first byte: listed in not-exported.csv
+    with why, and the zip goes on. (One that fails part way through cannot be taken back
+    from a zip already sent: the response is cut short, and the client sees a broken
+    download, never a wrong file.)"""
+
+    why: str
+
+
+def _why(exc: Exception) -> str:
+    return str(exc).split(": ", 1)[-1][:200] or type(exc).__name__
 
 
 def _item(name: str, stamp: tuple[int, ...]) -> zipfile.ZipInfo:
@@ -154,9 +185,13 @@ def _item(name: str, stamp: tuple[int, ...]) -> zipfile.ZipInfo:
 
 
 class ClosingStream(StreamingResponse):
-    """A StreamingResponse that closes its body whatever ended it: Starlette stops iterating
+    """A StreamingResponse that closes its body whatever ended it (Starlette stops iterating
     when the client goes away but leaves the generator to the garbage collector, which may
-    be much later (the output being read stays open, the export counted)."""
+    be much later: the output being read stays open), then calls ``on_close``."""
+
+    def __init__(self, content: Any, on_close: Any, **kw: Any):
+        super().__init__(content, **kw)
+        self.on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -164,6 +199,7 @@ class ClosingStream(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            self.on_close()
 
 
 async def streamed(ctx: Web, info: JobInfo, filters: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -171,7 +207,6 @@ async def streamed(ctx: Web, info: JobInfo, filters: dict[str, Any]) -> AsyncIte
     and Redis reads block), and the generator closed whatever ends the response, a client
     gone away included (shielded from the cancel that says so)."""
     pieces = zip_chunks(ctx, info, filters)
-    ctx.exports += 1
     try:
         while True:
             piece = await run_in_threadpool(next, pieces, None)
@@ -182,4 +217,3 @@ async def streamed(ctx: Web, info: JobInfo, filters: dict[str, Any]) -> AsyncIte
     finally:
         with anyio.CancelScope(shield=True):
             await run_in_threadpool(pieces.close)
-        ctx.exports -= 1

@@ -128,6 +128,10 @@ class Review(BaseModel):
     at: float = Field(0, description="When (Unix time, the Redis server's clock)")
     version: int = Field(description="The render's review version: send it with a change")
     superseded_by: str | None = Field(None, description="'<job> <render>' of the newer version")
+    was: dict | None = Field(
+        None, description="For a superseded render: the decision it had, given back if the "
+        "newer version's approval is withdrawn"
+    )  # fmt: skip
 
 
 class Version(BaseModel):
@@ -225,6 +229,10 @@ class DecisionsMade(BaseModel):
     refused: list[Refusal] = Field(description="No such render, or no output yet")
     superseded: int
     reviewed: bool = Field(description="Every output of the job now has a decision")
+    truncated: bool = Field(
+        False, description="The filter matched more than 10,000 renders: only the first were "
+        "decided; ask again for the rest"
+    )  # fmt: skip
     detail: str
 
 

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from common.state.model import REVIEW_DECISIONS
-from scheduler import jobview
+from scheduler import jobview, review
 from scheduler.web import models
 from scheduler.web.deps import TeamDep, job_of, rate, render_of, web
 from scheduler.web.problems import ApiError
@@ -26,6 +26,7 @@ from scheduler.web.templating import flash, page
 router = APIRouter(prefix="/ui", include_in_schema=False)
 GALLERY_PAGE = 48
 COMPARED = 200  # renders of one content shown side by side, at most
+NEAR_PAGES = 10  # pages (of up to 2,000 candidates each) looked through for the next render
 FILTERS = ("status", "style", "size", "content", "decision")
 DECISION_FILTERS = (*REVIEW_DECISIONS, "undecided")
 Text = Annotated[str | None, Query(max_length=300)]
@@ -110,12 +111,17 @@ def render_page(
     here = f"/ui/jobs/{info.job_id}/renders/"
     near = {}
     for name, backwards in (("next", False), ("prev", True)):
-        found = store.renders_page(
-            info.job_id, status=filters.get("status"), style=filters.get("style"),
-            size=filters.get("size"), content=filters.get("content"),
-            decision=filters.get("decision"), contains=True, limit=1, after=render.id,
-            backwards=backwards,
-        )  # fmt: skip
+        after, found = render.id, None
+        for _ in range(NEAR_PAGES):  # past renders the filter passes over, a page at a time
+            found = store.renders_page(
+                info.job_id, status=filters.get("status"), style=filters.get("style"),
+                size=filters.get("size"), content=filters.get("content"),
+                decision=filters.get("decision"), contains=True, limit=1, after=after,
+                backwards=backwards,
+            )  # fmt: skip
+            if found.renders or not found.next:
+                break
+            after = found.next
         near[name] = f"{here}{found.renders[0][0].id}?{query}" if found.renders else None
     versions = []
     for v in record["versions"]:
@@ -228,8 +234,12 @@ async def rerender_page(request: Request, who: TeamDep, job_id: str) -> Response
     chosen = [str(v).partition(":")[0] for v in form.getlist("pick")][:10_000]
     chosen += [str(v) for v in form.getlist("render")][:10_000]
     overrides, problems = overrides_of(form)
-    if problems:
-        raise ApiError("invalid-request", "the changes are not valid", problems=problems)
+    if problems:  # with what the model finds in the fields that did convert: every problem
+        _, more = review.read_overrides(overrides)
+        problems += [m for m in more if m["where"] != "overrides" or not overrides]
+        problems = [p for p in problems if p["message"] != "give at least one change"] or problems
+        detail = "; ".join(f"{p['where']}: {p['message']}" for p in problems)
+        raise ApiError("invalid-request", detail, problems=problems)
     if not chosen:
         raise ApiError("invalid-request", "nothing picked to re-render")
     body = {"renders": list(dict.fromkeys(chosen)), "overrides": overrides}

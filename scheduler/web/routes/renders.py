@@ -29,6 +29,7 @@ def render_record(info: JobInfo, render: Any, state: dict[str, Any], base: str =
     path = f"/jobs/{info.job_id}/renders/{render.id}"
     status = state.get("status", "pending")
     has_output = status in ("done", "skipped")
+    review = state.get("review") or {}  # its decision; {version} alone once withdrawn
     return {
         "render": render.id,
         "content": render.content_name,
@@ -44,8 +45,8 @@ def render_record(info: JobInfo, render: Any, state: dict[str, Any], base: str =
         "pixel_iterations": state.get("pixel_iterations"),
         "output": info.location.uri_of(render.key),
         "copies": [{"style": s, "output": info.location.uri_of(k)} for s, k in render.copies],
-        "review": state.get("review"),
-        "review_version": (state.get("review") or {}).get("version", 0),
+        "review": review if review.get("decision") else None,
+        "review_version": review.get("version", 0),
         "links": {
             "self": f"{base}{path}",
             "page": f"/ui{path}",

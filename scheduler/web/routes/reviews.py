@@ -25,6 +25,7 @@ from scheduler.web.problems import READ, WRITE, ApiError, declare
 from scheduler.web.routes.jobs import detail
 
 router = APIRouter(tags=["review"])
+EXPORTS_AT_ONCE = 4  # zips one server streams at once (each holds its read-ahead)
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 Text = Annotated[str | None, Query(max_length=300)]
 
@@ -92,15 +93,16 @@ def decide_many(request: Request, who: Any, job_id: str, body: Any) -> dict[str,
     ctx = web(request)
     if (body.renders is None) == (body.filter is None):
         raise ApiError("invalid-request", "give either renders (a selection) or a filter")
+    truncated = False
     if body.renders is not None:
         chosen = [(p.render, p.version) for p in body.renders]
     else:
         wanted = body.filter.model_dump(exclude_none=True)
         chosen = [
             (r.id, (s.get("review") or {}).get("version", 0))
-            for r, s in review.selected(ctx.store, info.job_id, wanted)
-            if s.get("status") in ("done", "skipped")
+            for r, s in review.selected(ctx.store, info.job_id, wanted, with_output=True)
         ]
+        truncated = len(chosen) >= review.SELECTION_LIMIT
     outcome = review.decide(
         ctx.store, ctx.celery, info.job_id, body.decision, chosen, body.note, who.name,
         body.supersede,
@@ -115,7 +117,13 @@ def decide_many(request: Request, who: Any, job_id: str, body: Any) -> dict[str,
         "refused": outcome.refused,
         "superseded": outcome.superseded,
         "reviewed": outcome.reviewed,
-        "detail": outcome.said(body.decision),
+        "truncated": truncated,
+        "detail": outcome.said(body.decision)
+        + (
+            f"; only the first {review.SELECTION_LIMIT} matching renders: ask again for the rest"
+            if truncated
+            else ""
+        ),
     }
 
 
@@ -140,21 +148,33 @@ def export(
             "too), rejected, superseded, undecided, or any",
         ),
     ] = "approved",
-    status: Text = None,
+    status: Annotated[
+        str | None, Query(pattern="^(pending|running|done|skipped|failed|cancelled)$")
+    ] = None,
     style: Text = None,
     size: Text = None,
     content: Text = None,
 ) -> Response:
     """Streamed from storage in bounded memory; ends with renders.csv (key, render, job,
-    content, style, size, decision, reviewer, note, device, cost in device-seconds)."""  # fmt: skip
+    content, style, size, decision, reviewer, note, device, cost in device-seconds). At most
+    one export per team and EXPORTS_AT_ONCE per server stream at once (429 otherwise)."""
     rate(request, who, "submit")
     info = job_of(request, who, job_id)
+    ctx = web(request)
+    if not ctx.begin_export(who.name, EXPORTS_AT_ONCE):
+        raise ApiError(
+            "rate-limited",
+            "an export of this team is streaming, or the server streams all it may at once; "
+            "retry when it is done",
+            {"Retry-After": "30"},
+        )
     filters = {"decision": decision, "status": status, "style": style, "size": size,
                "content": content}  # fmt: skip
     filters = {k: v for k, v in filters.items() if v}
     name = f"{info.job_id}-{decision}.zip"
     return ClosingStream(
-        streamed(web(request), info, filters),
+        streamed(ctx, info, filters),
+        lambda: ctx.end_export(who.name),
         media_type="application/zip",
         headers=PRIVATE | {"Content-Disposition": f'attachment; filename="{name}"'},
     )
@@ -203,7 +223,11 @@ async def rerender(request: Request, who: Any, info: Any, body: dict) -> tuple[b
     if not parents:
         nothing = [{"where": "filter", "message": "matches no render"}]
         raise ApiError("invalid-request", "no render matches this selection", problems=nothing)
-    document = review.rerender_document(info, parents, overrides)
+    if not any(overrides.changes(r) for r in parents):
+        same = [{"where": "overrides", "message": "changes nothing: each selected render was "
+                 "made with these values already"}]  # fmt: skip
+        raise ApiError("invalid-request", "overrides: changes nothing", problems=same)
+    document = review.rerender_document(info, parents, overrides, who.name)
     created, child, job = await run_in_threadpool(
         submit_document, ctx, who, json.dumps(document).encode(), "application/json"
     )

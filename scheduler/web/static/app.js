@@ -36,6 +36,10 @@
     }
   }
   function refresh(el) {
+    if (document.hidden && el.dataset.ended === "1") {  // a hidden tab asks again later
+      setTimeout(function () { refresh(el); }, 5000);
+      return;
+    }
     fetch("/v1/jobs/" + encodeURIComponent(el.dataset.job), {credentials: "same-origin"})
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (j) {
@@ -61,7 +65,7 @@
       });
   }
   function reviewing(el) {
-    return el.querySelector("[data-field^='review.']") !== null && !document.hidden;
+    return el.querySelector("[data-field^='review.']") !== null;
   }
   function typing(e) {
     var t = e.target;
