@@ -21,13 +21,16 @@ import torch.nn.functional as F
 from workers.engine import color
 from workers.engine.config import EngineConfig
 from workers.engine.losses import (
+    SQRT_METHODS,
     SlicedTarget,
     StyleTarget,
     content_loss,
     content_norm,
+    default_sqrt,
     moments,
     style_samples,
     tv_loss,
+    wasserstein2_layers,
 )
 from workers.engine.vgg import VGG19Features, load_vgg19
 
@@ -93,9 +96,15 @@ class StyleEngine:
         net: VGG19Features | None = None,
         weights_id: str | None = None,
         cuda_graphs: bool = True,
+        w2_sqrt: str = "auto",
     ):
         self.device = resolve_device(device)
         self.cuda_graphs = cuda_graphs
+        # how the W2 loss takes its per-step square root: by device (losses.default_sqrt), or
+        # forced (tests run the CUDA path's matmul-only root on the CPU)
+        self.w2_sqrt = default_sqrt(self.device) if w2_sqrt == "auto" else w2_sqrt
+        if self.w2_sqrt not in SQRT_METHODS:
+            raise ValueError(f"w2_sqrt must be auto or one of {SQRT_METHODS}, not {w2_sqrt!r}")
         if net is None:
             net, weights_id = load_vgg19(weights)
         self.weights_id = weights_id or "unknown"
@@ -336,6 +345,7 @@ class StyleEngine:
                 torch.stack([means[name] for means, _ in per_item]),
                 torch.stack([grams[name] for _, grams in per_item]),
                 config.style_loss,
+                self.w2_sqrt,
             )
             for name in layers
         }
@@ -347,10 +357,16 @@ class StyleEngine:
         layers = {name for name, _ in config.style_layers} | {config.content_layer}
         feats = self._features(x, layers, config.pooling)
         total_weight = sum(w for _, w in config.style_layers)
-        style = (
-            sum(w * targets.styles[name].loss(feats[name]) for name, w in config.style_layers if w)
-            / total_weight
-        )
+        weighted = [(name, w) for name, w in config.style_layers if w]
+        if config.style_loss == "wasserstein":  # the layers' square roots batched by size
+            values = wasserstein2_layers(
+                [feats[name] for name, _ in weighted],
+                [targets.styles[name] for name, _ in weighted],  # type: ignore[misc]
+            )
+            per_layer = [v.float() for v in values]
+        else:
+            per_layer = [targets.styles[name].loss(feats[name]) for name, _ in weighted]
+        style = sum(w * v for (_, w), v in zip(weighted, per_layer, strict=True)) / total_weight
         content = content_loss(feats[config.content_layer], targets.content, targets.content_norm)
         tv = tv_loss(x.float())
         total = (
@@ -388,14 +404,17 @@ class StyleEngine:
                     avg.lerp_(x, 1 - config.ema)
 
         graph, warmup = None, 3
-        # The exact W2 loss decomposes matrices on every step (torch's eigh waits on the device
-        # to check its result), which a CUDA graph cannot hold, and the sliced loss draws from
-        # its own generator: both step eagerly.
+        # W2 steps in the graph with its matmul-only square root (Newton-Schulz; eigh waits on
+        # the device to check its result, which a graph cannot hold); the sliced loss draws
+        # from its own generator and steps eagerly.
+        capturable = config.style_loss == "gram" or (
+            config.style_loss == "wasserstein" and self.w2_sqrt == "newton"
+        )
         use_graph = (
             self.cuda_graphs
             and self.device.type == "cuda"
             and iterations > warmup + 2
-            and config.style_loss == "gram"
+            and capturable
         )
         side = torch.cuda.Stream() if use_graph else None
         for i in range(iterations):
