@@ -129,7 +129,9 @@ class StyleEngine:
         net.convs.to(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         self.net = net.to(memory_format=self.memory_format)
         self._shapes_seen: set[tuple[int, ...]] = set()
-        self._generator = torch.Generator(self.device).manual_seed(0)
+        # the sliced loss's random directions, made when a sliced render asks for them (a
+        # device generator is the one thing here that needs a real device)
+        self._generator: torch.Generator | None = None
 
     @contextlib.contextmanager
     def _device_flags(self, shape: tuple[int, ...], tf32_matmul: bool = True):
@@ -198,8 +200,8 @@ class StyleEngine:
         self, items: list[RenderItem], config: EngineConfig, progress: Progress | None
     ) -> list[RenderResult]:
         started = time.perf_counter()
-        # the sliced loss's random directions: the same seed gives the same render
-        self._generator = torch.Generator(self.device).manual_seed(items[0].seed)
+        if config.style_loss == "sliced":  # its random directions: one seed, one render
+            self._generator = torch.Generator(self.device).manual_seed(items[0].seed)
         height, width = items[0].content.shape[-2:]
         schedule = config.schedule(max(height, width))
         contents = torch.stack([item.content for item in items]).float().to(self.device)
@@ -297,6 +299,11 @@ class StyleEngine:
             prepared.append((image.to(self.device), weight / total))
         return prepared
 
+    def _sliced_generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator(self.device).manual_seed(0)
+        return self._generator
+
     @torch.no_grad()
     def _targets(
         self,
@@ -339,7 +346,7 @@ class StyleEngine:
                         samples[name][-1].append((kept[name], weight))
             per_item.append((means, grams))
         targets: dict[str, StyleTarget | SlicedTarget] = {
-            name: SlicedTarget(samples[name], self._generator)
+            name: SlicedTarget(samples[name], self._sliced_generator())
             if sliced
             else StyleTarget(
                 torch.stack([means[name] for means, _ in per_item]),
