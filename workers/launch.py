@@ -11,7 +11,14 @@ import subprocess
 import sys
 import time
 
-from common.queue import BOOKKEEPING_QUEUE, EXIT_MISCONFIGURED, EXIT_SICK, RENDER_QUEUE
+from common.queue import (
+    BOOKKEEPING_QUEUE,
+    EXIT_MISCONFIGURED,
+    EXIT_SICK,
+    RENDER_QUEUE,
+    torch_threads,
+)
+from common.settings import Settings
 
 
 def visible_gpus() -> list[str]:
@@ -42,9 +49,15 @@ def worker_commands(
     loglevel: str = "INFO",
     cpu_workers: int = 1,
     bookkeeping: bool = True,
+    settings: Settings | None = None,
 ) -> list[Command]:
-    """(argv, extra environment) for each worker process to start."""
+    """(argv, extra environment) for each worker process to start. Each render process gets
+    its share of this machine's CPUs as STYLEBATCH_TORCH_THREADS (what was set there stays),
+    so N processes do not each start a thread per core."""
     host = host or socket.gethostname()
+    settings = settings or Settings.from_env()
+    renderers = len(gpus) or cpu_workers
+    threads = {"STYLEBATCH_TORCH_THREADS": str(torch_threads(settings, max(1, renderers)))}
     base = [
         sys.executable,
         "-m",
@@ -63,7 +76,7 @@ def worker_commands(
         out.append(
             (
                 [*base, "-Q", RENDER_QUEUE, "-c", "1", "-n", f"gpu{gpu}@{host}"],
-                {"CUDA_VISIBLE_DEVICES": gpu, "STYLEBATCH_DEVICE": "cuda"},
+                {"CUDA_VISIBLE_DEVICES": gpu, "STYLEBATCH_DEVICE": "cuda", **threads},
             )
         )
     if not gpus:
@@ -71,7 +84,7 @@ def worker_commands(
             out.append(
                 (
                     [*base, "-Q", RENDER_QUEUE, "-c", "1", "-n", f"cpu{i}@{host}"],
-                    {"STYLEBATCH_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""},
+                    {"STYLEBATCH_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": "", **threads},
                 )
             )
     if bookkeeping:
