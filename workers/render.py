@@ -43,7 +43,7 @@ from common.sizes import cover_box, parse_size
 from common.storage import Storage
 from workers.cache import InputCache
 
-ENGINE_VERSION = "stylebatch-engine/3"  # with common.expand.ENGINE_GENERATION
+ENGINE_VERSION = "stylebatch-engine/4"  # with common.expand.ENGINE_GENERATION
 _DEVICE_TROUBLE = re.compile(
     r"CUDA|cuDNN|CUBLAS|NCCL|NVIDIA|device-side assert|out of memory|no kernel image|"
     r"ECC error|GPU is lost|illegal memory access|accelerator",
