@@ -24,7 +24,8 @@ from common.uris import Location, canonical_uri, check_relative_key, is_s3, pars
 
 # Bump when the engine's output for the same inputs and parameters changes.
 ENGINE_GENERATION = 4  # 2: exact W2, replicate padding; 3: W2 presets, chroma TV, fp32 W2;
-# 4: W2 root on CUDA by Newton-Schulz, float64 products around the target root, preset plans
+# 4: W2 root on CUDA by Newton-Schulz, float64 products around the target root, chroma TV 6,
+# standard on draft's pyramid
 RESERVED_KEYS = ("summary.json", "contact_sheet.png")  # the latest job's, beside the outputs
 RECORDS = "_jobs"  # each job's own summary and contact sheet: _jobs/<job id>/...
 RANDOM_WEIGHTS = re.compile(r"^random(:\d{1,10})?$")

@@ -247,7 +247,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pyramid": {
             "start": 128,
             "ratio": math.sqrt(2),
-            "iterations": {"first": 300, "decay": 0.8, "minimum": 120},
+            "iterations": {"first": 600, "decay": 0.85, "minimum": 250},
         },
     },
 }
