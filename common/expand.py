@@ -26,7 +26,9 @@ from common.sizes import parse_size
 from common.uris import Location, canonical_uri, check_relative_key, is_s3, parse_location
 
 # Bump when the engine's output for the same inputs and parameters changes.
-ENGINE_GENERATION = 3  # 2: exact W2, replicate padding; 3: W2 presets, chroma TV, fp32 W2
+ENGINE_GENERATION = 4  # 2: exact W2, replicate padding; 3: W2 presets, chroma TV, fp32 W2;
+# 4: W2 root on CUDA by Newton-Schulz, float64 products around the target root, chroma TV 6,
+# standard on draft's pyramid
 ENGINE_VERSION = f"stylebatch-engine/{ENGINE_GENERATION}"  # what summaries and outputs name
 RESERVED_KEYS = ("summary.json", "contact_sheet.png")  # the latest job's, beside the outputs
 RECORDS = "_jobs"  # each job's own summary and contact sheet: _jobs/<job id>/...

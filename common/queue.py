@@ -3,10 +3,12 @@ limits. Tasks are sent by name, so the scheduler never imports the workers (or t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import ssl
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -57,10 +59,13 @@ def celery_priority(priority: int) -> int:
 
 # Seconds per full-size megapixel-iteration (one Adam step over a 1-megapixel image), by device
 # type, with head room over what was measured (docs/reliability.md): an H200 ran ~0.01; the
-# 2-core CI machine's CPU 10-12 with one render process (twice that with two sharing its
-# cores). The limits add 3x and a minute on top. STYLEBATCH_SECONDS_PER_MPIX_ITERATION
-# overrides both.
+# 2-core CI machine's CPU 10-12 with one render process on both cores (twice that with two
+# sharing them). The limits add 3x and a minute on top. The CPU figure is for CPU_FIGURE_THREADS
+# torch threads and scales with the threads a process really has (seconds_per_unit).
+# STYLEBATCH_SECONDS_PER_MPIX_ITERATION overrides both.
 SECONDS_PER_MPIX_ITERATION = {"cuda": 0.05, "cpu": 30.0}
+CPU_FIGURE_THREADS = 2
+CGROUP = Path("/sys/fs/cgroup")
 
 
 def task_work(size: int | str, params: dict[str, Any], renders: int) -> float:
@@ -86,9 +91,65 @@ def device_kind(device: str) -> str:
 
 
 def seconds_per_unit(settings: Settings) -> float:
+    """Seconds per megapixel-iteration on this process's device. On a CPU, proportionally more
+    with fewer threads than the figure was measured with (one thread: twice); never less with
+    more (how the engine scales past two cores was not measured)."""
     if settings.seconds_per_mpix_iteration > 0:
         return settings.seconds_per_mpix_iteration
-    return SECONDS_PER_MPIX_ITERATION[device_kind(settings.device)]
+    kind = device_kind(settings.device)
+    if kind == "cpu":
+        threads = min(torch_threads(settings), CPU_FIGURE_THREADS)
+        return SECONDS_PER_MPIX_ITERATION[kind] * CPU_FIGURE_THREADS / threads
+    return SECONDS_PER_MPIX_ITERATION[kind]
+
+
+def cgroup_cpu_limit(root: Path = CGROUP) -> float | None:
+    """CPUs the cgroup's quota allows this process, or None where none is set: cgroup v2's
+    cpu.max ("QUOTA PERIOD", "max" for none) in the process's own cgroup or at the root of
+    the mount (a container's view), else v1's cpu.cfs_quota_us / cpu.cfs_period_us (-1: none).
+    The tightest one found counts."""
+    limits = []
+    own = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                own = line[3:].strip().lstrip("/")
+    for folder in {root / own, root} if own else {root}:
+        with contextlib.suppress(OSError, ValueError):
+            quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+            if quota != "max":
+                limits.append(int(quota) / int(period or 100000))
+    for v1 in (root / "cpu", root / "cpu,cpuacct", root):
+        with contextlib.suppress(OSError, ValueError):
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+            if quota_us > 0 and period_us > 0:
+                limits.append(quota_us / period_us)
+    return min(limits) if limits else None
+
+
+def available_cpus(root: Path = CGROUP) -> int:
+    """CPUs this process may run on: its affinity (taskset, cpuset), capped by its cgroup
+    quota rounded down (a quota of 1.5 CPUs runs one thread without being throttled)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit(root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.floor(quota)))
+    return max(1, cpus)
+
+
+def torch_threads(settings: Settings, processes: int = 1, root: Path = CGROUP) -> int:
+    """Intra-op threads for one of ``processes`` render processes sharing this process's CPUs:
+    STYLEBATCH_TORCH_THREADS if set, else the available CPUs divided among them. Sized
+    threads matter on a shared CPU: torch's default (every core of the machine) in each
+    process makes them preempt one another (a 96 px draft took 65 s with the default beside a
+    busy process, 21 s with one thread)."""
+    if settings.torch_threads > 0:
+        return settings.torch_threads
+    return max(1, available_cpus(root) // max(1, processes))
 
 
 def time_limits(work: float, per_unit: float, max_time_limit: int) -> tuple[int, int]:

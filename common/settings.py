@@ -57,6 +57,10 @@ class Settings:
     max_time_limit: int = 3 * 3600  # hard limit on any task, seconds
     # For time limits: 0 takes the device's figure from common.queue.SECONDS_PER_MPIX_ITERATION
     seconds_per_mpix_iteration: float = 0.0
+    # torch's intra-op threads in a render process; 0: the CPUs this process may use (its
+    # affinity and cgroup CPU quota) divided among the render processes beside it
+    # (common.queue.torch_threads; `stylebatch worker` sets this per process)
+    torch_threads: int = 0
     # Celery's task results (read by the render task's errback for the failure's reason,
     # and by nothing after): kept this long
     result_expires: int = 3600
@@ -173,6 +177,7 @@ class Settings:
                     "STYLEBATCH_SECONDS_PER_MPIX_ITERATION", str(default.seconds_per_mpix_iteration)
                 )
             ),
+            torch_threads=int(_env("STYLEBATCH_TORCH_THREADS") or "0"),
             result_expires=int(_env("STYLEBATCH_RESULT_EXPIRES", str(default.result_expires))),
             job_ttl=int(_env("STYLEBATCH_JOB_TTL", str(default.job_ttl))),
             worker_timeout=float(_env("STYLEBATCH_WORKER_TIMEOUT", str(default.worker_timeout))),

@@ -10,28 +10,41 @@ import socket
 import subprocess
 import time
 
-from common.queue import EXIT_MISCONFIGURED, EXIT_SICK, RENDER_QUEUE, worker_argv
+from common.queue import EXIT_MISCONFIGURED, EXIT_SICK, RENDER_QUEUE, torch_threads, worker_argv
+from common.settings import Settings
 
 Command = tuple[list[str], dict[str, str]]
 
 
 def render_commands(
-    gpus: list[str], host: str | None = None, loglevel: str = "INFO", cpu_workers: int = 1
+    gpus: list[str],
+    host: str | None = None,
+    loglevel: str = "INFO",
+    cpu_workers: int = 1,
+    settings: Settings | None = None,
 ) -> list[Command]:
     """(argv, extra environment) for each render worker process: one per GPU, pinned with
-    CUDA_VISIBLE_DEVICES, or ``cpu_workers`` CPU workers where there is none."""
+    CUDA_VISIBLE_DEVICES, or ``cpu_workers`` CPU workers where there is none. Each gets its
+    share of this machine's CPUs as STYLEBATCH_TORCH_THREADS (what was set there stays), so
+    N processes do not each start a thread per core."""
     host = host or socket.gethostname()
+    settings = settings or Settings.from_env()
+    renderers = len(gpus) or cpu_workers
+    threads = {"STYLEBATCH_TORCH_THREADS": str(torch_threads(settings, max(1, renderers)))}
     base = [*worker_argv("workers.tasks", loglevel), "-Q", RENDER_QUEUE, "-c", "1"]
     if gpus:
         return [
             (
                 [*base, "-n", f"gpu{gpu}@{host}"],
-                {"CUDA_VISIBLE_DEVICES": gpu, "STYLEBATCH_DEVICE": "cuda"},
+                {"CUDA_VISIBLE_DEVICES": gpu, "STYLEBATCH_DEVICE": "cuda", **threads},
             )
             for gpu in gpus
         ]
     return [
-        ([*base, "-n", f"cpu{i}@{host}"], {"STYLEBATCH_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""})
+        (
+            [*base, "-n", f"cpu{i}@{host}"],
+            {"STYLEBATCH_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": "", **threads},
+        )
         for i in range(cpu_workers)
     ]
 

@@ -7,6 +7,7 @@ render twice yields one output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -38,7 +39,7 @@ from common.imageio import (
     fitted_size,
 )
 from common.outputs import earlier, measured  # noqa: F401 (workers.render's callers)
-from common.queue import MAX_BATCH_PIXELS
+from common.queue import MAX_BATCH_PIXELS, torch_threads
 from common.settings import Settings
 from common.sizes import cover_box, parse_size
 from common.storage import Storage
@@ -166,6 +167,7 @@ class Renderer:
             from workers.engine import StyleEngine, WeightsError
             from workers.weights import local_weights
 
+            size_threads(self.settings)
             try:
                 path = local_weights(self.weights, self.settings, self.weights_identity)
                 self._engine = StyleEngine(path, self.device)
@@ -370,6 +372,21 @@ class Renderer:
             outcomes.append(outcome)
             written.append(outcome)
         return outcomes
+
+
+def size_threads(settings: Settings) -> int:
+    """Sets this process's torch threads to what it really has (common.queue.torch_threads:
+    its affinity and cgroup quota, or STYLEBATCH_TORCH_THREADS as `stylebatch worker` shares
+    them out); one inter-op thread (the engine runs its ops one after another). Returns the
+    intra-op count."""
+    import torch
+
+    threads = torch_threads(settings)
+    torch.set_num_threads(threads)
+    if torch.get_num_interop_threads() != 1:
+        with contextlib.suppress(RuntimeError):  # only before the first parallel work
+            torch.set_num_interop_threads(1)
+    return threads
 
 
 def _content_key(render: Render) -> tuple[str, str, int]:

@@ -26,13 +26,15 @@ def worker_commands(
     loglevel: str = "INFO",
     cpu_workers: int = 1,
     bookkeeping: bool = True,
+    settings: Settings | None = None,
 ) -> list[tuple[list[str], dict[str, str]]]:
-    """Every process `stylebatch worker` starts: the render workers (workers/launch.py) and
-    the bookkeeping worker (scheduler/bookkeeping/), as (argv, extra environment)."""
+    """Every process `stylebatch worker` starts: the render workers (workers/launch.py, each
+    with its share of the CPUs as STYLEBATCH_TORCH_THREADS) and the bookkeeping worker
+    (scheduler/bookkeeping/), as (argv, extra environment)."""
     from scheduler import bookkeeping as books
     from workers.launch import render_commands
 
-    commands = render_commands(gpus, host, loglevel, cpu_workers)
+    commands = render_commands(gpus, host, loglevel, cpu_workers, settings)
     return [*commands, books.command(host, loglevel)] if bookkeeping else commands
 
 

@@ -20,13 +20,16 @@ import torch.nn.functional as F
 from workers.engine import color
 from workers.engine.config import EngineConfig
 from workers.engine.losses import (
+    SQRT_METHODS,
     SlicedTarget,
     StyleTarget,
     content_loss,
     content_norm,
+    default_sqrt,
     moments,
     style_samples,
     tv_loss,
+    wasserstein2_layers,
 )
 from workers.engine.vgg import VGG19Features, load_vgg19
 
@@ -92,9 +95,15 @@ class StyleEngine:
         net: VGG19Features | None = None,
         weights_id: str | None = None,
         cuda_graphs: bool = True,
+        w2_sqrt: str = "auto",
     ):
         self.device = resolve_device(device)
         self.cuda_graphs = cuda_graphs
+        # how the W2 loss takes its per-step square root: by device (losses.default_sqrt), or
+        # forced (tests run the CUDA path's matmul-only root on the CPU)
+        self.w2_sqrt = default_sqrt(self.device) if w2_sqrt == "auto" else w2_sqrt
+        if self.w2_sqrt not in SQRT_METHODS:
+            raise ValueError(f"w2_sqrt must be auto or one of {SQRT_METHODS}, not {w2_sqrt!r}")
         if net is None:
             net, weights_id = load_vgg19(weights)
         self.weights_id = weights_id or "unknown"
@@ -119,7 +128,9 @@ class StyleEngine:
         net.convs.to(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         self.net = net.to(memory_format=self.memory_format)
         self._shapes_seen: set[tuple[int, ...]] = set()
-        self._generator = torch.Generator(self.device).manual_seed(0)
+        # the sliced loss's random directions, made when a sliced render asks for them (a
+        # device generator is the one thing here that needs a real device)
+        self._generator: torch.Generator | None = None
 
     @contextlib.contextmanager
     def _device_flags(self, shape: tuple[int, ...], tf32_matmul: bool = True):
@@ -188,8 +199,8 @@ class StyleEngine:
         self, items: list[RenderItem], config: EngineConfig, progress: Progress | None
     ) -> list[RenderResult]:
         started = time.perf_counter()
-        # the sliced loss's random directions: the same seed gives the same render
-        self._generator = torch.Generator(self.device).manual_seed(items[0].seed)
+        if config.style_loss == "sliced":  # its random directions: one seed, one render
+            self._generator = torch.Generator(self.device).manual_seed(items[0].seed)
         height, width = items[0].content.shape[-2:]
         schedule = config.schedule(max(height, width))
         contents = torch.stack([item.content for item in items]).float().to(self.device)
@@ -287,6 +298,11 @@ class StyleEngine:
             prepared.append((image.to(self.device), weight / total))
         return prepared
 
+    def _sliced_generator(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator(self.device).manual_seed(0)
+        return self._generator
+
     @torch.no_grad()
     def _targets(
         self,
@@ -329,12 +345,13 @@ class StyleEngine:
                         samples[name][-1].append((kept[name], weight))
             per_item.append((means, grams))
         targets: dict[str, StyleTarget | SlicedTarget] = {
-            name: SlicedTarget(samples[name], self._generator)
+            name: SlicedTarget(samples[name], self._sliced_generator())
             if sliced
             else StyleTarget(
                 torch.stack([means[name] for means, _ in per_item]),
                 torch.stack([grams[name] for _, grams in per_item]),
                 config.style_loss,
+                self.w2_sqrt,
             )
             for name in layers
         }
@@ -346,10 +363,16 @@ class StyleEngine:
         layers = {name for name, _ in config.style_layers} | {config.content_layer}
         feats = self._features(x, layers, config.pooling)
         total_weight = sum(w for _, w in config.style_layers)
-        style = (
-            sum(w * targets.styles[name].loss(feats[name]) for name, w in config.style_layers if w)
-            / total_weight
-        )
+        weighted = [(name, w) for name, w in config.style_layers if w]
+        if config.style_loss == "wasserstein":  # the layers' square roots batched by size
+            values = wasserstein2_layers(
+                [feats[name] for name, _ in weighted],
+                [targets.styles[name] for name, _ in weighted],  # type: ignore[misc]
+            )
+            per_layer = [v.float() for v in values]
+        else:
+            per_layer = [targets.styles[name].loss(feats[name]) for name, _ in weighted]
+        style = sum(w * v for (_, w), v in zip(weighted, per_layer, strict=True)) / total_weight
         content = content_loss(feats[config.content_layer], targets.content, targets.content_norm)
         tv = tv_loss(x.float())
         total = (
@@ -387,14 +410,17 @@ class StyleEngine:
                     avg.lerp_(x, 1 - config.ema)
 
         graph, warmup = None, 3
-        # The exact W2 loss decomposes matrices on every step (torch's eigh waits on the device
-        # to check its result), which a CUDA graph cannot hold, and the sliced loss draws from
-        # its own generator: both step eagerly.
+        # W2 steps in the graph with its matmul-only square root (Newton-Schulz; eigh waits on
+        # the device to check its result, which a graph cannot hold); the sliced loss draws
+        # from its own generator and steps eagerly.
+        capturable = config.style_loss == "gram" or (
+            config.style_loss == "wasserstein" and self.w2_sqrt == "newton"
+        )
         use_graph = (
             self.cuda_graphs
             and self.device.type == "cuda"
             and iterations > warmup + 2
-            and config.style_loss == "gram"
+            and capturable
         )
         side = torch.cuda.Stream() if use_graph else None
         for i in range(iterations):
