@@ -1,8 +1,8 @@
 """Fault-injection harness: a real fleet under a seeded schedule of faults, then the
 invariants checked against Redis and S3.
 
-    python bench/chaos.py --seed 7 --jobs 12 --faults 100      # the long run
-    python bench/chaos.py --seed 1 --short                     # what CI runs (tests/test_chaos.py)
+    python bench/chaos.py --seed 7 --jobs 12 --faults 100   # the long run
+    python bench/chaos.py --seed 1 --short                  # CI's (tests/fleet/test_chaos.py)
 
 The fleet: Redis (append-only, fsync always), SeaweedFS, two CPU render workers (each
 reaching Redis through a TCP proxy of its own, which a partition cuts), a bookkeeping worker
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common.state import JobStore  # noqa: E402
-from tests.services import (  # noqa: E402
+from tests.support.services import (  # noqa: E402
     ACCESS_KEY,
     SECRET_KEY,
     RedisServer,
@@ -172,7 +172,7 @@ class Harness:
         torch.save(random_state_dict(1234), self.weights)
         self.sentinels = None
         if args.sentinel:
-            from tests.services import SentinelSet
+            from tests.support.services import SentinelSet
 
             self.sentinels = SentinelSet(self.folder / "sentinel")
             self.redis_port = self.sentinels.master()

@@ -51,7 +51,14 @@ def main() -> None:
     from common.expand import plan_job
     from common.settings import Settings
     from common.state import Held, JobStore
-    from tests.services import ACCESS_KEY, SECRET_KEY, RedisServer, S3Server, free_port, wait_for
+    from tests.support.services import (
+        ACCESS_KEY,
+        SECRET_KEY,
+        RedisServer,
+        S3Server,
+        free_port,
+        wait_for,
+    )
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--renders", type=int, default=100_000)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from common.state import JobStore  # noqa: E402
 from scheduler.cli.services import worker_commands  # noqa: E402
-from tests.services import ACCESS_KEY, SECRET_KEY, RedisServer, S3Server, Worker  # noqa: E402
+from tests.support.services import ACCESS_KEY, SECRET_KEY, RedisServer, S3Server, Worker  # noqa: E402
 from workers.engine import random_state_dict  # noqa: E402
 
 

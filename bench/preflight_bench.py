@@ -28,7 +28,7 @@ from common.manifest import parse_manifest  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from common.uris import Location  # noqa: E402
 from scheduler.preflight import preflight  # noqa: E402
-from tests.services import ACCESS_KEY, SECRET_KEY, S3Server  # noqa: E402
+from tests.support.services import ACCESS_KEY, SECRET_KEY, S3Server  # noqa: E402
 
 
 def plan_for(uris: list[str], output: str) -> JobPlan:

@@ -30,9 +30,9 @@ import torch  # noqa: E402
 
 from common.expand import plan_job  # noqa: E402
 from common.settings import Settings  # noqa: E402
-from tests.conftest import EXAMPLES  # noqa: E402
-from tests.fleet import Fleet, manifest, upload_inputs  # noqa: E402
-from tests.services import RedisServer, S3Server, wait_for  # noqa: E402
+from tests.support.fleet import manifest, start_fleet, upload_inputs  # noqa: E402
+from tests.support.paths import EXAMPLES  # noqa: E402
+from tests.support.services import RedisServer, S3Server, wait_for  # noqa: E402
 from workers.engine import random_state_dict  # noqa: E402
 
 DEFAULTS = ("STYLEBATCH_WORKER_TIMEOUT", "STYLEBATCH_HEARTBEAT_INTERVAL",
@@ -61,7 +61,7 @@ def main() -> None:
     results: dict = {"machine": "2 CPU cores, no GPU", "settings": "defaults"}
     try:
         upload_inputs(s3, images(folder))
-        fleet = Fleet(folder, redis, s3, weights, db=0)
+        fleet = start_fleet(folder, redis, s3, weights, redis.url(0))  # no workers yet
         for name in DEFAULTS:  # the operator's defaults, not the tests' short ones
             fleet.env.pop(name)
         fleet.start(["cpu0", "cpu1", "bookkeeping"])

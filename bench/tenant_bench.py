@@ -10,8 +10,8 @@ manifests back to back from two threads: another team's glob, another bucket, th
 own disk (``/usr``), a link out of its folder, and its own prefix past the listing bound
 (STYLEBATCH_MAX_LISTED). Reports each hostile kind's time to refusal (median, max) and
 beta's latency (p50, p99, max) alone and under attack. Writes
-bench/results/tenants-cpu-2core.json. tests/test_tenants.py holds the bounds: a hostile
-submit refused in under 1 s, beta's p99 under 100 ms.
+bench/results/tenants-cpu-2core.json. tests/integration/test_tenants.py holds the bounds: a
+hostile submit refused in under 1 s, beta's p99 under 100 ms.
 """
 
 from __future__ import annotations
@@ -69,7 +69,14 @@ def percentile(values: list[float], q: float) -> float:
 def run(seconds: float, folder: Path, objects: int = 2500) -> dict[str, Any]:
     import httpx
 
-    from tests.services import ACCESS_KEY, SECRET_KEY, RedisServer, S3Server, free_port, wait_for
+    from tests.support.services import (
+        ACCESS_KEY,
+        SECRET_KEY,
+        RedisServer,
+        S3Server,
+        free_port,
+        wait_for,
+    )
 
     for name in ("redis", "s3"):
         (folder / name).mkdir()

@@ -9,7 +9,7 @@ with small outputs on local disk, 5 failed), then times over HTTP (median of 5):
 the gallery (all states; done only, with every thumbnail fetched: first view makes them,
 later ones read them from the server's cache), the renders API unfiltered and filtered by
 state, style, content, and the job's JSON. Writes bench/results/web-<N>-2core.json.
-tests/test_web.py asserts the bounds (each under 1 s, the gallery under 2 MB).
+tests/fleet/test_web_api.py asserts the bounds (each under 1 s, the gallery under 2 MB).
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def main() -> None:
     from common.settings import Settings
     from common.state import JobStore
     from scheduler.web.app import create_app
-    from tests.conftest import tiny_manifest, write_manifest
-    from tests.services import RedisServer
-    from tests.web_helpers import Served, bearer, teams_json
+    from tests.support.manifests import tiny_manifest, write_manifest
+    from tests.support.services import RedisServer
+    from tests.support.web import Served, bearer, teams_json
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--renders", type=int, default=100_000)

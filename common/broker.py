@@ -2,8 +2,8 @@
 queues (one list per priority step, ``sep`` between queue name and step), where it keeps
 delivered but unacknowledged messages, and how a task message carries its arguments. The
 reconciler, the metrics endpoint and KEDA's triggers (deploy/k8s/keda.yaml, checked by a
-test) read queues through this module; tests/test_broker.py checks it against the installed
-kombu. It only reads."""
+test) read queues through this module; tests/integration/test_redis_layout.py checks it against
+the installed kombu. It only reads."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 # images and a developer's venv could each run a different kombu, celery or torch than the one
 # the tests passed with (the reconciler reads kombu's own Redis structures). The locks pin what
 # was tested; .ci/run installs ci.lock with --require-hashes, the scheduler image
-# scheduler.lock, the GPU worker image worker.lock. tests/test_lock.py checks that they agree
+# scheduler.lock, the GPU worker image worker.lock. tests/unit/test_lock.py checks that they agree
 # with pyproject.toml and with each other, and that the running environment is the locked one.
 #
 # Run it after changing dependencies in pyproject.toml, then commit the three locks. Pins already

@@ -1,33 +1,19 @@
-"""Shared fixtures: tiny input images and small deterministic VGG19 weights made here."""
+"""Fixtures every tier may use: tiny input images and small deterministic VGG19 weights made
+here; and, for the tiers above unit, the session's Redis and SeaweedFS (skipped where they are
+not installed, failed in CI: tests/support/tools.py), a Redis database of a test's own, and
+the one way to start a local fleet. The tiers' own conftest.py files mark what they collect."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples" / "images"
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 600
-) -> subprocess.CompletedProcess:
-    """The `stylebatch` command in a process of its own, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "scheduler.cli", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.support.paths import EXAMPLES
+from tests.support.tools import REDIS, WEED, require
 
 
 @pytest.fixture(scope="session")
@@ -54,79 +40,73 @@ def weights_file(tmp_path_factory) -> Path:
     return path
 
 
-def local_settings():
-    """What `stylebatch run` plans with: local files may be read and written."""
-    import dataclasses
-
-    from common.settings import Settings
-
-    return dataclasses.replace(Settings(), allowed_inputs=("/",), allowed_outputs=("/",))
-
-
-def distance(output: bytes, picture: Image.Image) -> float:
-    """Mean absolute pixel difference between an output and a picture at the output's size."""
-    import io
-
-    import numpy as np
-
-    out = Image.open(io.BytesIO(output)).convert("RGB")
-    ref = picture.convert("RGB").resize(out.size, Image.Resampling.LANCZOS)
-    return float(np.abs(np.asarray(out, float) - np.asarray(ref, float)).mean())
-
-
-def write_manifest(folder: Path, data: dict, suffix: str = ".yaml") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"job{suffix}"
-    text = json.dumps(data) if suffix == ".json" else yaml.safe_dump(data)
-    path.write_text(text)
-    return path
-
-
-def tiny_manifest(images: dict[str, Path], out: Path, **params) -> dict:
-    """A manifest that renders in seconds on a CPU."""
-    return {
-        "name": "tiny",
-        "output": {"location": str(out)},
-        "content": [str(images["tubingen"])],
-        "styles": [
-            {"name": "starry", "image": str(images["starry_night"])},
-            {"name": "wave", "image": str(images["wave"])},
-        ],
-        "params": {
-            "preset": "draft",
-            "sizes": [48],
-            "pyramid": {"start": 32, "ratio": 1.5, "iterations": 8},
-            **params,
-        },
-    }
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    from tests.services import RedisServer
+    from tests.support.services import RedisServer
 
+    require("redis-server", REDIS)
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
 
-_DBS = iter(range(100, 256))  # 0-99: the fixed numbers some older tests still name
+@pytest.fixture(scope="session")
+def new_redis_db(redis_server) -> Callable[[], str]:
+    """Hands out the session Redis's databases, one a call, each emptied first: its URL. For
+    fixtures of any scope (a module's fleet takes one); db 0 is left to bare ``url()``."""
+    import redis
+
+    numbers = itertools.count(1)
+
+    def take() -> str:
+        db = next(numbers)
+        if db > 255:
+            raise RuntimeError("the session's Redis has 256 databases, all taken")
+        url = redis_server.url(db)
+        redis.Redis.from_url(url).flushdb()
+        return url
+
+    return take
 
 
 @pytest.fixture
-def redis_db(redis_server) -> str:
+def redis_db(new_redis_db) -> str:
     """A Redis database of this test's own, empty: its URL."""
-    import redis
-
-    url = redis_server.url(next(_DBS))
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return new_redis_db()
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    from tests.services import S3Server
+    from tests.support.services import S3Server, weed_binary
 
+    require("weed", WEED, weed_binary())
     server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet_factory(request, tmp_path_factory, weights_file, images) -> Iterator[Callable]:
+    """Start local fleets for this module (tests/support/fleet.py): ``fleet_factory(workers,
+    env=..., redis=..., s3=...)``. Each has a database of its own on the session's Redis, or
+    database 0 of the ``redis`` given (a server of the test's own), the session's S3 or the
+    ``s3`` given, with the test images uploaded; every fleet is stopped when the module ends."""
+    from tests.support.fleet import start_fleet, upload_inputs
+
+    made = []
+
+    def make(workers=(), *, env=None, redis=None, s3=None):
+        if redis is None:
+            redis = request.getfixturevalue("redis_server")
+            url = request.getfixturevalue("new_redis_db")()
+        else:
+            url = redis.url(0)
+        s3 = s3 or request.getfixturevalue("s3_server")
+        upload_inputs(s3, images)
+        folder = tmp_path_factory.mktemp("fleet")
+        made.append(start_fleet(folder, redis, s3, weights_file, url, workers, env))
+        return made[-1]
+
+    yield make
+    for fleet in made:
+        fleet.stop()

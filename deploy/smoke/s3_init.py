@@ -3,9 +3,9 @@
 Production runs MinIO, and its init (`minio-init` in deploy/docker-compose.yml) is `mc admin`:
 four buckets, then one user per component with the policy in deploy/minio/NAME.json. MinIO
 cannot run where the tests run; SeaweedFS can. This script applies the same policy files,
-unchanged, to a SeaweedFS server, and tests/test_policies.py runs it and then checks every
-allow and deny with each component's own keys. It needs Python 3, boto3 and nothing else
-(no `weed` binary): `python3 s3_init.py`. Running it again changes nothing.
+unchanged, to a SeaweedFS server, and tests/integration/test_policies.py runs it and then
+checks every allow and deny with each component's own keys. It needs Python 3, boto3 and
+nothing else (no `weed` binary): `python3 s3_init.py`. Running it again changes nothing.
 
 SeaweedFS must take IAM writes: `weed mini` or `weed s3` with -s3.iam.readOnly=false (the IAM
 API is on the S3 port). A user gets exactly the given keys through SeaweedFS's CreateAccessKey

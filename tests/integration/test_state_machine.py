@@ -28,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from common.expand import plan_job
 from common.state import TERMINAL, Held, JobStore, Running
-from tests.conftest import local_settings, tiny_manifest, write_manifest
+from tests.support.manifests import local_settings, tiny_manifest, write_manifest
 
 OWNERS = ("w1|h|1|a", "w2|h|2|b")  # few workers and renders: their paths cross often
 CAP = 3  # crashes (and device errors) before a render fails
