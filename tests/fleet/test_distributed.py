@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -70,11 +71,19 @@ def test_submit_render_status_and_outputs_in_s3(fleet, tmp_path):
 
     again = fleet.cli("submit", str(path))
     assert again.returncode == 0 and f"exists {job_id}" in again.stdout
+
+    def written() -> dict[str, Any]:
+        s3 = fleet.s3_server.client()
+        return {k: s3.head_object(Bucket="outputs", Key=k)["LastModified"] for k in images}
+
+    before = written()
     forced = fleet.submit(path, "--force")
     assert forced == job_id
     fleet.wait_done(job_id)
     info = fleet.store.get(job_id)
-    assert info.count("skipped") == 4 and info.count("done") == 0  # nothing rendered twice
+    # Its outputs say this very job wrote them: done (decided from facts), not rendered twice
+    assert info.count("done") == 4 and info.count("skipped") == 0
+    assert written() == before
 
 
 def test_two_workers_share_one_job(fleet, tmp_path):
@@ -235,7 +244,8 @@ def test_two_beats_render_each_slot_once(fleet, tmp_path, monkeypatch):
     assert rerun == job_ids[0]
     fleet.wait_done(rerun)
     after = record(rerun)
-    assert after["counts"]["skipped"] == 2 and after["finished"] > before[0]["finished"]
+    # the slot's outputs name this very job as their maker: done again, not rendered again
+    assert after["counts"]["done"] == 2 and after["finished"] > before[0]["finished"]
     assert [(r["seconds"], r["losses"]) for r in after["renders"]] == [
         (r["seconds"], r["losses"]) for r in before[0]["renders"]
     ]
@@ -546,6 +556,7 @@ def test_metrics_during_and_after_a_real_job(fleet, tmp_path):
         after = scrape()
     finally:
         server.shutdown()
+    assert fleet.store.get(job_id).count("done") == 4, fleet.store.states(job_id)
     assert after[("stylebatch_renders_ended_total", (("status", "done"),))] == done_before + 4
     assert ("stylebatch_job_renders", (("job", job_id), ("state", "running"))) not in after
     assert after[("stylebatch_device_seconds_total", (("device", "cpu"),))] > 0
