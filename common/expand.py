@@ -20,6 +20,7 @@ from common.imageio import EXTENSIONS
 from common.inputs import identify, require_s3_access, weights_identity
 from common.listing import Budget, find_inputs
 from common.manifest import Glob, Manifest, Prefix, Shot, load_document, parse_manifest
+from common.render_ids import RenderIds
 from common.schedule import slot_label
 from common.settings import Settings
 from common.sizes import parse_size
@@ -342,31 +343,25 @@ def expand(
     duplicates = 0
     ext = EXTENSIONS[manifest.output.format]
     output = output_identity(manifest.output, settings)
+    made = RenderIds(ENGINE_GENERATION, weights_spec, identities, output)  # render_id, fast
+    per_style = [  # what every render of a style shares, made once
+        (style, images, params, params.resolved(), [(z, parse_size(z)) for z in params.sizes])
+        for style, images, params in styles
+    ]
     for content in contents:
         cname = content_name(content)
-        for style, images, params in styles:
-            resolved = params.resolved()
-            frames = [(size, parse_size(size)) for size in params.sizes]
+        mask = masks.get(content)
+        content_part = made.content_part(content, focus.get(content), mask)
+        for place, (style, images, params, resolved, frames) in enumerate(per_style):
+            ids = {
+                u: identities[u]
+                for u in (content, *(u for u, _ in images), weights_spec, *(mask or ())[:1])
+                if u in identities
+            }  # shared by the style's renders of this content (never changed)
             for size, frame in frames:
                 if picks is not None and not _picked(picks, content, cname, style.name, size):
                     continue
-                mask = masks.get(content)
-                ids = {
-                    u: identities[u]
-                    for u in (content, *(u for u, _ in images), weights_spec, *(mask or ())[:1])
-                    if u in identities
-                }
-                rid = render_id(
-                    content,
-                    images,
-                    size,
-                    resolved,
-                    weights_spec,
-                    ids,
-                    focus.get(content),
-                    mask,
-                    output,
-                )
+                rid = made.of(content_part, made.style_part(place, images, size, resolved))
                 key = manifest.output.key.format(
                     job=manifest.name,
                     content=cname,

@@ -190,6 +190,40 @@ INDEX_FACETS = ("a", "s", "z", "c")
 FACETS_LISTED = 200  # styles and sizes named in the job record (the pages' filters)
 
 
+class Specs:
+    """Renders as the JSON their specs are stored as (``Render.to_dict``, read back by
+    ``Render.from_dict``), fast: the parts many renders share (a style's images and resolved
+    parameters, the identities of a content's inputs) are serialised once per object."""
+
+    def __init__(self) -> None:
+        self._shared: dict[int, tuple[Any, str]] = {}  # id(obj) -> (obj, JSON): obj kept alive
+
+    def _once(self, value: Any) -> str:
+        got = self._shared.get(id(value))
+        if got is None:
+            got = self._shared[id(value)] = (value, json.dumps(value, separators=(",", ":")))
+        return got[1]
+
+    def json(self, r: Render) -> str:
+        text = _json_string
+        return (
+            f'{{"id":{text(r.id)},"content":{text(r.content)}'
+            f',"content_name":{text(r.content_name)},"style":{text(r.style)}'
+            f',"style_images":{self._once(r.style_images)},"size":{json.dumps(r.size)}'
+            f',"params":{self._once(r.params)},"key":{text(r.key)},"weights":{text(r.weights)}'
+            f',"identities":{self._once(r.identities)},"focus":{_compact(r.focus)}'
+            f',"mask":{text(r.mask)},"mask_strength":{json.dumps(r.mask_strength)}'
+            f',"copies":{_compact(r.copies)}}}'
+        )
+
+
+_json_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def index_entries(render: Render) -> tuple[str, ...]:
     """Its entries in the job's render index: by id, style (its copies' names too), size and
     content."""
