@@ -14,18 +14,8 @@ from common.expand import Render
 from common.queue import MAX_BATCH_PIXELS
 
 
-def batch_key(render: Render) -> str:
-    """Renders with the same key can be optimised together."""
-    return json.dumps(
-        [
-            render.content,
-            render.identities.get(render.content, ""),
-            render.size,
-            render.params,
-            render.weights,
-        ],
-        sort_keys=True,
-    )
+def _json(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
 
 
 def batches(
@@ -33,11 +23,19 @@ def batches(
     pixels_of: Callable[[Render], int],
     max_pixels: int = MAX_BATCH_PIXELS,
 ) -> list[list[Render]]:
-    """The renders grouped by ``batch_key``, each group cut to at most ``max_pixels`` of
-    output (``pixels_of`` one render's; at least one render a batch), in first-seen order."""
-    groups: dict[str, list[Render]] = {}
-    for render in renders:
-        groups.setdefault(batch_key(render), []).append(render)
+    """The renders grouped by what they share (content and its identity, size, parameters,
+    weights: renders alike in all five can be optimised together), each group cut to at most
+    ``max_pixels`` of output (``pixels_of`` one render's; at least one render a batch), in
+    first-seen order."""
+    groups: dict[tuple, list[Render]] = {}
+    shared: dict[int, tuple[dict, str]] = {}  # id(params) -> (params, JSON): a plan's renders
+    for render in renders:  # share their style's parameters; each is serialised once
+        params = shared.get(id(render.params))
+        if params is None:
+            params = shared[id(render.params)] = (render.params, _json(render.params))
+        content = render.content
+        key = (content, render.identities.get(content, ""), render.size, params[1], render.weights)
+        groups.setdefault(key, []).append(render)
     out = []
     for group in groups.values():
         per_batch = max(1, max_pixels // max(1, pixels_of(group[0])))
