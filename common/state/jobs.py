@@ -73,30 +73,18 @@ class JobWrites:
         staged = job.staging(secrets.token_hex(6))  # a racing submit's staging is apart
         try:
             pipe = self.r.pipeline(transaction=False)
-            first = [True]
-
-            def sent() -> None:  # a round trip, every CHUNKS_PER_TRIP commands
-                if first[0] or len(pipe) >= CHUNKS_PER_TRIP:  # expiring from the first write
-                    first[0] = False
-                    for key in staged:
-                        pipe.expire(key, STAGING_TTL)
-                    pipe.execute()
-
-            specs = Specs()
-            for i in range(0, len(plan.renders), STAGING_CHUNK):
-                chunk = plan.renders[i : i + STAGING_CHUNK]
-                pipe.hset(staged[0], mapping={r.id: specs.json(r) for r in chunk})
-                pipe.hset(
-                    staged[1],
-                    mapping=dict.fromkeys((r.id for r in chunk), '{"status":"pending"}'),
-                )
-                sent()
             # The index in its own order: each ZADD then inserts at the sorted set's end,
             # several times faster in Redis than entries in render order.
             index = sorted(m for r in plan.renders for m in index_entries(r))
-            for i in range(0, len(index), INDEX_CHUNK):
-                pipe.zadd(staged[2], dict.fromkeys(index[i : i + INDEX_CHUNK], 0))
-                sent()
+            for n, (key, mapping) in enumerate(_staging(plan.renders, index, staged)):
+                if key == staged[2]:
+                    pipe.zadd(key, mapping)
+                else:
+                    pipe.hset(key, mapping=mapping)
+                if n == 0 or len(pipe) >= CHUNKS_PER_TRIP:  # expiring from the first write
+                    for each in staged:
+                        pipe.expire(each, STAGING_TTL)
+                    pipe.execute()
             for key in staged:
                 pipe.expire(key, STAGING_TTL)
             pipe.execute()
@@ -419,3 +407,14 @@ class JobWrites:
                     self.r.zrem(index, job_id)
                     freed["expired_ids"] += 1
         return freed
+
+
+def _staging(renders: list[Render], index: list[str], staged: tuple[str, ...]) -> Any:
+    """A create's staging, in chunks: (key, mapping) to HSET, or to ZADD for the index."""
+    specs = Specs()
+    for i in range(0, len(renders), STAGING_CHUNK):
+        chunk = renders[i : i + STAGING_CHUNK]
+        yield staged[0], {r.id: specs.json(r) for r in chunk}
+        yield staged[1], dict.fromkeys((r.id for r in chunk), '{"status":"pending"}')
+    for i in range(0, len(index), INDEX_CHUNK):
+        yield staged[2], dict.fromkeys(index[i : i + INDEX_CHUNK], 0)
