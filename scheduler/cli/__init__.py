@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from scheduler.cli import authoring, jobs, services  # noqa: F401 (each registers its commands)
-from scheduler.cli.common import EXIT_FAILED, app, err
+from scheduler.cli.common import EXIT_BLOCKED, EXIT_FAILED, app, err
 
 
 def main() -> None:
@@ -22,6 +22,13 @@ def main() -> None:
         url = Settings.from_env().redis_url
         safe = url.split("@")[-1] if "@" in url else url.split("//")[-1]
         err.print(f"[red]error:[/] Redis at {safe}: {type(exc).__name__}: {exc}", highlight=False)
+        if "maxmemory" in str(exc):  # noeviction at its cap: nothing was written; it can pass
+            err.print(
+                "Redis is out of memory: the way out is in docs/operations.md, "
+                "\"Redis out of memory\"",
+                highlight=False,
+            )
+            sys.exit(EXIT_BLOCKED)
         sys.exit(EXIT_FAILED)
 
 

@@ -111,6 +111,10 @@ def test_a_redis_out_of_memory_is_said_and_lost_nothing_and_gc_is_the_way_out(
     with pytest.raises(redis.ResponseError, match="maxmemory"):
         store.create(third)
     assert not list(store.r.scan_iter("*staging*"))
+    refused = run_cli("submit", third.source, "--weights", "random", env=env_for(url))
+    assert refused.returncode == 5, refused.stdout + refused.stderr  # blocked: run it later
+    assert "out of memory" in refused.stderr and "docs/operations.md" in refused.stderr
+    assert not list(store.r.scan_iter("*staging*"))
     # the way out under OOM (docs/operations.md): gc the ended jobs, then writes work again
     freed = run_cli("gc", "--older-than-days", "0", env=env_for(url))
     assert freed.returncode == 0 and "deleted 1 ended job(s)" in freed.stdout, freed.stderr
