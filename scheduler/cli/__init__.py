@@ -25,7 +25,7 @@ def main() -> None:
         if "maxmemory" in str(exc):  # noeviction at its cap: nothing was written; it can pass
             err.print(
                 "Redis is out of memory: the way out is in docs/operations.md, "
-                "\"Redis out of memory\"",
+                '"Redis out of memory"',
                 highlight=False,
             )
             sys.exit(EXIT_BLOCKED)

@@ -15,6 +15,7 @@ the version prefix; they are not in the OpenAPI document (docs/web.md lists them
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import logging
 import time
@@ -324,11 +325,25 @@ def openapi(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
+def _few_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena (up to 8 per core), and
+    freed memory stays in each: an export's fetch threads and Starlette's thread pool would
+    grow the server's resident memory with every thread that ever ran one. Two arenas keep
+    it near what is live (mallopt M_ARENA_MAX, set before those threads start; elsewhere
+    than glibc, nothing)."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)
+
+
 def serve(settings: Settings, bind: str, port: int) -> None:
     import threading
 
     import uvicorn
 
+    _few_malloc_arenas()
     app = create_app(settings, bind=bind)
     threading.Thread(target=app.state.web.planners.warm, daemon=True).start()
     uvicorn.run(
