@@ -79,3 +79,31 @@ def test_a_spec_is_stored_as_its_render_and_read_back_whole(
     assert stored == json.loads(json.dumps(render.to_dict()))
     assert Render.from_dict(stored) == render
     assert json.loads(specs.json(render)) == stored  # its shared parts, cached
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", "/", ".", "\\", "\x00", ":", "C", "é"]), max_size=8))
+def test_the_fast_key_check_refuses_what_the_full_one_does(key):
+    """check_relative_key's one-search path passes only keys its full checks pass."""
+    import re
+
+    from common import uris
+
+    full_refuses = False
+    saved = uris._REFUSED
+    try:
+        uris._REFUSED = re.compile("")  # matches every key: each goes through the full checks
+        try:
+            uris.check_relative_key(key)
+        except ValueError:
+            full_refuses = True
+    finally:
+        uris._REFUSED = saved
+    fast_passes = saved.search(key) is None
+    assert not (fast_passes and full_refuses), key
+    try:
+        uris.check_relative_key(key)
+        refused = False
+    except ValueError:
+        refused = True
+    assert refused == full_refuses, key
