@@ -545,7 +545,7 @@ class Harness:
 
     def _kill_bookkeeping_mid_finalize(self) -> bool:
         """Wait (a little) for a job to be finalizing, then SIGKILL the bookkeeping worker."""
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + (10 if self.args.short else 20)
         seen = False
         while time.monotonic() < deadline and not seen:
             seen = any(
@@ -638,7 +638,7 @@ class Harness:
         delay = round(self.rng.uniform(3, 8), 1)
         self.s3_proxy.delay = delay
         try:
-            time.sleep(self.rng.uniform(10, 20))
+            time.sleep(self.rng.uniform(8, 12) if self.args.short else self.rng.uniform(10, 20))
         finally:
             self.s3_proxy.delay = 0.0
         return {"delay_each_way": delay}
