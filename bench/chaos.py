@@ -1085,7 +1085,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         h.stop_beat()  # no new slots: what fired so far must end
         h.jobs |= {j.job_id for j in h.store.jobs(limit=1000)}
         settling = time.monotonic()
-        settled = h.settle(240 if args.short else 900)
+        # (kombu's unacked_mutex, left held by a consumer killed or cut off by a failover,
+        # stops every worker restoring unacknowledged messages for its 300 s expiry: a task
+        # delivered to a worker killed before it claimed its render waits that long)
+        settled = h.settle(360 if args.short else 900)
         settling = time.monotonic() - settling
         report = check(h)
         logs = {p.name: p.read_text(errors="replace") for p in h.folder.glob("*.log")}
