@@ -19,7 +19,8 @@ import pytest
 from bench.chaos import FAKETIME, KINDS
 from tests.support.paths import ROOT
 from tests.support.services import weed_binary
-from tests.support.tools import REDIS, WEED, require
+from tests.support.tools import FAKETIME as FAKETIME_INSTALL
+from tests.support.tools import REDIS, WEED, require, unavailable
 
 pytest.importorskip("torch")
 
@@ -31,7 +32,7 @@ def services_installed():
     require("redis-server", REDIS)
     require("weed", WEED, weed_binary())
     if not Path(FAKETIME).exists():
-        pytest.skip(f"{FAKETIME} missing (Debian: apt-get install libfaketime)")
+        unavailable(f"{FAKETIME} is not installed ({FAKETIME_INSTALL})")
 
 
 def chaos(tmp_path: Path, *args: str) -> tuple[dict, subprocess.CompletedProcess]:
