@@ -1,10 +1,13 @@
 -- A webhook delivery (a job's end, or its review complete) claimed by one notify task (its
 -- id is the token; a Celery retry keeps it). 'delivered' once made; 'stale' if the job ended
--- again since. The event's fields on the job record open with ARGV[4]: 'webhook' (job.ended)
--- or 'review_webhook' (job.reviewed).
+-- again since, or runs again (a retry re-opened it: its next end is the one delivered). The
+-- event's fields on the job record open with ARGV[4]: 'webhook' (job.ended) or
+-- 'review_webhook' (job.reviewed).
 -- KEYS: job; ARGV: delivery id, token, lease seconds, the event's field prefix
 local p = ARGV[4]
 if redis.call('HGET', KEYS[1], p .. '_delivery') ~= ARGV[1] then return {'stale', '0'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'done' and status ~= 'failed' and status ~= 'cancelled' then return {'stale', '0'} end
 if redis.call('HGET', KEYS[1], p .. '_delivered') == ARGV[1] then return {'delivered', '0'} end
 local t = now()
 local owner = redis.call('HGET', KEYS[1], p .. '_owner')

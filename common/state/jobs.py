@@ -388,16 +388,22 @@ class JobWrites:
     def gc(self, older_than: float | None = None) -> dict[str, int]:
         """Delete now every ended job that finished more than ``older_than`` seconds ago
         (default: the retention, ``job_ttl``), and drop ids of jobs already expired from the
-        index. Running jobs are never touched. Returns what was freed."""
+        index. Running jobs are never touched, nor an ended job whose webhook delivery is
+        still owed (not yet delivered or given up): deleted, its delivery would be stale and
+        that end never delivered; it goes in a later gc (``owed``: how many were kept).
+        Returns what was freed."""
         older_than = self.job_ttl if older_than is None else older_than
         cutoff = self.now() - older_than
-        freed = {"jobs": 0, "bytes": 0, "expired_ids": 0}
+        freed = {"jobs": 0, "bytes": 0, "expired_ids": 0, "owed": 0}
         for job_id in self.r.zrange(keys.JOBS, 0, -1):
             info = self.get(job_id)
             if info is None:
                 self.r.zrem(keys.JOBS, job_id)
                 freed["expired_ids"] += 1
             elif info.terminal and float(info.meta.get("finished") or 0) <= cutoff:
+                if any(self.r.smismember(keys.WEBHOOKS, [job_id, f"{job_id} reviewed"])):
+                    freed["owed"] += 1
+                    continue
                 freed["bytes"] += self.memory(job_id)
                 self.delete(job_id)
                 freed["jobs"] += 1

@@ -225,12 +225,15 @@ def notify(self, job_id: str, delivery: str, event: str = "ended") -> dict[str, 
         why = {
             "delivered": "delivered already",
             "busy": "another task has it",
-            "stale": "the job is gone or has ended again since",
+            "stale": "the job is gone, runs again or has ended again since",
         }
         return {"ignored": why[claimed]}
     info = jobs.get(job_id)
     if info is None:
         return {"ignored": "the job is gone"}
+    field = "webhook_delivery" if event == "ended" else "review_webhook_delivery"
+    if not info.terminal or info.meta.get(field) != delivery:  # re-opened since the claim
+        return {"ignored": "the job runs again or has ended again since"}
     url = info.meta.get("webhook", "")
     team = info.meta.get("team", "")
 

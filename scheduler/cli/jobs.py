@@ -277,13 +277,15 @@ def gc(
     ] = None,
 ) -> None:
     """Delete the state of ended jobs now (Redis also expires it by itself after
-    STYLEBATCH_JOB_TTL); running jobs are never touched. Outputs and summaries stay."""
+    STYLEBATCH_JOB_TTL); running jobs are never touched, nor ended ones whose webhook is
+    still owed. Outputs and summaries stay."""
     _, _, store = queue()
     seconds = None if older_than_days is None else older_than_days * 86400
     freed = store.gc(seconds)
+    kept = f"; kept {freed['owed']} whose webhook is still owed" if freed["owed"] else ""
     out.print(
         f"deleted {freed['jobs']} ended job(s), {freed['bytes'] / 1e6:.2f} MB; dropped "
-        f"{freed['expired_ids']} expired id(s) from the job list",
+        f"{freed['expired_ids']} expired id(s) from the job list{kept}",
         highlight=False,
     )
 

@@ -206,6 +206,30 @@ def test_operators_racing_transitions(fresh, tmp_path, images):
     assert store.finish(Held(job.job_id, second, claim.attempt), "done") == "complete"
 
 
+def test_gc_keeps_an_ended_job_whose_webhook_is_still_owed(fresh, tmp_path, images):
+    """`gc --older-than-days 0` right after a job ended, while its receiver has not yet taken
+    the job.ended delivery (a retry is due): the job is kept, or the retry would find the
+    delivery stale and that end would never be delivered. Once delivered, gc deletes it."""
+    url = fresh.url(0)
+    store = JobStore.from_url(url)
+    job = plan_of(tmp_path, images, "owed", notify={"webhook": "https://hooks.example/x"})
+    assert store.create(job)
+    for rid in [r.id for r in job.renders]:
+        claim = store.claim(job.job_id, rid, "w|h|1|t", 60, 3)
+        store.finish(Held(job.job_id, rid, claim.attempt), "done")
+    assert store.end_job(job.job_id, "done")
+    delivery = store.get(job.job_id).meta["webhook_delivery"]
+    assert store.claim_delivery(job.job_id, delivery, "n1", 60) == ("claimed", 1)
+    assert store.delivery_outcome(job.job_id, delivery, "n1", "503", "retrying", 5)
+    swept = run_cli("gc", "--older-than-days", "0", env=env_for(url))
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    said = " ".join(swept.stdout.split())
+    assert "deleted 0 ended job(s)" in said and "kept 1 whose webhook is still owed" in said
+    assert store.claim_delivery(job.job_id, delivery, "n1", 60) == ("claimed", 2)  # its retry
+    assert store.delivery_outcome(job.job_id, delivery, "n1", "204", "delivered")
+    assert store.gc(older_than=0)["jobs"] == 1 and store.get(job.job_id) is None
+
+
 @pytest.mark.slow
 def test_a_100000_render_job_never_blocks_redis(fresh, tmp_path, images):
     """Every command a 100,000-render job's submit, progress and end send stays under 10 ms

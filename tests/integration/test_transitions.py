@@ -309,7 +309,7 @@ def test_an_ended_job_expires_a_retried_one_lasts_and_gc_frees_ended_jobs(job):
     store.finish(take(store, job_id, rid, "A"), "done")
     store.end_job(job_id, "done")
     store.r.zadd("sb:jobs", {"long-gone-job": 1.0})  # its keys expired already
-    assert store.gc(older_than=3600) == {"jobs": 0, "bytes": 0, "expired_ids": 1}
+    assert store.gc(older_than=3600) == {"jobs": 0, "bytes": 0, "expired_ids": 1, "owed": 0}
     freed = store.gc(older_than=0)
     assert freed["jobs"] == 1 and freed["bytes"] > 0
     assert not any(store.r.exists(k) for k in keys) and store.jobs() == []
@@ -350,6 +350,35 @@ def test_a_render_that_stalls_every_worker_still_reaches_the_crash_cap(job):
     # two pauses are taken back; after that each stall is a crash, up to the cap
     assert outcomes == ["requeued"] * 4 + ["gave_up"]
     assert store.state(job_id, rid)["status"] == "failed"
+
+
+def test_a_retried_jobs_earlier_end_is_not_delivered_once_it_runs_again(store, plan):
+    """`stylebatch retry` of an ended job whose job.ended delivery is still being retried
+    (its receiver failed once): the job runs again, so that delivery's next claim is stale,
+    as it is once the job has ended again; only the new end is delivered. (Claimed, it was
+    POSTed with the running job's facts and a delivery id of no end: "<job id>:".)"""
+    from common.manifest import Notify
+
+    manifest = plan.manifest.model_copy(update={"notify": Notify(webhook="http://127.0.0.1:9/h")})
+    plan = dataclasses.replace(plan, manifest=manifest)
+    store.create(plan)
+    job_id, rid = plan.job_id, plan.renders[0].id
+    store.beat("A", {})
+    store.finish(take(store, job_id, rid, "A"), "failed", error="bad")
+    store.begin_finalize(job_id, "f", 60)
+    store.end_job(job_id, "done", token="f")
+    first = store.get(job_id).meta["webhook_delivery"]
+    assert store.claim_delivery(job_id, first, "n1", 60) == ("claimed", 1)
+    assert store.delivery_outcome(job_id, first, "n1", "503", "retrying", 0)
+    assert store.reset_failed(job_id) == [rid]  # re-opened: running again
+    assert store.claim_delivery(job_id, first, "n1", 60)[0] == "stale"
+    store.finish(take(store, job_id, rid, "B"), "done")
+    store.begin_finalize(job_id, "f2", 60)
+    finished = store.end_job(job_id, "done", token="f2")
+    again = store.get(job_id).meta["webhook_delivery"]
+    assert again == f"{job_id}:{finished}" != first
+    assert store.claim_delivery(job_id, first, "n1", 60)[0] == "stale"
+    assert store.claim_delivery(job_id, again, "n2", 60) == ("claimed", 2)
 
 
 def test_an_owed_webhook_is_found_again_until_delivered(store, plan):

