@@ -53,20 +53,28 @@ def run_workers(commands: list[Command]) -> int:
     """Start every worker; forward SIGTERM/SIGINT; return when all have exited. A render
     worker that stepped aside (its device failed: exit status 3; its configuration is broken:
     4) stops the others too, and this returns that status, so the orchestrator restarts the
-    whole unit (and an operator sees which)."""
+    whole unit (and an operator sees which). So does any worker that dies unasked (a
+    non-zero status: kombu gives up on a Redis fault, the kernel kills it): the unit would
+    otherwise go on short of it, with nothing to restart it."""
     procs = [subprocess.Popen(argv, env={**os.environ, **env}) for argv, env in commands]
 
+    asked = []  # a signal came: the workers' exits are expected
+
     def forward(signum, _frame):
+        asked.append(signum)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     sick = False
+    died = None  # the status of the first worker that exited unasked
     while any(proc.poll() is None for proc in procs):
-        if not sick and any(p.returncode in (EXIT_SICK, EXIT_MISCONFIGURED) for p in procs):
-            sick = True
-            forward(signal.SIGTERM, None)  # warm: running renders finish
+        if not sick and not asked:
+            died = next((p.returncode for p in procs if p.returncode not in (None, 0)), None)
+            if died is not None:
+                sick = True
+                forward(signal.SIGTERM, None)  # warm: running renders finish
         time.sleep(0.5)
     for sig, handler in previous.items():
         signal.signal(sig, handler)
@@ -74,4 +82,4 @@ def run_workers(commands: list[Command]) -> int:
     for status in (EXIT_MISCONFIGURED, EXIT_SICK):
         if status in codes:
             return status
-    return max(codes, default=0)
+    return died if died is not None and died > 0 else max(codes, default=0)

@@ -72,6 +72,20 @@ def test_a_sick_render_worker_stops_the_unit_with_status_3():
     assert run_workers([([sys.executable, "-c", "pass"], {})]) == 0
 
 
+def test_a_worker_that_dies_unasked_stops_the_unit_with_its_status():
+    """One process of `stylebatch worker` gone (kombu gave up on Redis, the kernel killed it):
+    the others stop too, so the orchestrator restarts the whole unit, not a unit short."""
+    import time
+
+    from workers.launch import run_workers
+
+    died = ([sys.executable, "-c", "import time, sys; time.sleep(0.5); sys.exit(1)"], {})
+    healthy = ([sys.executable, "-c", "import time; time.sleep(60)"], {})
+    started = time.monotonic()
+    assert run_workers([died, healthy]) == 1
+    assert time.monotonic() - started < 20
+
+
 def test_validate_tells_a_missing_environment_from_a_bad_manifest(tmp_path, images):
     data = tiny_manifest(images, tmp_path / "out")
     data["content"] = ["s3://shots/product.png"]
