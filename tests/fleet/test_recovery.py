@@ -96,7 +96,9 @@ def test_a_duplicate_delivery_of_a_running_render_is_ignored(fleet, tmp_path):
     assert fleet.store.get(job_id).count("done") == 1 and fleet.store.crashes(job_id) == {}
 
 
-def test_force_resubmit_while_tasks_are_queued_renders_each_once(fleet, fleet_factory, tmp_path):
+def test_force_while_tasks_are_queued_is_refused_and_after_a_cancel_renders_each_once(
+    fleet, fleet_factory, tmp_path
+):
     idle = fleet_factory()
     contents = ["tubingen", "shipwreck", "wave"]
     path = manifest(tmp_path, "forced", contents, ["wave", "starry_night"], sizes=(36,))
@@ -105,9 +107,11 @@ def test_force_resubmit_while_tasks_are_queued_renders_each_once(fleet, fleet_fa
     refused = idle.cli("submit", str(path), "--force")
     assert refused.returncode != 0 and "cancel it first" in refused.stdout + refused.stderr
     assert idle.cli("cancel", job_id).returncode == 0
-    assert idle.submit(path, "--force") == job_id  # the first tasks are still queued
     idle.start(["cpu0", "bookkeeping"])
     try:
+        idle.wait_done(job_id, timeout=180)  # its queued tasks end its renders cancelled
+        assert idle.store.get(job_id).status == "cancelled"
+        assert idle.submit(path, "--force") == job_id  # ended: replaced, and run again
         idle.wait_done(job_id, timeout=180)
         info = idle.store.get(job_id)
         assert info.total == 6 and info.count("failed") == 0
