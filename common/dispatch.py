@@ -149,6 +149,9 @@ def recover_job(
     if info.status != "running" or info.pending == 0:
         return 0
     if info.meta.get("sent") != "1":
+        # Its create may never have reached a replica (its submit died, or was told
+        # NotDurable): nothing is sent for it until one holds it (NotDurable otherwise).
+        store.confirm_durable(job_id)
         tasks = redrive(job_id, store.with_status(job_id, "pending"), store, app, settings)
         store.mark_sent(job_id)
         return tasks

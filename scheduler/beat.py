@@ -37,7 +37,7 @@ from common.inputs import CannotCheck
 from common.manifest import parse_manifest, read_document
 from common.schedule import latest_slot, next_slot, slot_label
 from common.settings import Settings
-from common.state import JobStore
+from common.state import JobStore, NotDurable
 from common.storage import read_input, s3_client
 from common.uris import is_s3, parse_s3
 
@@ -257,7 +257,7 @@ class ManifestScheduler(beat.Scheduler):
         log.info("firing %s slot %s", item.name, slot_label(slot))
         try:
             job_id = fire_slot(item.source, slot, self.settings, self.app, self.store)
-        except (TransientError, CannotCheck, OperationalError, redis.RedisError) as exc:
+        except (TransientError, CannotCheck, OperationalError, redis.RedisError, NotDurable) as exc:
             log.warning(
                 "slot %s of %s not submitted yet, will retry: %s", slot_label(slot), item.name, exc
             )

@@ -67,19 +67,24 @@ def run_workers(commands: list[Command]) -> int:
                 proc.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    sick = False
-    died = None  # the status of the first worker that exited unasked
+    died = None  # the status of the first worker that exited unasked (128 + a signal's)
+
+    def first_death() -> int | None:
+        code = next((p.returncode for p in procs if p.returncode not in (None, 0)), None)
+        return None if code is None else (128 - code if code < 0 else code)
+
     while any(proc.poll() is None for proc in procs):
-        if not sick and not asked:
-            died = next((p.returncode for p in procs if p.returncode not in (None, 0)), None)
+        if died is None and not asked:
+            died = first_death()
             if died is not None:
-                sick = True
                 forward(signal.SIGTERM, None)  # warm: running renders finish
         time.sleep(0.5)
+    if died is None and not asked:  # a lone worker, or all of them within one look
+        died = first_death()
     for sig, handler in previous.items():
         signal.signal(sig, handler)
     codes = [proc.returncode for proc in procs]
     for status in (EXIT_MISCONFIGURED, EXIT_SICK):
         if status in codes:
             return status
-    return died if died is not None and died > 0 else max(codes, default=0)
+    return died if died is not None else max(codes, default=0)

@@ -150,6 +150,16 @@ class JobWrites:
     def release_submit(self, job_id: str, token: str) -> None:
         self.let_go(f"submit:{job_id}", token)
 
+    def confirm_durable(self, job_id: str) -> None:
+        """Raise NotDurable unless a replica holds the job as recorded: one write of this
+        connection after it (its activity), waited for; a replica that acknowledges it holds
+        every earlier write too (replication keeps their order). For a job found existing
+        whose create may not have been held (its submit died, or was told NotDurable): its
+        tasks are not sent until it is, so a failover cannot lose a job that is rendering."""
+        _, held = self.scripts.run_durably("touch", [JobKeys(job_id).record], [])
+        if not held:
+            raise NotDurable(f"job {job_id}: not yet on a replica; submit again")
+
     def mark_sent(self, job_id: str) -> None:
         self.scripts.run("touch", [JobKeys(job_id).record], ["sent", "1"])
 

@@ -39,7 +39,7 @@ from common.dispatch import (
 )
 from common.queue import MAX_CRASHES
 from common.settings import Settings
-from common.state import JobStore, running_field
+from common.state import JobStore, NotDurable, running_field
 
 log = logging.getLogger("stylebatch.watchdog")
 LEASE = "watchdog"
@@ -125,7 +125,10 @@ def reconcile(
         elif info.status == "running" and info.pending:
             if info.meta.get("sent") != "1":
                 if info.seconds_since("created", now) > settings.stall_after:
-                    tasks += recover_job(job_id, store, app, settings, set())
+                    try:
+                        tasks += recover_job(job_id, store, app, settings, set())
+                    except NotDurable as exc:  # not on a replica yet: next pass
+                        log.warning("job %s not re-driven yet: %s", job_id, exc)
             elif not info.running and info.seconds_since("activity", now) > settings.stall_after:
                 suspects.append(job_id)
     webhooks = 0

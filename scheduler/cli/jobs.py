@@ -47,7 +47,7 @@ def submit(
 ) -> None:
     """Validate a manifest, record the job in Redis and enqueue its renders for the workers."""
     from common.schedule import parse_slot
-    from common.state import Running
+    from common.state import NotDurable, Running
     from scheduler.intake import Submitter
     from scheduler.intake import submit as submit_job
 
@@ -76,6 +76,14 @@ def submit(
     except Running as exc:
         err.print(f"not submitted: {exc}", highlight=False, markup=False)
         raise typer.Exit(EXIT_INVALID) from None
+    except NotDurable as exc:  # recorded, but no replica holds it yet: nothing was sent
+        err.print(
+            f"not submitted yet: {exc} (Redis has no replica in step: a failover?); "
+            "run this again in a few seconds",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(EXIT_BUSY) from None
     if result.created:
         out.print(
             f"submitted {result.job_id}: {result.renders} renders in {result.tasks} "

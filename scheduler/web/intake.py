@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from common.state import JobInfo
+from common.state import JobInfo, NotDurable
 from common.teams import Team
 from scheduler.web.context import Web
 from scheduler.web.deps import owns
@@ -52,7 +52,10 @@ def submit_document(
     if existing is not None and not owns(who, existing):
         raise ApiError("conflict", theirs)
     with _one_of_few(ctx, who):
-        result = intake.submit(job, submitter(ctx.settings, who), ctx.celery, ctx.store)
+        try:
+            result = intake.submit(job, submitter(ctx.settings, who), ctx.celery, ctx.store)
+        except NotDurable as exc:  # recorded, no replica holds it yet: nothing was sent
+            raise Unavailable("Redis", f"{exc} (no replica in step)") from None
     info = ctx.store.get(result.job_id)
     deadline = time.monotonic() + IN_PROGRESS_WAIT
     while info is None and result.in_progress and time.monotonic() < deadline:

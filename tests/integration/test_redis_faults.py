@@ -289,3 +289,46 @@ def test_a_thousand_jobs_through_leave_redis_as_they_found_it(fresh, tmp_path, i
     left = used() - baseline
     assert grown > 1_000_000, grown  # the jobs did take memory
     assert left < 100_000, (left, sorted(client.scan_iter(count=1000))[:20])
+
+
+def test_a_job_no_replica_holds_is_never_sent_until_one_does(fresh, tmp_path, images):
+    """A primary with no replica in step (just promoted, its old primary not yet following,
+    as in the long fault run): the create is refused as not durable, and a resubmit finding
+    the job recorded sends nothing for it either, until a replica holds it; a failover then
+    could lose the record of a job that is already rendering."""
+    from common.queue import RENDER_QUEUE, make_app
+    from scheduler.submit import submit
+
+    primary = redis.Redis(port=fresh.port, decode_responses=True)
+    store = JobStore(primary, replicas=1)
+    settings = dataclasses.replace(local_settings(), redis_url=fresh.url(0))
+    app = make_app(settings)
+    job = plan_of(tmp_path, images, "undurable")
+
+    def queued() -> int:
+        return sum(primary.llen(k) for k in primary.keys(f"{RENDER_QUEUE}*"))
+
+    with pytest.raises(NotDurable):
+        submit(job, settings, app, store)
+    assert store.get(job.job_id) is not None and queued() == 0  # recorded, nothing sent
+    with pytest.raises(NotDurable):
+        submit(job, settings, app, store)  # found existing: still nothing sent
+    assert queued() == 0 and store.get(job.job_id).meta.get("sent") != "1"
+    folder = tmp_path / "replica"
+    folder.mkdir()
+    replica = RedisServer(folder)
+    try:
+        redis.Redis(port=replica.port).replicaof("127.0.0.1", fresh.port)
+        deadline = time.monotonic() + 15
+        while (
+            redis.Redis(port=replica.port).info("replication").get("master_link_status") != "up"
+            or primary.info("replication")["connected_slaves"] < 1
+        ):
+            assert time.monotonic() < deadline, "the replica never caught up"
+            time.sleep(0.2)
+        again = submit(job, settings, app, store)  # held now: its renders are sent
+        assert not again.created and again.tasks >= 1 and queued() >= 1
+        assert store.get(job.job_id).meta.get("sent") == "1"
+        assert redis.Redis(port=replica.port).exists(f"sb:job:{{{job.job_id}}}")
+    finally:
+        replica.stop()

@@ -84,6 +84,11 @@ def test_a_worker_that_dies_unasked_stops_the_unit_with_its_status():
     started = time.monotonic()
     assert run_workers([died, healthy]) == 1
     assert time.monotonic() - started < 20
+    # killed by a signal (the kernel's OOM killer): 128 + 9, never 0, alone or not
+    killed = ([sys.executable, "-c", "import os, time; time.sleep(0.3); os.kill(os.getpid(), 9)"],
+              {})  # fmt: skip
+    assert run_workers([killed, healthy]) == 137
+    assert run_workers([killed]) == 137
 
 
 def test_validate_tells_a_missing_environment_from_a_bad_manifest(tmp_path, images):
