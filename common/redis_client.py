@@ -270,6 +270,19 @@ def planned_failover(settings, timeout: float = 30.0) -> tuple[str, int]:
             seen.add((state["ip"], int(state["port"])))
         return len(seen) == 1 and old not in seen
 
+    # No replica online to move to (one still resyncing, say, or the last primary not yet
+    # following): refused before writes are paused. A pause with none to catch up would last
+    # the whole timeout, and the sentinels, whose hello messages it holds up, would find the
+    # paused primary down and fail over on their own to whatever replica they have.
+    info = primary.info("replication")
+    if not any(
+        isinstance(v, dict) and v.get("state") == "online"
+        for k, v in info.items()
+        if k.startswith("slave")
+    ):
+        primary.close()
+        sentinel.close()
+        raise TimeoutError("planned failover: no replica online to move the primary to")
     primary.execute_command("CLIENT", "PAUSE", int(timeout * 1000) + 5000, "WRITE")
     try:
         wait(caught_up, "the replicas catching up")
