@@ -475,10 +475,16 @@ class Harness:
             detail["worker"] = name
         elif kind == "pause_worker":
             name = rng.choice(render_workers)
-            pid = self.workers[name].proc.pid
-            os.killpg(pid, signal.SIGSTOP)
-            time.sleep(WORKER_TIMEOUT + rng.uniform(1.5, 4))  # reaped meanwhile
-            os.killpg(pid, signal.SIGCONT)
+            with self.handling(name) as worker:
+                if worker.proc.poll() is not None:  # it exited on its own: started again first
+                    worker.start()
+                pid = worker.proc.pid
+                try:
+                    os.killpg(pid, signal.SIGSTOP)
+                    time.sleep(WORKER_TIMEOUT + rng.uniform(1.5, 4))  # reaped meanwhile
+                    os.killpg(pid, signal.SIGCONT)
+                except ProcessLookupError:  # it exited meanwhile: the supervisor's to restart
+                    detail["exited"] = True
             detail["worker"] = name
         elif kind == "partition_worker" and self.proxies:
             name = rng.choice(sorted(self.proxies))
