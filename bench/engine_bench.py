@@ -102,8 +102,8 @@ def per_iteration(engine, content, style, size, batch=1, lo=10, hi=60) -> float:
 
 def overhead(engine, content, style, rounds: int) -> dict:
     """Each preset's step against the raw network step, at the content's own size, measured in
-    one process and interleaved (raw, then every preset, ``rounds`` times; medians), so a
-    machine busy with other work slows both sides alike."""
+    one process and interleaved (raw and every preset, ``rounds`` times, the order rotated
+    each round; medians), so a machine busy with other work slows both sides alike."""
     height, width = content.shape[-2:]
     device = engine.device
     shape = torch.rand(1, 3, height, width, device=device)
@@ -125,10 +125,15 @@ def overhead(engine, content, style, rounds: int) -> dict:
     for cfg in one_scale.values():
         steps(cfg, 2)
     raws, per = [], {name: [] for name in one_scale}
-    for _ in range(rounds):
-        raws.append(timed(raw, device, 5, warmup=1))
-        for name, cfg in one_scale.items():
-            per[name].append((steps(cfg, 12) - steps(cfg, 2)) / 10)
+    order = ["raw", *one_scale]
+    for r in range(rounds):
+        # each round starts one place further on, so no method always runs first after the
+        # raw step (the first after it measured up to 9 % slower on a 2-core CPU)
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            if name == "raw":
+                raws.append(timed(raw, device, 5, warmup=1))
+            else:
+                per[name].append((steps(one_scale[name], 12) - steps(one_scale[name], 2)) / 10)
     raw_s = statistics.median(raws)
     return {
         "size": [height, width],
