@@ -177,3 +177,33 @@ def test_a_newton_render_is_finite_at_every_scale_and_close_to_eigh(weights_file
     assert float(difference) < 3 / 255
     with pytest.raises(ValueError, match="w2_sqrt"):
         StyleEngine(str(weights_file), "cpu", w2_sqrt="svd")
+
+
+def test_the_cpu_eigh_runs_on_one_thread_and_gives_the_threads_back(monkeypatch):
+    """LAPACK's eigensolver stalls at its barriers when a core is shared (4-11 s steps beside
+    one busy process on 2 cores): the CPU path runs it on one thread, and the rest of the step
+    keeps the process's threads, an error included."""
+    from workers.engine import losses
+
+    seen, real = [], torch.linalg.eigh
+
+    def recording(mat):
+        seen.append(torch.get_num_threads())
+        if mat.shape[-1] == 3:
+            raise RuntimeError("linalg.eigh: the algorithm failed to converge")
+        return real(mat)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(torch.linalg, "eigh", recording)
+        a = torch.randn(4, 6, 9, dtype=torch.float64)
+        a = a @ a.transpose(1, 2)
+        values = losses.TraceSqrt.apply(a)
+        assert torch.allclose(values, real(a)[0].clamp_min(0).sqrt().sum(-1))
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="converge"):
+            losses.sqrtm_psd(torch.eye(3, dtype=torch.float64)[None])
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

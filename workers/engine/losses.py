@@ -10,6 +10,8 @@ and any image size. Each returns one value per image in the batch."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -143,7 +145,7 @@ def _mixed(feat: torch.Tensor, target: StyleTarget):
             mixed = projected.transpose(1, 2) @ projected
     else:
         cov = torch.bmm(centred.transpose(1, 2), centred) / count
-        mixed = root @ cov.double() @ root
+        mixed = Sandwich(cov.double(), root)  # R C R, formed inside its root's Function
     rest = (
         (mean.double() - target.mean64).square().sum(1)
         + (centred.square().sum((1, 2)) / count).double()
@@ -152,28 +154,64 @@ def _mixed(feat: torch.Tensor, target: StyleTarget):
     return rest, mixed, lift
 
 
-def trace_sqrt_many(mats: list[torch.Tensor], method: str) -> list[torch.Tensor]:
-    """tr sqrt of each of several batches of symmetric PSD matrices, those of one size in one
-    call (the five style layers' 64, 128, 256 and 512-channel matrices: four calls)."""
-    by_size: dict[int, list[int]] = {}
+class Sandwich(NamedTuple):
+    """R C R for tr sqrt, left unformed: the eigh path forms it inside ``SandwichTraceSqrt``,
+    whose gradient reaches C in two matmuls instead of three."""
+
+    cov: torch.Tensor  # (B, C, C) float64, the render's covariance
+    root: torch.Tensor  # (B, C, C) float64, the target's square root R
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.cov.shape
+
+
+def trace_sqrt_many(mats: list[torch.Tensor | Sandwich], method: str) -> list[torch.Tensor]:
+    """tr sqrt of each of several batches of symmetric PSD matrices, those of one size and
+    form in one call (the five style layers' 64, 128, 256 and 512-channel matrices: four
+    calls)."""
+    by_size: dict[tuple[int, bool], list[int]] = {}
     for i, mat in enumerate(mats):
-        by_size.setdefault(mat.shape[-1], []).append(i)
+        by_size.setdefault((mat.shape[-1], isinstance(mat, Sandwich)), []).append(i)
     out: list[torch.Tensor | None] = [None] * len(mats)
-    for indices in by_size.values():
-        group = torch.cat([mats[i] for i in indices]) if len(indices) > 1 else mats[indices[0]]
-        traces = (
-            TraceSqrt.apply(group)
-            if method == "eigh"
-            else NewtonTraceSqrt.apply(group, NEWTON_ITERATIONS)
-        )
+    for (_, sandwich), indices in by_size.items():
+        if sandwich:
+            parts = [mats[i] for i in indices]
+            traces = SandwichTraceSqrt.apply(
+                torch.cat([p.cov for p in parts]), torch.cat([p.root for p in parts])
+            )
+        else:
+            group = torch.cat([mats[i] for i in indices])  # type: ignore[misc]
+            traces = (
+                TraceSqrt.apply(group)
+                if method == "eigh"
+                else NewtonTraceSqrt.apply(group, NEWTON_ITERATIONS)
+            )
         for i, part in zip(indices, traces.split([mats[i].shape[0] for i in indices]), strict=True):
             out[i] = part
     return out  # type: ignore[return-value]
 
 
+def eigh(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh``, on a CPU with one thread. LAPACK's symmetric eigensolver runs
+    many small parallel regions, and each waits at a barrier for all of its threads: when
+    another process holds a core, a descheduled thread stalls every one of them. Measured on
+    this project's 2-core machine beside one other busy process (the five style layers' float64
+    eigh of one step): 60-150 ms with two threads and, in some steps, 4 to 11 s; 30-40 ms with
+    one. Idle, one thread is no slower at these sizes (bench/results/eigh-threads-2core.json).
+    The rest of the step keeps every thread the process was given."""
+    if mat.device.type != "cpu" or (threads := torch.get_num_threads()) == 1:
+        return torch.linalg.eigh(mat)
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(mat)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def sqrtm_psd(mat: torch.Tensor) -> torch.Tensor:
     """The symmetric square root of PSD matrices (float64 eigendecomposition)."""
-    evals, evecs = torch.linalg.eigh(mat.double())
+    evals, evecs = eigh(mat.double())
     return (evecs * evals.clamp_min(0).sqrt().unsqueeze(1)) @ evecs.transpose(1, 2)
 
 
@@ -189,7 +227,7 @@ class TraceSqrt(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         sym = 0.5 * (mat + mat.transpose(-1, -2))
-        evals, evecs = torch.linalg.eigh(sym.double())
+        evals, evecs = eigh(sym.double())
         floor = evals[..., -1:].clamp_min(1e-300) * 1e-12
         kept = evals > floor
         ctx.save_for_backward(evecs.to(mat.dtype), evals, kept)
@@ -201,6 +239,31 @@ class TraceSqrt(torch.autograd.Function):
         half_inv = torch.where(kept, 0.5 / evals.clamp_min(1e-300).sqrt(), 0).to(evecs.dtype)
         out = (evecs * half_inv.unsqueeze(-2)) @ evecs.transpose(-1, -2)
         return grad.to(out.dtype).view(-1, 1, 1) * out
+
+
+class SandwichTraceSqrt(torch.autograd.Function):
+    """tr sqrt(R C R) for symmetric PSD C and a constant symmetric R (B, C, C; float64), by
+    ``eigh`` of M = R C R = U L U^T. Its gradient with respect to C is R M^-1/2 R / 2 =
+    Q diag(L^-1/2 / 2) Q^T with Q = R U: two matmuls, where autograd through ``R @ C @ R``
+    and ``TraceSqrt`` takes three (U diag U^T, then R on each side). At 256 px the 512-channel
+    layer's saved matmul is about as costly as its eigh. The eigenvalue floor is TraceSqrt's."""
+
+    @staticmethod
+    def forward(ctx, cov: torch.Tensor, root: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        mixed = root @ cov @ root
+        evals, evecs = eigh(0.5 * (mixed + mixed.transpose(-1, -2)))
+        floor = evals[..., -1:].clamp_min(1e-300) * 1e-12
+        kept = evals > floor
+        ctx.save_for_backward(root, evecs, evals, kept)
+        return torch.where(kept, evals, 0).sqrt().sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        root, evecs, evals, kept = ctx.saved_tensors
+        half_inv = torch.where(kept, 0.5 / evals.clamp_min(1e-300).sqrt(), 0)
+        q = root @ evecs
+        out = (q * half_inv.unsqueeze(-2)) @ q.transpose(-1, -2)
+        return grad.to(out.dtype).view(-1, 1, 1) * out, None
 
 
 class NewtonTraceSqrt(torch.autograd.Function):
