@@ -126,12 +126,16 @@ def picture(name: str, side: int) -> torch.Tensor:
 
 def preset_config(method: str) -> EngineConfig:
     """A preset by name; ``sliced`` is standard with the sliced loss; ``NAME@ctvW`` is a preset
-    with chroma TV weight W (the speckle search)."""
-    method, _, chroma_tv = method.partition("@ctv")
+    with chroma TV weight W (the speckle search); ``NAME@FIELD=V`` (``+`` between several) sets
+    numeric engine fields, e.g. ``draft@content_weight=2+lr=0.02`` (a parameter search)."""
+    method, _, tweak = method.partition("@")
     preset = "standard" if method == "sliced" else method
     config = EngineConfig.from_params(RenderParams(preset=preset).resolved())
-    if chroma_tv:
-        config = replace(config, chroma_tv_weight=float(chroma_tv))
+    if tweak.startswith("ctv"):
+        config = replace(config, chroma_tv_weight=float(tweak[3:]))
+    elif tweak:
+        fields = dict(part.split("=", 1) for part in tweak.split("+"))
+        config = replace(config, **{k: float(v) for k, v in fields.items()})
     return replace(config, style_loss="sliced") if method == "sliced" else config
 
 

@@ -247,7 +247,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pyramid": {
             "start": 128,
             "ratio": math.sqrt(2),
-            "iterations": {"first": 600, "decay": 0.85, "minimum": 250},
+            "iterations": {"first": 200, "decay": 0.7, "minimum": 80},
         },
     },
 }

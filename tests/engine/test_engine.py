@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -171,6 +173,24 @@ def test_schedule():
         (32, 7),
         (64, 7),
     ]
+
+
+def test_the_quality_bench_renders_the_presets_and_the_searched_settings_it_names():
+    """bench/quality.py's methods: a preset as the manifests resolve it, ``NAME@ctvW`` and
+    ``NAME@FIELD=V+FIELD=V`` (the parameter searches whose results docs/quality.md quotes)."""
+    from bench.quality import preset_config
+    from common.params import RenderParams
+
+    for name in ("draft", "standard", "high"):
+        want = EngineConfig.from_params(RenderParams(preset=name).resolved())
+        assert preset_config(name) == want
+    draft = preset_config("draft")
+    assert preset_config("draft@ctv8") == replace(draft, chroma_tv_weight=8.0)
+    tweaked = preset_config("draft@content_weight=2+tv_weight=0.2")
+    assert tweaked == replace(draft, content_weight=2.0, tv_weight=0.2)
+    assert preset_config("sliced").style_loss == "sliced"
+    with pytest.raises(TypeError):
+        preset_config("draft@no_such_field=1")
 
 
 def test_engine_and_manifest_agree_on_layers_and_presets():

@@ -27,7 +27,7 @@ def test_time_limits_follow_the_work_and_the_device_and_stay_below_the_visibilit
     gpu = seconds_per_unit(Settings(device="cuda"))
     small = time_limits(task_work(512, standard, 1), gpu, settings.max_time_limit)
     large = time_limits(task_work(2048, standard, 1), gpu, settings.max_time_limit)
-    slow = time_limits(task_work(2048, high, 8), gpu, settings.max_time_limit)
+    slow = time_limits(task_work(2048, high, 32), gpu, settings.max_time_limit)
     for soft, hard in (small, large, slow):
         assert soft < hard <= settings.max_time_limit < visibility
     assert small[0] < large[0] < slow[0]
