@@ -207,3 +207,29 @@ def test_the_cpu_eigh_runs_on_one_thread_and_gives_the_threads_back(monkeypatch)
         assert seen == [1, 1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_fused_root_matches_autograd_and_refuses_what_it_cannot_do():
+    """SandwichTraceSqrt against autograd through R @ C @ R and TraceSqrt, on a rank-deficient
+    covariance; a root of batch 1 beside a batch of 3 is broadcast; a root that wants a
+    gradient, or a Sandwich on the newton path, is refused rather than silently wrong."""
+    from workers.engine.losses import Sandwich, SandwichTraceSqrt, sqrtm_psd, trace_sqrt_many
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 12, dtype=torch.float64, generator=gen)  # rank 4 of 12
+    y = torch.randn(1, 40, 12, dtype=torch.float64, generator=gen)
+    root = sqrtm_psd(y.transpose(1, 2) @ y / 40)
+    cov = (x.transpose(1, 2) @ x / 4).requires_grad_(True)
+    fused = SandwichTraceSqrt.apply(cov, root.expand_as(cov))
+    (got,) = torch.autograd.grad(fused.sum(), cov)
+    plain = TraceSqrt.apply(root @ cov @ root)
+    (want,) = torch.autograd.grad(plain.sum(), cov)
+    assert torch.allclose(fused, plain, rtol=1e-12) and torch.allclose(got, want, rtol=1e-9)
+    other = cov.detach()[:1] * 2
+    out = trace_sqrt_many([Sandwich(cov, root), Sandwich(other, root), root], "eigh")
+    assert [tuple(o.shape) for o in out] == [(3,), (1,), (1,)]
+    assert torch.allclose(out[0], plain) and torch.allclose(out[1], plain[:1] * 2**0.5)
+    with pytest.raises(ValueError, match="constant"):
+        SandwichTraceSqrt.apply(cov, root.expand_as(cov).clone().requires_grad_(True))
+    with pytest.raises(ValueError, match="newton"):
+        trace_sqrt_many([Sandwich(cov, root)], "newton")

@@ -176,9 +176,12 @@ def trace_sqrt_many(mats: list[torch.Tensor | Sandwich], method: str) -> list[to
     out: list[torch.Tensor | None] = [None] * len(mats)
     for (_, sandwich), indices in by_size.items():
         if sandwich:
-            parts = [mats[i] for i in indices]
+            if method != "eigh":
+                raise ValueError("a Sandwich is the eigh path's form; newton takes matrices")
+            parts: list[Sandwich] = [mats[i] for i in indices]  # type: ignore[misc]
             traces = SandwichTraceSqrt.apply(
-                torch.cat([p.cov for p in parts]), torch.cat([p.root for p in parts])
+                torch.cat([p.cov for p in parts]),
+                torch.cat([p.root.expand_as(p.cov) for p in parts]),
             )
         else:
             group = torch.cat([mats[i] for i in indices])  # type: ignore[misc]
@@ -250,6 +253,8 @@ class SandwichTraceSqrt(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cov: torch.Tensor, root: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if ctx.needs_input_grad[1]:
+            raise ValueError("the target's root is a constant here: no gradient reaches it")
         mixed = root @ cov @ root
         evals, evecs = eigh(0.5 * (mixed + mixed.transpose(-1, -2)))
         floor = evals[..., -1:].clamp_min(1e-300) * 1e-12
