@@ -179,12 +179,13 @@ def trace_sqrt_many(mats: list[torch.Tensor | Sandwich], method: str) -> list[to
             if method != "eigh":
                 raise ValueError("a Sandwich is the eigh path's form; newton takes matrices")
             parts: list[Sandwich] = [mats[i] for i in indices]  # type: ignore[misc]
-            traces = SandwichTraceSqrt.apply(
-                torch.cat([p.cov for p in parts]),
-                torch.cat([p.root.expand_as(p.cov) for p in parts]),
+            covs, roots = [p.cov for p in parts], [p.root.expand_as(p.cov) for p in parts]
+            traces = SandwichTraceSqrt.apply(  # one layer of a size: no copies in the step
+                torch.cat(covs) if len(parts) > 1 else covs[0],
+                torch.cat(roots) if len(parts) > 1 else roots[0],
             )
         else:
-            group = torch.cat([mats[i] for i in indices])  # type: ignore[misc]
+            group = torch.cat([mats[i] for i in indices]) if len(indices) > 1 else mats[indices[0]]
             traces = (
                 TraceSqrt.apply(group)
                 if method == "eigh"
@@ -199,10 +200,10 @@ def eigh(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh``, on a CPU with one thread. LAPACK's symmetric eigensolver runs
     many small parallel regions, and each waits at a barrier for all of its threads: when
     another process holds a core, a descheduled thread stalls every one of them. Measured on
-    this project's 2-core machine beside one other busy process (the five style layers' float64
-    eigh of one step): 60-150 ms with two threads and, in some steps, 4 to 11 s; 30-40 ms with
-    one. Idle, one thread is no slower at these sizes (bench/results/eigh-threads-2core.json).
-    The rest of the step keeps every thread the process was given."""
+    this project's 2-core machine (the five style layers' float64 eigh of one 256 px step,
+    bench/results/eigh-threads-2core.json): beside one busy process, median 144 ms and at
+    worst 548 ms with two threads, 45 and 71 ms with one; idle, 22 ms with two and 30 with
+    one. The rest of the step keeps every thread the process was given."""
     if mat.device.type != "cpu" or (threads := torch.get_num_threads()) == 1:
         return torch.linalg.eigh(mat)
     torch.set_num_threads(1)
@@ -218,6 +219,19 @@ def sqrtm_psd(mat: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp_min(0).sqrt().unsqueeze(1)) @ evecs.transpose(1, 2)
 
 
+def _spectrum(mat: torch.Tensor):
+    """(eigenvalues, eigenvectors, which eigenvalues count, tr sqrt) of symmetric PSD ``mat``
+    (float64), symmetrised first; eigenvalues at or below 1e-12 of the largest count as zero."""
+    evals, evecs = eigh(0.5 * (mat + mat.transpose(-1, -2)))
+    kept = evals > evals[..., -1:].clamp_min(1e-300) * 1e-12
+    return evals, evecs, kept, torch.where(kept, evals, 0).sqrt().sum(-1)
+
+
+def _half_inv_root(evals: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """1 / (2 sqrt(l)) of each kept eigenvalue, 0 for the others: d tr sqrt / d l."""
+    return torch.where(kept, 0.5 / evals.clamp_min(1e-300).sqrt(), 0)
+
+
 class TraceSqrt(torch.autograd.Function):
     """tr sqrt(A) of symmetric PSD matrices (B, C, C): the sum of the square roots of A's
     eigenvalues (float64 ``eigh``), with the gradient A^-1/2 / 2 built from the same
@@ -229,17 +243,14 @@ class TraceSqrt(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mat: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        sym = 0.5 * (mat + mat.transpose(-1, -2))
-        evals, evecs = eigh(sym.double())
-        floor = evals[..., -1:].clamp_min(1e-300) * 1e-12
-        kept = evals > floor
+        evals, evecs, kept, trace = _spectrum(mat.double())
         ctx.save_for_backward(evecs.to(mat.dtype), evals, kept)
-        return torch.where(kept, evals, 0).sqrt().sum(-1).to(mat.dtype)
+        return trace.to(mat.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         evecs, evals, kept = ctx.saved_tensors
-        half_inv = torch.where(kept, 0.5 / evals.clamp_min(1e-300).sqrt(), 0).to(evecs.dtype)
+        half_inv = _half_inv_root(evals, kept).to(evecs.dtype)
         out = (evecs * half_inv.unsqueeze(-2)) @ evecs.transpose(-1, -2)
         return grad.to(out.dtype).view(-1, 1, 1) * out
 
@@ -255,17 +266,14 @@ class SandwichTraceSqrt(torch.autograd.Function):
     def forward(ctx, cov: torch.Tensor, root: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if ctx.needs_input_grad[1]:
             raise ValueError("the target's root is a constant here: no gradient reaches it")
-        mixed = root @ cov @ root
-        evals, evecs = eigh(0.5 * (mixed + mixed.transpose(-1, -2)))
-        floor = evals[..., -1:].clamp_min(1e-300) * 1e-12
-        kept = evals > floor
+        evals, evecs, kept, trace = _spectrum(root @ cov @ root)
         ctx.save_for_backward(root, evecs, evals, kept)
-        return torch.where(kept, evals, 0).sqrt().sum(-1)
+        return trace
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         root, evecs, evals, kept = ctx.saved_tensors
-        half_inv = torch.where(kept, 0.5 / evals.clamp_min(1e-300).sqrt(), 0)
+        half_inv = _half_inv_root(evals, kept)
         q = root @ evecs
         out = (q * half_inv.unsqueeze(-2)) @ q.transpose(-1, -2)
         return grad.to(out.dtype).view(-1, 1, 1) * out, None
